@@ -1,0 +1,1 @@
+"""Subcommands of the `facusync` admin command, one module each."""

@@ -1,0 +1,300 @@
+"""Configuration, read and validated once at start-up into an immutable object.
+
+Production reads the process environment (systemd's EnvironmentFile); local runs may add
+``--env-file PATH`` in the same format, with the real environment winning. Validation
+collects every problem before failing, so an operator fixes the file in one pass. Nothing
+else in facusync reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from facusync.errors import ConfigError
+
+PLACEHOLDER = "CHANGE_ME"
+DEFAULT_ENV_FILE = "/etc/facusync/facusync.env"
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Secret:
+    """A password that cannot leak through str(), repr(), f-strings or logging."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The clear text, for the one call that hands it to a driver."""
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Every setting facusync uses; see the example env file for what each one means."""
+
+    mssql_host: str
+    mssql_port: int
+    mssql_database: str
+    mssql_user: str
+    mssql_password: Secret = field(repr=False)
+    mssql_view: str
+    mssql_key_column: str
+    mssql_version_column: str
+    mssql_login_timeout: int
+    mssql_query_timeout: int
+    mssql_tds_version: str
+    pg_host: str
+    pg_port: int
+    pg_database: str
+    pg_user: str
+    pg_password: Secret = field(repr=False)
+    pg_table_vista: str
+    pg_table_seguimiento: str
+    pg_connect_timeout: int
+    redis_host: str
+    redis_port: int
+    redis_password: Secret = field(repr=False)
+    redis_db: int
+    redis_prefix: str
+    redis_connect_timeout: float
+    sync_interval: float
+    sync_overlap: float
+    sync_start: datetime
+    batch_size: int
+    fetch_size: int
+    chunk_size: int
+    queue_max_pending: int
+    claim_idle: float
+    max_deliveries: int
+    backoff_max: float
+    source_timezone: str
+    lag_warn: float
+    reconcile_max_delete_pct: float
+    log_level: str
+    log_format: str
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The source's wall-clock zone: SQL Server gives naive local datetimes."""
+        return ZoneInfo(self.source_timezone)
+
+
+class _Reader:
+    """Parses one variable at a time, remembering every problem instead of stopping."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def _raw(self, name: str, default: str | None) -> str | None:
+        value = self.env.get(name)
+        if value is None or value.strip() == "":
+            if default is None:
+                self.problems.append(f"{name} is missing: set it in the env file")
+            return default
+        value = value.strip()
+        if PLACEHOLDER in value:
+            self.problems.append(f"{name} still holds the placeholder {PLACEHOLDER}: set the real value")
+        return value
+
+    def text(self, name: str, default: str | None = None) -> str:
+        return self._raw(name, default) or ""
+
+    def secret(self, name: str, *, required: bool = True) -> Secret:
+        value = self.env.get(name, "")
+        if value == "":
+            if required:
+                self.problems.append(f"{name} is missing: set it in the env file")
+            return Secret("")
+        if PLACEHOLDER in value:
+            self.problems.append(f"{name} still holds the placeholder {PLACEHOLDER}: set the real value")
+        return Secret(value)
+
+    def number(
+        self,
+        name: str,
+        default: str,
+        lo: float,
+        hi: float,
+        cast: Callable[[str], Any] = int,
+    ) -> Any:
+        raw = self._raw(name, default) or default
+        try:
+            value = cast(raw)
+        except ValueError:
+            kind = "a whole number" if cast is int else "a number"
+            self.problems.append(f"{name}={raw!r} is not {kind}")
+            return cast(default)
+        if not lo <= value <= hi:
+            self.problems.append(f"{name}={raw} is out of range: use a value from {lo:g} to {hi:g}")
+            return cast(default)
+        return value
+
+    def identifier(self, name: str, default: str, *, qualified: bool = False) -> str:
+        value = self.text(name, default)
+        parts = value.split(".") if qualified else [value]
+        if len(parts) > 2 or not all(_IDENT.match(p) and len(p) <= 63 for p in parts):
+            allowed = "letters, digits and _ (optionally schema.name)" if qualified else (
+                "letters, digits and _, not starting with a digit, at most 63 characters"
+            )
+            self.problems.append(f"{name}={value!r} is not a valid SQL identifier: use {allowed}")
+            return default
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.text(name, default)
+        if value.lower() not in choices:
+            self.problems.append(f"{name}={value!r} is not one of {', '.join(choices)}")
+            return default
+        return value.lower()
+
+    def timestamp(self, name: str, default: str) -> datetime:
+        value = self.text(name, default)
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            self.problems.append(f"{name}={value!r} is not a date: use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS")
+            return datetime.fromisoformat(default)
+        if parsed.tzinfo is not None:
+            self.problems.append(f"{name}={value!r} must be the source's local time, without an offset")
+            return datetime.fromisoformat(default)
+        return parsed
+
+    def timezone(self, name: str, default: str) -> str:
+        value = self.text(name, default)
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            self.problems.append(f"{name}={value!r} is not a known time zone (e.g. America/Santo_Domingo)")
+            return default
+        return value
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """Parse systemd EnvironmentFile syntax: comments, blank lines, optional quotes."""
+    result: dict[str, str] = {}
+    logical: list[str] = []
+    pending = ""
+    for line in text.splitlines():
+        if pending:
+            line = pending + line
+            pending = ""
+        if line.endswith("\\") and not line.endswith("\\\\"):
+            pending = line[:-1]
+            continue
+        logical.append(line)
+    if pending:
+        logical.append(pending)
+    for line in logical:
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        key, sep, value = stripped.partition("=")
+        key = key.strip()
+        if not sep or not _IDENT.match(key):
+            continue
+        result[key] = _unquote(value.strip())
+    return result
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        inner = value[1:-1]
+        if value[0] == '"':
+            inner = re.sub(r"\\(.)", r"\1", inner)
+        return inner
+    return value
+
+
+def load_config(
+    env_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the Config from the environment (and an optional env file), or raise ConfigError."""
+    env: dict[str, str] = {}
+    source = str(env_file) if env_file else None
+    if env_file is not None:
+        try:
+            env.update(parse_env_file(Path(env_file).read_text(encoding="utf-8")))
+        except OSError as exc:
+            raise ConfigError([f"cannot read env file {env_file}: {exc.strerror}"], source) from None
+    real = os.environ if environ is None else environ
+    env.update(real)
+    source = source or real.get("FACUSYNC_ENV_FILE") or None
+    return config_from_mapping(env, source)
+
+
+def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Config:
+    """Validate a mapping of variables; the one place defaults and ranges are written."""
+    r = _Reader(env)
+    day = 86400.0
+    cfg = Config(
+        mssql_host=r.text("MSSQL_HOST"),
+        mssql_port=r.number("MSSQL_PORT", "1433", 1, 65535),
+        mssql_database=r.identifier("MSSQL_DATABASE", "g_FACU"),
+        mssql_user=r.text("MSSQL_USER"),
+        mssql_password=r.secret("MSSQL_PASSWORD"),
+        mssql_view=r.identifier("MSSQL_VIEW", "VW_VENTAS_SYNC", qualified=True),
+        mssql_key_column=r.identifier("MSSQL_KEY_COLUMN", "CONDUCE"),
+        mssql_version_column=r.identifier("MSSQL_VERSION_COLUMN", "ULTIMA_MODIFICACION"),
+        mssql_login_timeout=r.number("MSSQL_LOGIN_TIMEOUT", "5", 1, 300),
+        mssql_query_timeout=r.number("MSSQL_QUERY_TIMEOUT", "120", 1, 3600),
+        mssql_tds_version=r.choice("MSSQL_TDS_VERSION", "7.4", ("7.1", "7.2", "7.3", "7.4")),
+        pg_host=r.text("PG_HOST"),
+        pg_port=r.number("PG_PORT", "5432", 1, 65535),
+        pg_database=r.identifier("PG_DATABASE", "syncdb"),
+        pg_user=r.text("PG_USER"),
+        pg_password=r.secret("PG_PASSWORD"),
+        pg_table_vista=r.identifier("PG_TABLE_VISTA", "datos_vista"),
+        pg_table_seguimiento=r.identifier("PG_TABLE_SEGUIMIENTO", "datos_seguimiento"),
+        pg_connect_timeout=r.number("PG_CONNECT_TIMEOUT", "5", 1, 300),
+        redis_host=r.text("REDIS_HOST", "127.0.0.1"),
+        redis_port=r.number("REDIS_PORT", "6379", 1, 65535),
+        redis_password=r.secret("REDIS_PASSWORD", required=False),
+        redis_db=r.number("REDIS_DB", "0", 0, 15),
+        redis_prefix=r.text("REDIS_PREFIX", "facusync:"),
+        redis_connect_timeout=r.number("REDIS_CONNECT_TIMEOUT", "5", 0.1, 300, float),
+        sync_interval=r.number("SYNC_INTERVAL", "10", 0.1, day, float),
+        sync_overlap=r.number("SYNC_OVERLAP", "300", 0, 30 * day, float),
+        sync_start=r.timestamp("SYNC_START", "2000-01-01"),
+        batch_size=r.number("BATCH_SIZE", "1000", 1, 100_000),
+        fetch_size=r.number("FETCH_SIZE", "5000", 1, 1_000_000),
+        chunk_size=r.number("CHUNK_SIZE", "2000", 1, 100_000),
+        queue_max_pending=r.number("QUEUE_MAX_PENDING", "200000", 1, 100_000_000),
+        claim_idle=r.number("CLAIM_IDLE", "60", 1, day, float),
+        max_deliveries=r.number("MAX_DELIVERIES", "5", 1, 1000),
+        backoff_max=r.number("BACKOFF_MAX", "60", 1, 3600, float),
+        source_timezone=r.timezone("SOURCE_TIMEZONE", "America/Santo_Domingo"),
+        lag_warn=r.number("LAG_WARN", "120", 1, 30 * day, float),
+        reconcile_max_delete_pct=r.number("RECONCILE_MAX_DELETE_PCT", "10", 0, 100, float),
+        log_level=r.choice("LOG_LEVEL", "INFO", ("debug", "info", "warning", "error")).upper(),
+        log_format=r.choice("LOG_FORMAT", "auto", ("auto", "json", "text")),
+    )
+    if not cfg.redis_prefix or any(c.isspace() for c in cfg.redis_prefix):
+        r.problems.append(f"REDIS_PREFIX={cfg.redis_prefix!r} must be non-empty, without spaces")
+    if r.problems:
+        raise ConfigError(r.problems, source)
+    return cfg

@@ -1,0 +1,177 @@
+"""The change message: the contract between producer (and reconcile) and consumer.
+
+One stream entry per row change. Fields (all strings, as Redis stores them):
+
+- ``v``       format version, ``"1"``. A consumer dead-letters a version it does not know.
+- ``op``      ``upsert`` or ``delete``.
+- ``key``     the conduce.
+- ``version`` ULTIMA_MODIFICACION as ISO 8601, the source's local wall time, no offset.
+- ``row``     upserts only: JSON object of the synced columns, lower-case names, datetimes as
+              ISO 8601 without offset, decimals as strings (nothing is rounded).
+- ``lw``      low-water mark: the producer's watermark *before* this entry was added. Every
+              source row with a version at or below it was added to the stream in an earlier
+              entry. When the oldest entry still in the stream carries ``lw = X``, everything
+              at or below X is committed in PostgreSQL (entries are acknowledged, then deleted,
+              only after commit). The consumer stores that as the durable, low-water
+              watermark in ``sync_control``. Empty when there was none yet.
+- ``src``     who queued it: ``poll``, ``reconcile`` or ``retry`` (informational).
+- ``ts``      enqueue time, Unix seconds (for lag and latency statistics).
+
+Version 1 is the first and only format; change it only by bumping ``v`` and teaching the
+consumer both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+FORMAT_VERSION = "1"
+SUPPORTED_VERSIONS = frozenset({"1"})
+OP_UPSERT = "upsert"
+OP_DELETE = "delete"
+
+
+class MessageError(ValueError):
+    """A stream entry that does not follow the contract (it goes to the dead letters)."""
+
+
+def _json_value(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float)):
+        return value  # bool is an int subclass and stays a JSON boolean
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            raise MessageError(f"datetime with an offset ({value.isoformat()}): the source is naive")
+        return value.isoformat(timespec="microseconds")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex()
+    raise MessageError(f"value of type {type(value).__name__} cannot travel in a message")
+
+
+def encode_row(row: Mapping[str, Any]) -> str:
+    """The row as canonical JSON: stable key order, exact decimals, naive ISO datetimes."""
+    return json.dumps(
+        {k: _json_value(v) for k, v in row.items()},
+        ensure_ascii=False,
+        separators=(",", ":"),
+        sort_keys=True,
+    )
+
+
+def fingerprint(row_json: str) -> str:
+    """A short digest of the row's values: equal digests mean nothing to send."""
+    return hashlib.blake2b(row_json.encode("utf-8"), digest_size=10).hexdigest()
+
+
+def format_version(value: datetime) -> str:
+    """ULTIMA_MODIFICACION as it travels: naive ISO 8601 with microseconds."""
+    return value.isoformat(timespec="microseconds")
+
+
+def upsert_fields(
+    key: str, version: datetime, row_json: str, low_water: str, src: str = "poll"
+) -> dict[str, str]:
+    """The stream entry for a changed or new row."""
+    return {
+        "v": FORMAT_VERSION,
+        "op": OP_UPSERT,
+        "key": key,
+        "version": format_version(version),
+        "row": row_json,
+        "lw": low_water,
+        "src": src,
+        "ts": f"{time.time():.3f}",
+    }
+
+
+def delete_fields(key: str, version: str, low_water: str, src: str = "reconcile") -> dict[str, str]:
+    """The tombstone for a key gone from the view; version is the last one PostgreSQL held."""
+    return {
+        "v": FORMAT_VERSION,
+        "op": OP_DELETE,
+        "key": key,
+        "version": version,
+        "lw": low_water,
+        "src": src,
+        "ts": f"{time.time():.3f}",
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A decoded, validated stream entry."""
+
+    entry_id: str
+    op: str
+    key: str
+    version: datetime
+    row: dict[str, Any] | None
+    low_water: datetime | None
+    enqueued_at: float | None
+
+
+def _text(fields: Mapping[bytes | str, bytes | str], name: str) -> str | None:
+    raw = fields.get(name)
+    if raw is None:
+        raw = fields.get(name.encode())
+    if raw is None:
+        return None
+    return raw.decode("utf-8") if isinstance(raw, bytes) else raw
+
+
+def decode(entry_id: str, fields: Mapping[bytes | str, bytes | str]) -> Change:
+    """Validate an entry against the contract; raise MessageError with the reason."""
+    try:
+        v = _text(fields, "v")
+        if v not in SUPPORTED_VERSIONS:
+            raise MessageError(f"unknown message format version {v!r}")
+        op = _text(fields, "op")
+        if op not in (OP_UPSERT, OP_DELETE):
+            raise MessageError(f"unknown op {op!r}")
+        key = _text(fields, "key")
+        if not key:
+            raise MessageError("missing or empty key")
+        version_text = _text(fields, "version")
+        if not version_text:
+            raise MessageError("missing version")
+        try:
+            version = datetime.fromisoformat(version_text)
+        except ValueError:
+            raise MessageError(f"version {version_text!r} is not an ISO 8601 timestamp") from None
+        if version.tzinfo is not None:
+            raise MessageError(f"version {version_text!r} carries an offset; expected local time")
+        row: dict[str, Any] | None = None
+        if op == OP_UPSERT:
+            row_text = _text(fields, "row")
+            if row_text is None:
+                raise MessageError("upsert without row")
+            try:
+                parsed = json.loads(row_text)
+            except ValueError as exc:
+                raise MessageError(f"row is not valid JSON: {exc}") from None
+            if not isinstance(parsed, dict):
+                raise MessageError("row is not a JSON object")
+            row = parsed
+        lw_text = _text(fields, "lw") or ""
+        try:
+            low_water = datetime.fromisoformat(lw_text) if lw_text else None
+        except ValueError:
+            raise MessageError(f"lw {lw_text!r} is not an ISO 8601 timestamp") from None
+        ts_text = _text(fields, "ts")
+        try:
+            enqueued_at = float(ts_text) if ts_text else None
+        except ValueError:
+            enqueued_at = None
+    except UnicodeDecodeError as exc:
+        raise MessageError(f"entry is not UTF-8: {exc}") from None
+    return Change(entry_id, op, key, version, row, low_water, enqueued_at)

@@ -1,0 +1,49 @@
+"""SQL Server: connecting through pymssql with login and query timeouts, and naming failures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pymssql
+
+from facusync.config import Config
+from facusync.errors import SourceError
+
+
+def describe_mssql_error(exc: Exception) -> str:
+    """Map FreeTDS/pymssql's verbose messages to a likely cause; never includes the password."""
+    text = " ".join(str(a) for a in getattr(exc, "args", ())) or str(exc)
+    low = text.lower()
+    if "18456" in low or "login failed" in low:
+        return "login failed: check MSSQL_USER and MSSQL_PASSWORD"
+    if "4060" in low or "cannot open database" in low:
+        return "cannot open the database: check MSSQL_DATABASE and the login's permissions"
+    if "208" in low and "invalid object name" in low:
+        return "the view does not exist or is not visible: check MSSQL_VIEW and grants"
+    if "timed out" in low or "timeout" in low:
+        return "timed out: is MSSQL_HOST/MSSQL_PORT right and the server answering?"
+    if "connection refused" in low or "unable to connect" in low or "adaptive server is unavailable" in low:
+        return "cannot connect: is SQL Server listening on MSSQL_HOST:MSSQL_PORT?"
+    if "unexpected eof" in low or "write to the server failed" in low or "read from the server failed" in low:
+        return "the connection was dropped by the server or the network"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first[:300]
+
+
+def connect_mssql(cfg: Config) -> Any:
+    """A pymssql connection; returns rows as tuples (the fastest form) and native types."""
+    try:
+        return pymssql.connect(
+            server=cfg.mssql_host,
+            port=str(cfg.mssql_port),
+            user=cfg.mssql_user,
+            password=cfg.mssql_password.reveal(),
+            database=cfg.mssql_database,
+            login_timeout=cfg.mssql_login_timeout,
+            timeout=cfg.mssql_query_timeout,
+            tds_version=cfg.mssql_tds_version,
+            appname="facusync",
+            charset="UTF-8",
+        )
+    except (pymssql.Error, OSError) as exc:
+        raise SourceError(describe_mssql_error(exc)) from None

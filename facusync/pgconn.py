@@ -1,0 +1,49 @@
+"""PostgreSQL: connecting with a timeout, and turning driver errors into one actionable line."""
+
+from __future__ import annotations
+
+import psycopg2
+import psycopg2.extensions
+
+from facusync.config import Config
+from facusync.errors import SinkError
+
+
+def describe_pg_error(exc: Exception) -> str:
+    """The likely cause in words an operator can act on; never echoes the DSN."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    low = text.lower()
+    if "password authentication failed" in low or "no password supplied" in low:
+        return "authentication failed: check PG_USER and PG_PASSWORD"
+    if "does not exist" in low and "database" in low:
+        return "unknown database: check PG_DATABASE (create it, then run `facusync migrate`)"
+    if "connection refused" in low:
+        return "connection refused: is PostgreSQL running on PG_HOST:PG_PORT?"
+    if "timeout" in low or "timed out" in low:
+        return "timed out: is PG_HOST/PG_PORT right and the server up?"
+    if "could not translate host name" in low:
+        return "unknown host: check PG_HOST"
+    if "the database system is starting up" in low or "shutting down" in low:
+        return "the server is starting up or shutting down; retrying"
+    return text
+
+
+def connect_pg(cfg: Config, *, application: str = "facusync") -> psycopg2.extensions.connection:
+    """A connection with a connect timeout, TCP keepalives and an application_name."""
+    try:
+        conn = psycopg2.connect(
+            host=cfg.pg_host,
+            port=cfg.pg_port,
+            dbname=cfg.pg_database,
+            user=cfg.pg_user,
+            password=cfg.pg_password.reveal(),
+            connect_timeout=cfg.pg_connect_timeout,
+            application_name=application,
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+        )
+    except psycopg2.Error as exc:
+        raise SinkError(describe_pg_error(exc)) from None
+    return conn

@@ -1,0 +1,104 @@
+"""Shared fixtures: one real PostgreSQL and one real Redis per test session, a fresh database
+and Redis key prefix per test, and a Config pointing at them."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg2
+import pytest
+import redis
+
+from facusync.config import Config, config_from_mapping
+from tests.servers import PostgresServer, RedisServer
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture()
+def pg_db(pg_server: PostgresServer) -> Iterator[str]:
+    """A fresh, empty database for one test; dropped afterwards."""
+    name = "t_" + uuid.uuid4().hex[:12]
+    admin = psycopg2.connect(pg_server.dsn())
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture()
+def redis_prefix(redis_server: RedisServer) -> Iterator[str]:
+    """A key prefix unique to one test; its keys are deleted afterwards."""
+    prefix = "t" + uuid.uuid4().hex[:10] + ":"
+    yield prefix
+    client = redis.Redis(host=redis_server.host, port=redis_server.port,
+                         password=redis_server.password)
+    try:
+        for key in client.scan_iter(match=prefix + "*", count=1000):
+            client.delete(key)
+    except redis.RedisError:
+        pass  # a test may have stopped or restarted the server
+    finally:
+        client.close()
+
+
+def base_env(pg: PostgresServer, rds: RedisServer, database: str, prefix: str) -> dict[str, str]:
+    """The environment a daemon would get, pointing at the test servers."""
+    return {
+        "MSSQL_HOST": "127.0.0.1",
+        "MSSQL_PORT": "1",
+        "MSSQL_USER": "facusync_ro",
+        "MSSQL_PASSWORD": "unused-in-this-test",
+        "PG_HOST": pg.host,
+        "PG_PORT": str(pg.port),
+        "PG_DATABASE": database,
+        "PG_USER": pg.user,
+        "PG_PASSWORD": pg.password,
+        "REDIS_HOST": rds.host,
+        "REDIS_PORT": str(rds.port),
+        "REDIS_PASSWORD": rds.password,
+        "REDIS_PREFIX": prefix,
+        "LOG_FORMAT": "json",
+    }
+
+
+@pytest.fixture()
+def env(pg_server: PostgresServer, redis_server: RedisServer, pg_db: str,
+        redis_prefix: str) -> dict[str, str]:
+    """A mutable environment mapping for this test's database and prefix."""
+    return base_env(pg_server, redis_server, pg_db, redis_prefix)
+
+
+@pytest.fixture()
+def make_config(env: dict[str, str]) -> Callable[..., Config]:
+    """Build a validated Config from the test environment plus overrides."""
+
+    def build(**overrides: Any) -> Config:
+        merged = dict(env)
+        merged.update({k: str(v) for k, v in overrides.items()})
+        return config_from_mapping(merged)
+
+    return build

@@ -1,0 +1,191 @@
+"""Throwaway PostgreSQL 15 and Redis 7 servers on free loopback ports, with passwords.
+
+Used by the pytest fixtures, the demo and the benchmarks: real servers, never fakes. Each
+server lives in its own temporary directory and is stopped by whoever started it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+PG_BIN = Path(os.environ.get("FACUSYNC_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until something accepts on 127.0.0.1:port (or fail clearly)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def _as_postgres() -> tuple[list[str], int | None, int | None]:
+    """initdb refuses root: when root, run PostgreSQL's tools as the postgres user."""
+    if os.geteuid() != 0:
+        return [], None, None
+    pw = pwd.getpwnam("postgres")
+    return ["runuser", "-u", "postgres", "--"], pw.pw_uid, pw.pw_gid
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster: password (scram) auth on 127.0.0.1 only."""
+
+    def __init__(self, *, durable: bool = False, port: int | None = None) -> None:
+        self.durable = durable
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.user = "postgres"
+        self.password = secrets.token_urlsafe(16)
+        self.base = Path(tempfile.mkdtemp(prefix="facusync-pg-"))
+        self.datadir = self.base / "data"
+        self.logfile = self.base / "postgres.log"
+        self._prefix, uid, gid = _as_postgres()
+        if uid is not None and gid is not None:
+            os.chown(self.base, uid, gid)
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self._prefix, *args], check=True, capture_output=True, cwd=self.base)
+
+    def start(self) -> PostgresServer:
+        pwfile = self.base / "pw"
+        pwfile.write_text(self.password)
+        if self._prefix:
+            shutil.chown(pwfile, "postgres")
+        self._run(
+            str(PG_BIN / "initdb"), "-D", str(self.datadir), "-U", self.user, "-E", "UTF8",
+            "--locale=C.UTF-8", "--auth-local=trust", "--auth-host=scram-sha-256",
+            f"--pwfile={pwfile}",
+        )
+        pwfile.unlink()
+        opts = [
+            f"-p {self.port}", "-c listen_addresses=127.0.0.1", f"-k {self.base}",
+            "-c max_connections=200", "-c shared_buffers=128MB", "-c timezone=UTC",
+        ]
+        if not self.durable:
+            opts += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        self._run(
+            str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile), "-w",
+            "-t", "60", "-o", " ".join(opts), "start",
+        )
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server; the data stays so that start_again() can bring it back."""
+        if (self.datadir / "postmaster.pid").exists():
+            subprocess.run(
+                [*self._prefix, str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-m", mode,
+                 "-w", "stop"],
+                capture_output=True, cwd=self.base,
+            )
+
+    def start_again(self) -> None:
+        """Restart a stopped server with the same data, port and password."""
+        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base} -c max_connections=200"
+        if not self.durable:
+            opts += " -c fsync=off -c synchronous_commit=off"
+        self._run(
+            str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.logfile), "-w",
+            "-t", "60", "-o", opts, "start",
+        )
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    def dsn(self, database: str = "postgres", user: str | None = None, password: str | None = None) -> str:
+        return (
+            f"host={self.host} port={self.port} dbname={database} "
+            f"user={user or self.user} password={password or self.password}"
+        )
+
+    def psql(self, sql: str, database: str = "postgres") -> str:
+        """Run SQL as the superuser through psql; returns its unaligned output."""
+        env = {**os.environ, "PGPASSWORD": self.password}
+        out = subprocess.run(
+            ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", self.host,
+             "-p", str(self.port), "-U", self.user, "-d", database, "-c", sql],
+            check=True, capture_output=True, text=True, env=env,
+        )
+        return out.stdout.strip()
+
+
+class RedisServer:
+    """A private redis-server with requirepass; restartable with or without its data."""
+
+    def __init__(self, *, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.password = secrets.token_urlsafe(16)
+        self.base = Path(tempfile.mkdtemp(prefix="facusync-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.appendonly = False
+
+    def start(self, *, appendonly: bool | None = None) -> RedisServer:
+        if appendonly is not None:
+            self.appendonly = appendonly
+        args = [
+            "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+            "--requirepass", self.password, "--dir", str(self.base), "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
+            "--daemonize", "no", "--logfile", str(self.base / "redis.log"),
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            if kill:
+                self.proc.kill()
+            else:
+                self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self, *, keep_data: bool) -> None:
+        """Restart; keep_data=False simulates a Redis without persistence losing everything."""
+        if keep_data:
+            if not self.appendonly:
+                raise ValueError("keep_data needs a server started with appendonly=True")
+            self.stop()
+            self.start()
+        else:
+            self.stop(kill=True)
+            for f in self.base.glob("*"):
+                if f.name != "redis.log":
+                    if f.is_dir():
+                        shutil.rmtree(f)
+                    else:
+                        f.unlink()
+            self.start()
+
+    def destroy(self) -> None:
+        self.stop(kill=True)
+        shutil.rmtree(self.base, ignore_errors=True)
