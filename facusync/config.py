@@ -74,6 +74,10 @@ class Config:
     pg_table_vista: str
     pg_table_seguimiento: str
     pg_connect_timeout: int
+    pg_sync_role: str
+    pg_sync_role_password: Secret = field(repr=False)
+    pg_nocodb_role: str
+    pg_nocodb_role_password: Secret = field(repr=False)
     redis_host: str
     redis_port: int
     redis_password: Secret = field(repr=False)
@@ -271,6 +275,11 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
         pg_table_vista=r.identifier("PG_TABLE_VISTA", "datos_vista"),
         pg_table_seguimiento=r.identifier("PG_TABLE_SEGUIMIENTO", "datos_seguimiento"),
         pg_connect_timeout=r.number("PG_CONNECT_TIMEOUT", "5", 1, 300),
+        # Only `facusync migrate --create-roles` uses these (see facusync.roles).
+        pg_sync_role=r.identifier("PG_SYNC_ROLE", "facusync_sync"),
+        pg_sync_role_password=r.secret("PG_SYNC_ROLE_PASSWORD", required=False),
+        pg_nocodb_role=r.identifier("PG_NOCODB_ROLE", "facusync_nocodb"),
+        pg_nocodb_role_password=r.secret("PG_NOCODB_ROLE_PASSWORD", required=False),
         redis_host=r.text("REDIS_HOST", "127.0.0.1"),
         redis_port=r.number("REDIS_PORT", "6379", 1, 65535),
         redis_password=r.secret("REDIS_PASSWORD", required=False),

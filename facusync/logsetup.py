@@ -13,7 +13,7 @@ from typing import Any
 try:  # python-json-logger 3.x moved the class; Debian 12 ships 2.0.1
     from pythonjsonlogger.json import JsonFormatter
 except ImportError:  # pragma: no cover - depends on the installed version
-    from pythonjsonlogger.jsonlogger import JsonFormatter
+    from pythonjsonlogger.jsonlogger import JsonFormatter  # type: ignore[attr-defined,no-redef]
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 

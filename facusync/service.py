@@ -90,7 +90,7 @@ class Backoff:
     def next_delay(self) -> float:
         delay = min(self.cap, self.base * (2**self.attempt))
         self.attempt += 1
-        return delay * random.uniform(0.8, 1.0)
+        return float(delay * random.uniform(0.8, 1.0))
 
     def reset(self) -> None:
         self.attempt = 0

@@ -1,0 +1,142 @@
+"""Appending changes to the stream: fingerprint filter, then one MULTI/EXEC per chunk.
+
+Shared by the producer and reconcile. A chunk's stream entries, its fingerprints and (for the
+producer) the new watermark are written in the same MULTI/EXEC, so a crash between chunks
+re-sends at most one chunk and never skips one: the watermark can never get ahead of what is
+in the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from facusync.message import (
+    delete_fields,
+    encode_row,
+    fingerprint,
+    format_version,
+    upsert_fields,
+)
+from facusync.redisconn import Keys
+
+NULL_KEY_PREFIX = "\x00null:"
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedRow:
+    """A view row ready to send: its key (as the fingerprint field), version and JSON."""
+
+    key: str | None
+    version: datetime | None
+    row_json: str
+    digest: str
+
+    @property
+    def fp_field(self) -> str:
+        # Rows with a NULL key are poison; remember them by content so that the overlap
+        # re-read does not dead-letter the same row again every cycle.
+        return self.key if self.key is not None else NULL_KEY_PREFIX + self.digest
+
+
+def encode(names: Sequence[str], row: Sequence[Any], key_index: int, version_index: int) -> EncodedRow:
+    """Turn one fetched tuple into what travels and what is remembered."""
+    row_json = encode_row(dict(zip(names, row, strict=True)))
+    key = row[key_index]
+    version = row[version_index]
+    return EncodedRow(
+        key=None if key is None else str(key),
+        version=version if isinstance(version, datetime) else None,
+        row_json=row_json,
+        digest=fingerprint(row_json),
+    )
+
+
+@dataclass
+class ChunkResult:
+    queued: int = 0
+    unchanged: int = 0
+    max_version: datetime | None = None
+
+
+def read_watermark(client: redis.Redis, keys: Keys) -> datetime | None:
+    """The last enqueued version, or None when Redis has none (first run, or data lost)."""
+    raw = client.get(keys.watermark)
+    if raw is None:
+        return None
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return datetime.fromisoformat(text)
+
+
+def append_upserts(
+    client: redis.Redis,
+    keys: Keys,
+    rows: Sequence[EncodedRow],
+    *,
+    low_water: datetime | None,
+    advance_watermark: bool,
+    src: str = "poll",
+    force: bool = False,
+) -> ChunkResult:
+    """Queue the rows whose fingerprint changed; atomically remember them (and the watermark).
+
+    ``low_water`` is the watermark before this chunk: every row at or below it is already in
+    an earlier entry (see message.py). ``force`` queues even unchanged rows (resend).
+    """
+    result = ChunkResult()
+    if not rows:
+        return result
+    fields = [r.fp_field for r in rows]
+    known = client.hmget(keys.fingerprints, fields) if not force else [None] * len(rows)
+    lw = format_version(low_water) if low_water else ""
+    pipe = client.pipeline(transaction=True)
+    new_fps: dict[str, str] = {}
+    for row, old in zip(rows, known, strict=True):
+        if row.version is not None and (result.max_version is None or row.version > result.max_version):
+            result.max_version = row.version
+        old_text = old.decode() if isinstance(old, bytes) else old
+        if old_text == row.digest or new_fps.get(row.fp_field) == row.digest:
+            result.unchanged += 1
+            continue
+        version = row.version if row.version is not None else datetime(1, 1, 1)
+        entry = upsert_fields(row.key or "", version, row.row_json, lw, src)
+        if row.version is None:
+            entry["version"] = ""  # the consumer dead-letters it with "missing version"
+        pipe.xadd(keys.stream, entry)  # type: ignore[arg-type]
+        new_fps[row.fp_field] = row.digest
+        result.queued += 1
+    if new_fps:
+        pipe.hset(keys.fingerprints, mapping=new_fps)  # type: ignore[arg-type]
+    if advance_watermark and result.max_version is not None and (
+        low_water is None or result.max_version > low_water
+    ):
+        pipe.set(keys.watermark, format_version(result.max_version))
+    if len(pipe):
+        pipe.execute()
+    else:
+        pipe.reset()
+    return result
+
+
+def append_deletes(
+    client: redis.Redis,
+    keys: Keys,
+    tombstones: Sequence[tuple[str, str]],
+    *,
+    low_water: datetime | None,
+    src: str = "reconcile",
+) -> int:
+    """Queue tombstones (key, last known version) and forget their fingerprints, atomically."""
+    if not tombstones:
+        return 0
+    lw = format_version(low_water) if low_water else ""
+    pipe = client.pipeline(transaction=True)
+    for key, version in tombstones:
+        pipe.xadd(keys.stream, delete_fields(key, version, lw, src))  # type: ignore[arg-type]
+    pipe.hdel(keys.fingerprints, *[k for k, _ in tombstones])
+    pipe.execute()
+    return len(tombstones)

@@ -1,0 +1,71 @@
+"""A Redis lock that serializes the producer's cycles and reconcile runs.
+
+Both read the view and append to the same stream. Holding one lock while reading *and*
+appending means the stream order matches the order in which the view was read, so reconcile
+can never append a stale read of a row after the producer appended a fresher one. The lock
+expires by itself (TTL) if its holder dies; a long holder extends it while it works.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import redis
+
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+_EXTEND = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+class LockLost(RuntimeError):
+    """Our lock expired and someone else may hold it: stop appending."""
+
+
+class RedisLock:
+    """SET NX PX with a random token; only the holder can extend or release it."""
+
+    def __init__(self, client: redis.Redis, key: str, ttl: float = 60.0, owner: str = "") -> None:
+        self.client = client
+        self.key = key
+        self.ttl_ms = int(ttl * 1000)
+        self.token = (owner + ":" if owner else "") + secrets.token_hex(8)
+        self.held = False
+        self._last_extend = 0.0
+
+    def acquire(self, wait: float = 0.0) -> bool:
+        deadline = time.monotonic() + wait
+        while True:
+            if self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
+                self.held = True
+                self._last_extend = time.monotonic()
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
+    def holder(self) -> str | None:
+        value = self.client.get(self.key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def extend(self) -> None:
+        """Push the expiry back; cheap to call often (it only talks to Redis every few s)."""
+        now = time.monotonic()
+        if now - self._last_extend < self.ttl_ms / 4000:
+            return
+        if not self.client.eval(_EXTEND, 1, self.key, self.token, self.ttl_ms):
+            self.held = False
+            raise LockLost(f"lost the lock {self.key}")
+        self._last_extend = now
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                self.client.eval(_RELEASE, 1, self.key, self.token)
+            finally:
+                self.held = False

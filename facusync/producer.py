@@ -1,0 +1,328 @@
+"""facusync-producer: every SYNC_INTERVAL, read what changed in the view and append it to Redis.
+
+Change detection (DESIGN.md): read ``version >= watermark - SYNC_OVERLAP`` ordered by
+version, so rows committed late with an older timestamp, rows sharing the boundary timestamp
+and datetime rounding are all re-read; a per-key fingerprint drops the re-read rows that did
+not change, so the overlap costs reads, not writes.
+
+Where the watermark starts: Redis (the last enqueued version); if Redis lost it, PostgreSQL's
+committed low-water mark in sync_control; if that is empty too, SYNC_START.
+
+Delivery is at-least-once: a crash after a chunk's MULTI/EXEC but before the next re-sends
+nothing; a crash inside a chunk re-sends at most that chunk (the consumer is idempotent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg2
+import redis
+
+from facusync.config import Config
+from facusync.enqueue import append_upserts, encode, read_watermark
+from facusync.errors import EX_OK, EX_UNAVAILABLE, SchemaError, SinkError, UnavailableError
+from facusync.lock import LockLost, RedisLock
+from facusync.pgconn import connect_pg, describe_pg_error
+from facusync.redisconn import Keys, connect_redis, describe_redis_error
+from facusync.service import Backoff, Service, StateLog, daemon_main
+from facusync.source import ColumnMap, ViewSource, map_columns
+
+log = logging.getLogger("facusync.producer")
+
+BACKLOG_CHECK_EVERY = 10  # chunks between two looks at the stream's length
+
+
+@dataclass
+class CycleStats:
+    """What one cycle did; logged, shown in STATUS and kept in Redis for `facusync status`."""
+
+    started: float = 0.0
+    read: int = 0
+    queued: int = 0
+    unchanged: int = 0
+    duration_ms: float = 0.0
+    watermark: datetime | None = None
+    since: datetime | None = None
+    backlog: int = 0
+    paused: bool = False
+    complete: bool = False
+
+
+def table_columns(cfg: Config) -> list[str]:
+    """Columns of datos_vista, so the synced set follows the schema without code changes."""
+    conn = connect_pg(cfg, application="facusync-producer")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = %s",
+                (cfg.pg_table_vista,),
+            )
+            cols = [r[0] for r in cur.fetchall()]
+    except psycopg2.Error as exc:
+        raise SinkError(describe_pg_error(exc)) from None
+    finally:
+        conn.close()
+    if not cols:
+        raise SchemaError(
+            f"PostgreSQL table {cfg.pg_table_vista} does not exist in {cfg.pg_database}: "
+            "run `facusync migrate` first"
+        )
+    return cols
+
+
+def committed_watermark(cfg: Config) -> datetime | None:
+    """The consumer's durable low-water mark: everything at or below it is in PostgreSQL."""
+    conn = connect_pg(cfg, application="facusync-producer")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT watermark FROM sync_control WHERE id = 1")
+            row = cur.fetchone()
+    except psycopg2.Error as exc:
+        raise SinkError(describe_pg_error(exc)) from None
+    finally:
+        conn.close()
+    return row[0] if row and row[0] is not None else None
+
+
+class Producer:
+    """The polling loop. One instance per process; not thread-safe."""
+
+    def __init__(self, cfg: Config, service: Service) -> None:
+        self.cfg = cfg
+        self.service = service
+        self.keys = Keys(cfg.redis_prefix)
+        self.source = ViewSource(cfg)
+        self.redis: redis.Redis | None = None
+        self.cols: ColumnMap | None = None
+        self.state_log = StateLog(log)
+        self.backoff = Backoff(cfg.backoff_max)
+        self.owner = f"producer@{socket.gethostname()}:{os.getpid()}"
+
+    # -- set-up -----------------------------------------------------------------------
+    def _client(self) -> redis.Redis:
+        if self.redis is None:
+            self.redis = connect_redis(self.cfg)
+        return self.redis
+
+    def discover(self) -> ColumnMap:
+        """Synced columns, found once at start (view ∩ table, case-insensitive)."""
+        if self.cols is None:
+            view_cols = self.source.view_columns()
+            cols = map_columns(view_cols, table_columns(self.cfg), self.cfg.mssql_key_column,
+                               self.cfg.mssql_version_column)
+            for name in cols.ignored:
+                log.warning("view column %s has no column in %s; it is not synced", name,
+                            self.cfg.pg_table_vista, extra={"column": name})
+            log.info("synced columns: %s", ", ".join(cols.names), extra={"columns": cols.names})
+            self.cols = cols
+        return self.cols
+
+    def start_watermark(self, client: redis.Redis) -> tuple[datetime, str]:
+        """Where to read from, and which of the three sources said so."""
+        wm = read_watermark(client, self.keys)
+        if wm is not None:
+            return wm, "redis"
+        wm = committed_watermark(self.cfg)
+        if wm is not None:
+            log.warning("Redis has no watermark; resuming from PostgreSQL's committed watermark",
+                        extra={"watermark": wm.isoformat()})
+            return wm, "postgresql"
+        return self.cfg.sync_start, "SYNC_START"
+
+    # -- one cycle --------------------------------------------------------------------
+    def backlog(self, client: redis.Redis) -> int:
+        """Unacknowledged entries: acknowledged ones are deleted, so the length is the backlog."""
+        return int(client.xlen(self.keys.stream))
+
+    def cycle(self) -> CycleStats:
+        """Read what changed since watermark - overlap and append it, chunk by chunk."""
+        stats = CycleStats(started=time.time())
+        t0 = time.monotonic()
+        client = self._client()
+        cols = self.discover()
+        lock = RedisLock(client, self.keys.source_lock, ttl=max(60.0, self.cfg.mssql_query_timeout),
+                         owner=self.owner)
+        if not lock.acquire(wait=min(5.0, self.cfg.sync_interval)):
+            log.info("source lock held by %s (a reconcile run?); skipping this cycle",
+                     lock.holder())
+            stats.complete = True
+            return stats
+        try:
+            stats.backlog = self.backlog(client)
+            watermark, origin = self.start_watermark(client)
+            stats.watermark = watermark
+            if stats.backlog >= self.cfg.queue_max_pending:
+                stats.paused = True
+                return stats
+            if origin == "SYNC_START":
+                # First run: everything from SYNC_START; the default reads the whole view.
+                since = None if watermark <= datetime(2000, 1, 1) else watermark
+            else:
+                since = watermark - timedelta(seconds=self.cfg.sync_overlap)
+            stats.since = since
+            pending: list[Any] = []
+            chunks = 0
+            for rows in self.source.read_since(cols, since):
+                for row in rows:
+                    pending.append(encode(cols.names, row, cols.key_index, cols.version_index))
+                    if len(pending) >= self.cfg.chunk_size:
+                        watermark = self._flush(client, pending, watermark, stats)
+                        pending = []
+                        chunks += 1
+                        lock.extend()
+                        self.service.alive()
+                        if self.service.stopping.is_set():
+                            return stats
+                        if chunks % BACKLOG_CHECK_EVERY == 0:
+                            stats.backlog = self.backlog(client)
+                            if stats.backlog >= self.cfg.queue_max_pending:
+                                stats.paused = True
+                                return stats
+            self._flush(client, pending, watermark, stats)
+            stats.backlog = self.backlog(client)
+            stats.complete = True
+            return stats
+        finally:
+            lock.release()
+            stats.duration_ms = round((time.monotonic() - t0) * 1000, 1)
+
+    def _flush(self, client: redis.Redis, rows: list[Any], watermark: datetime,
+               stats: CycleStats) -> datetime:
+        result = append_upserts(client, self.keys, rows, low_water=watermark,
+                                advance_watermark=True)
+        stats.read += len(rows)
+        stats.queued += result.queued
+        stats.unchanged += result.unchanged
+        if result.max_version is not None and result.max_version > watermark:
+            watermark = result.max_version
+        stats.watermark = watermark
+        return watermark
+
+    # -- reporting --------------------------------------------------------------------
+    def report(self, stats: CycleStats, state: str, cause: str = "") -> None:
+        wm = stats.watermark.isoformat(sep=" ", timespec="seconds") if stats.watermark else "-"
+        when = time.strftime("%H:%M:%S", time.localtime(stats.started or time.time()))
+        if state == "paused":
+            line = (f"paused by backpressure: backlog {stats.backlog} >= QUEUE_MAX_PENDING "
+                    f"{self.cfg.queue_max_pending}; watermark {wm}")
+        elif state == "backing_off":
+            line = f"backing off: {cause}"
+        else:
+            line = (f"cycle {when}: {stats.queued} changed, watermark {wm}, "
+                    f"backlog {stats.backlog}")
+        self.service.status(line)
+        fields = {
+            "state": state,
+            "cause": cause,
+            "heartbeat": f"{time.time():.3f}",
+            "interval": str(self.cfg.sync_interval),
+            "status_line": line,
+        }
+        if state != "backing_off":
+            fields.update({
+                "last_cycle_at": f"{stats.started:.3f}",
+                "last_read": str(stats.read),
+                "last_queued": str(stats.queued),
+                "last_unchanged": str(stats.unchanged),
+                "last_duration_ms": str(stats.duration_ms),
+                "watermark": stats.watermark.isoformat() if stats.watermark else "",
+                "backlog": str(stats.backlog),
+            })
+        try:
+            if self.redis is not None:
+                self.redis.hset(self.keys.producer_stats, mapping=fields)  # type: ignore[arg-type]
+                if stats.queued:
+                    self.redis.hincrby(self.keys.producer_stats, "total_queued", stats.queued)
+        except redis.RedisError:
+            pass  # stats are best effort; the next cycle reports the outage
+        extra = {"read": stats.read, "queued": stats.queued, "unchanged": stats.unchanged,
+                 "duration_ms": stats.duration_ms, "watermark": wm, "backlog": stats.backlog,
+                 "state": state}
+        if state == "paused":
+            log.warning("paused by backpressure", extra=extra)
+        elif stats.queued or not stats.complete:
+            log.info("cycle: %d read, %d queued", stats.read, stats.queued, extra=extra)
+        else:
+            log.debug("cycle: nothing changed", extra=extra)
+
+    # -- the loop ---------------------------------------------------------------------
+    def run_once(self) -> CycleStats:
+        stats = self.cycle()
+        self.report(stats, "paused" if stats.paused else "running")
+        return stats
+
+    def run_forever(self) -> None:
+        self.service.ready()
+        while not self.service.stopping.is_set():
+            started = time.monotonic()
+            self.service.alive()
+            try:
+                stats = self.run_once()
+            except SchemaError:
+                raise
+            except UnavailableError as exc:
+                self._failed(exc.target, exc.cause)
+                continue
+            except redis.RedisError as exc:
+                self.redis = None
+                self._failed("Redis", describe_redis_error(exc))
+                continue
+            except LockLost as exc:
+                log.warning("%s; the cycle stops and the next one resumes", exc)
+                continue
+            self.state_log.ok()
+            self.backoff.reset()
+            if stats.paused:
+                wait = 1.0
+            elif not stats.complete:
+                wait = 0.0
+            else:
+                wait = self.cfg.sync_interval - (time.monotonic() - started)
+            if wait > 0:
+                self.service.sleep(wait)
+        self.source.close()
+        if self.redis is not None:
+            self.redis.close()
+        log.info("producer stopped")
+
+    def _failed(self, target: str, cause: str) -> None:
+        if target == "SQL Server":
+            self.source.close()
+        if target == "Redis" and self.redis is not None:
+            self.redis.close()
+            self.redis = None
+        self.state_log.failing(target, cause)
+        self.report(CycleStats(started=time.time()), "backing_off", f"{target}: {cause}")
+        self.service.sleep(self.backoff.next_delay())
+
+
+def run(cfg: Config, service: Service, args: argparse.Namespace) -> int:
+    producer = Producer(cfg, service)
+    if args.once:
+        try:
+            stats = producer.run_once()
+        except UnavailableError as exc:
+            log.error("%s", exc)
+            return EX_UNAVAILABLE
+        return EX_OK if stats.complete else EX_UNAVAILABLE
+    producer.run_forever()
+    return EX_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the facusync-producer console script."""
+    return daemon_main("facusync-producer", "Poll the SQL Server view into the Redis stream.",
+                       run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""Reading the SQL Server view: column discovery and streamed, parameterized queries.
+
+Identifiers come from validated configuration and are bracket-quoted; values always travel
+as parameters. Results are fetched in FETCH_SIZE slices so memory stays flat whatever the
+size of the view.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pymssql
+
+from facusync.config import Config
+from facusync.errors import SchemaError, SourceError
+from facusync.mssqlconn import connect_mssql, describe_mssql_error
+
+log = logging.getLogger("facusync.source")
+
+# Columns of datos_vista that the sync manages itself; never taken from the view.
+BOOKKEEPING_COLUMNS = frozenset(
+    {"sync_id", "created_at", "updated_at", "eliminado_en_origen", "eliminado_at"}
+)
+
+
+def quote_ident(name: str) -> str:
+    """Bracket-quote an identifier already validated by config (schema.name allowed)."""
+    return ".".join("[" + part.replace("]", "]]") + "]" for part in name.split("."))
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnMap:
+    """Which view columns are synced, and the lower-case names they travel under."""
+
+    view_names: tuple[str, ...]  # as the view spells them, in select order
+    names: tuple[str, ...]  # lower-case, as in the message and in PostgreSQL
+    key_index: int
+    version_index: int
+    ignored: tuple[str, ...]  # view columns the table lacks
+
+
+def map_columns(
+    view_columns: Sequence[str], table_columns: Sequence[str], key: str, version: str
+) -> ColumnMap:
+    """Synced columns = the ones the view and the table share, compared case-insensitively."""
+    table = {c.lower() for c in table_columns} - BOOKKEEPING_COLUMNS
+    lower_view = [c.lower() for c in view_columns]
+    problems = []
+    for what, col in (("MSSQL_KEY_COLUMN", key), ("MSSQL_VERSION_COLUMN", version)):
+        if col.lower() not in lower_view:
+            problems.append(f"{what}={col} is not a column of the view (it has: "
+                            f"{', '.join(view_columns)})")
+        elif col.lower() not in table:
+            problems.append(f"{what}={col} has no matching column in the PostgreSQL table")
+    if problems:
+        raise SchemaError("; ".join(problems))
+    synced = [c for c in view_columns if c.lower() in table]
+    ignored = tuple(c for c in view_columns if c.lower() not in table)
+    names = tuple(c.lower() for c in synced)
+    return ColumnMap(
+        view_names=tuple(synced),
+        names=names,
+        key_index=names.index(key.lower()),
+        version_index=names.index(version.lower()),
+        ignored=ignored,
+    )
+
+
+class ViewSource:
+    """One pymssql connection to the view, reopened after any failure."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.view = quote_ident(cfg.mssql_view)
+        self._conn: Any = None
+
+    def connect(self) -> None:
+        if self._conn is None:
+            self._conn = connect_mssql(self.cfg)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):  # closing a dead connection must never raise
+                self._conn.close()
+            self._conn = None
+
+    def _cursor(self) -> Any:
+        self.connect()
+        return self._conn.cursor()
+
+    def view_columns(self) -> list[str]:
+        """The view's columns, read from an empty result (works with any login that can SELECT)."""
+        try:
+            cur = self._cursor()
+            cur.execute(f"SELECT TOP 0 * FROM {self.view}")
+            cols = [d[0] for d in cur.description]
+            cur.fetchall()
+            return cols
+        except pymssql.Error as exc:
+            self.close()
+            raise SourceError(describe_mssql_error(exc)) from None
+
+    def count(self) -> int:
+        try:
+            cur = self._cursor()
+            cur.execute(f"SELECT COUNT_BIG(*) FROM {self.view}")
+            row = cur.fetchone()
+            return int(row[0]) if row else 0
+        except pymssql.Error as exc:
+            self.close()
+            raise SourceError(describe_mssql_error(exc)) from None
+
+    def _stream(self, sql: str, params: tuple[Any, ...] | None) -> Iterator[list[tuple[Any, ...]]]:
+        try:
+            cur = self._cursor()
+            cur.execute(sql, params) if params else cur.execute(sql)
+            while True:
+                rows = cur.fetchmany(self.cfg.fetch_size)
+                if not rows:
+                    return
+                yield rows
+        except pymssql.Error as exc:
+            self.close()
+            raise SourceError(describe_mssql_error(exc)) from None
+        except GeneratorExit:
+            # The caller stopped early (shutdown, backpressure): drop the connection rather
+            # than draining the rest of the result.
+            self.close()
+            raise
+
+    def read_since(self, cols: ColumnMap, since: datetime | None) -> Iterator[list[tuple[Any, ...]]]:
+        """Rows at or after `since`, in version order (then key, so ties are stable)."""
+        select = ", ".join(quote_ident(c) for c in cols.view_names)
+        ver = quote_ident(cols.view_names[cols.version_index])
+        key = quote_ident(cols.view_names[cols.key_index])
+        if since is None:
+            return self._stream(f"SELECT {select} FROM {self.view} ORDER BY {ver}, {key}", None)
+        return self._stream(
+            f"SELECT {select} FROM {self.view} WHERE {ver} >= %s ORDER BY {ver}, {key}",
+            (since,),
+        )
+
+    def read_all_by_key(self, cols: ColumnMap) -> Iterator[list[tuple[Any, ...]]]:
+        """The whole view in binary key order, to merge with PostgreSQL's COLLATE "C" order."""
+        select = ", ".join(quote_ident(c) for c in cols.view_names)
+        key = quote_ident(cols.view_names[cols.key_index])
+        return self._stream(
+            f"SELECT {select} FROM {self.view} ORDER BY {key} COLLATE Latin1_General_BIN2", None
+        )
+
+    def read_keys(self, cols: ColumnMap, keys: Sequence[str]) -> list[tuple[Any, ...]]:
+        """Specific rows by key (reconcile re-checks candidates before tombstoning them)."""
+        if not keys:
+            return []
+        select = ", ".join(quote_ident(c) for c in cols.view_names)
+        key = quote_ident(cols.view_names[cols.key_index])
+        marks = ", ".join(["%s"] * len(keys))
+        out: list[tuple[Any, ...]] = []
+        for rows in self._stream(f"SELECT {select} FROM {self.view} WHERE {key} IN ({marks})",
+                                 tuple(keys)):
+            out.extend(rows)
+        return out
+
