@@ -20,6 +20,8 @@ from facusync.logsetup import setup_logging
 COMMAND_MODULES = (
     "facusync.commands.check",
     "facusync.commands.migrate",
+    "facusync.commands.reconcile",
+    "facusync.commands.verify",
 )
 
 log = logging.getLogger("facusync.cli")

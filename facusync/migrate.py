@@ -3,26 +3,39 @@
 Files named ``NNN_description.sql`` live in ``sql/`` of a source checkout, or in
 ``/usr/share/facusync/sql`` when installed from the .deb. Applied versions are recorded in
 ``schema_migrations``; a transaction-level advisory lock makes concurrent runs safe (the
-second waits, then finds nothing left to do).
+second waits, then finds nothing left to do). A migration file holds plain SQL without
+BEGIN/COMMIT: the migrator wraps each file, and its row in ``schema_migrations``, in one
+transaction, so a failing file leaves nothing behind.
+
+Every object lives in the schema ``public``: the migrator pins the search_path, so the
+tables, the SECURITY DEFINER trigger and the role grants always agree on where they are.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extensions
-from psycopg2 import sql as pgsql
 
 from facusync.config import Config
-from facusync.errors import SchemaError
+from facusync.errors import SchemaError, SinkError
+from facusync.pgconn import describe_pg_error
+
+log = logging.getLogger("facusync.migrate")
 
 # Any fixed 64-bit number works; it only has to be ours.
 ADVISORY_LOCK_ID = 0x66616375_73796E63  # "facusync"
+SCHEMA = "public"
 _NAME = re.compile(r"^(\d{3,})_([a-z0-9_]+)\.sql$")
+# {{vista_name}}_suffix style names the migrations derive from the configured table names.
+_DERIVED = re.compile(r"\{\{(vista|seguimiento)_name\}\}([A-Za-z0-9_]*)")
+_MAX_IDENT = 63  # PostgreSQL silently truncates longer names, which could make two collide
 SEARCH_PATH = (
     Path(__file__).resolve().parent.parent / "sql",
     Path("/usr/share/facusync/sql"),
@@ -57,13 +70,32 @@ def list_migrations(sql_dir: Path | None = None) -> list[Migration]:
             continue
         version = int(match.group(1))
         if version in found:
-            raise SchemaError(f"two migrations share number {version}: {path.name}")
+            raise SchemaError(
+                f"two migrations share number {version}: {found[version].path.name} and "
+                f"{path.name}; renumber one"
+            )
         found[version] = Migration(version, match.group(2), path)
+    if not found:
+        raise SchemaError(f"no NNN_name.sql migration files in {folder}")
     return [found[v] for v in sorted(found)]
 
 
 def render(text: str, cfg: Config) -> str:
-    """Put the configured (already validated) table names into a migration's text."""
+    """Put the configured (already validated) table names into a migration's text.
+
+    Names derived from a table name (``{{vista_name}}_touch``) must fit PostgreSQL's 63
+    characters, or two of them could be truncated to the same name: refuse those up front.
+    """
+    bare = {"vista": cfg.pg_table_vista, "seguimiento": cfg.pg_table_seguimiento}
+    variable = {"vista": "PG_TABLE_VISTA", "seguimiento": "PG_TABLE_SEGUIMIENTO"}
+    for match in _DERIVED.finditer(text):
+        which, suffix = match.group(1), match.group(2)
+        if len(bare[which]) + len(suffix) > _MAX_IDENT:
+            room = _MAX_IDENT - len(suffix)
+            raise SchemaError(
+                f"{variable[which]}={bare[which]!r} is too long: the schema derives the name "
+                f"{bare[which] + suffix!r} from it; use at most {room} characters"
+            )
     replacements = {
         "{{vista}}": '"' + cfg.pg_table_vista + '"',
         "{{seguimiento}}": '"' + cfg.pg_table_seguimiento + '"',
@@ -77,7 +109,7 @@ def render(text: str, cfg: Config) -> str:
 
 def _ensure_table(cur: psycopg2.extensions.cursor) -> None:
     cur.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations ("
         " version integer PRIMARY KEY, name text NOT NULL,"
         " applied_at timestamptz NOT NULL DEFAULT now())"
     )
@@ -86,11 +118,11 @@ def _ensure_table(cur: psycopg2.extensions.cursor) -> None:
 def applied_versions(conn: psycopg2.extensions.connection) -> set[int]:
     """Versions already recorded (empty when the table does not exist yet)."""
     with conn.cursor() as cur:
-        cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        cur.execute(f"SELECT to_regclass('{SCHEMA}.schema_migrations') IS NOT NULL")
         row = cur.fetchone()
         if not row or not row[0]:
             return set()
-        cur.execute("SELECT version FROM schema_migrations")
+        cur.execute(f"SELECT version FROM {SCHEMA}.schema_migrations")
         return {int(r[0]) for r in cur.fetchall()}
 
 
@@ -101,28 +133,79 @@ def pending(conn: psycopg2.extensions.connection, sql_dir: Path | None = None) -
     return [m for m in list_migrations(sql_dir) if m.version not in done]
 
 
+def unknown_versions(conn: psycopg2.extensions.connection, sql_dir: Path | None = None) -> list[int]:
+    """Versions recorded in the database that this facusync has no file for.
+
+    Usually the database was migrated by a newer facusync: this one may not understand it.
+    """
+    done = applied_versions(conn)
+    conn.rollback()
+    known = {m.version for m in list_migrations(sql_dir)}
+    return sorted(done - known)
+
+
+def check_current(conn: psycopg2.extensions.connection, sql_dir: Path | None = None) -> None:
+    """Raise SchemaError unless every migration is applied (for the daemons' start-up)."""
+    todo = pending(conn, sql_dir)
+    if todo:
+        names = ", ".join(f"{m.version:03d}_{m.name}" for m in todo)
+        raise SchemaError(f"the PostgreSQL schema is not up to date ({names} pending): "
+                          "run `facusync migrate` as the database owner")
+
+
+def _lock(cur: psycopg2.extensions.cursor) -> None:
+    """Take the migration lock, saying so when another run holds it (instead of hanging mute)."""
+    cur.execute("SELECT pg_try_advisory_xact_lock(%s)", (ADVISORY_LOCK_ID,))
+    row = cur.fetchone()
+    if row and row[0]:
+        return
+    log.warning("another `facusync migrate` is running on this database; waiting for it")
+    cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_ID,))
+
+
+def _failure(migration: Migration, exc: psycopg2.Error) -> SchemaError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    hint = ""
+    if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
+        hint = ("; run migrate as the database owner or a superuser "
+                "(e.g. PG_USER=postgres PG_PASSWORD=... facusync migrate)")
+    return SchemaError(f"migration {migration.path.name} failed: {first}{hint}")
+
+
 def apply_migrations(
     conn: psycopg2.extensions.connection, cfg: Config, sql_dir: Path | None = None
 ) -> Iterator[Migration]:
-    """Apply what is pending, each in its own transaction; yields each one as it commits."""
+    """Apply what is pending, each in its own transaction; yields each one as it commits.
+
+    The lock is taken per migration and the "already applied?" check runs after it, so a
+    concurrent run that waited sees what the first one committed and skips it.
+    """
+    migrations = list_migrations(sql_dir)
+    texts = {m.version: render(m.path.read_text(encoding="utf-8"), cfg) for m in migrations}
+    conn.rollback()
     conn.autocommit = False
-    for migration in list_migrations(sql_dir):
-        with conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_ID,))
-            _ensure_table(cur)
-            cur.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (migration.version,))
-            if cur.fetchone():
-                conn.rollback()
-                continue
-            try:
-                cur.execute(render(migration.path.read_text(encoding="utf-8"), cfg))
-            except psycopg2.Error as exc:
-                conn.rollback()
-                first = str(exc).strip().splitlines()[0]
-                raise SchemaError(f"migration {migration.path.name} failed: {first}") from None
-            cur.execute(
-                pgsql.SQL("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)"),
-                (migration.version, migration.name),
-            )
-        conn.commit()
+    for migration in migrations:
+        try:
+            with conn.cursor() as cur:
+                _lock(cur)
+                cur.execute(f"SET LOCAL search_path = {SCHEMA}")
+                _ensure_table(cur)
+                cur.execute(
+                    f"SELECT 1 FROM {SCHEMA}.schema_migrations WHERE version = %s",
+                    (migration.version,),
+                )
+                if cur.fetchone():
+                    conn.rollback()
+                    continue
+                cur.execute(texts[migration.version])
+                cur.execute(
+                    f"INSERT INTO {SCHEMA}.schema_migrations (version, name) VALUES (%s, %s)",
+                    (migration.version, migration.name),
+                )
+            conn.commit()
+        except psycopg2.Error as exc:
+            if conn.closed:
+                raise SinkError(describe_pg_error(exc)) from None
+            conn.rollback()
+            raise _failure(migration, exc) from None
         yield migration

@@ -1,0 +1,214 @@
+"""Reconcile: find what polling cannot see (deletes, changes that did not bump the version).
+
+How it works
+    The whole view is read in key order and merged with datos_vista (see compare.py); each view
+    row is compared with its fingerprint in Redis. Then:
+
+    * fingerprint missing or different  -> an upsert is queued (same path as the producer);
+    * conduce soft-deleted in PostgreSQL but back in the view -> an upsert is queued (un-delete);
+    * fingerprint missing but PostgreSQL already holds the same values (Redis lost its data)
+      -> only the fingerprint is restored, nothing is queued;
+    * conduce active in PostgreSQL but gone from the view -> a tombstone, after re-reading those
+      keys from the view once more at the end, so a row inserted during the scan is not
+      mistaken for a deleted one.
+
+Why it cannot race the producer
+    Reconcile holds the producer's source lock (facusync.lock) for the whole run. The producer
+    takes the same lock for each cycle (read + append), so the two never interleave: every
+    entry in the stream reflects a read that happened after the reads of all entries before
+    it. A stale reconcile read can therefore never be appended after a fresher producer read
+    of the same row, and a tombstone is appended only after the final re-read proved the key
+    absent. The producer simply skips cycles while reconcile runs (it logs why); its next
+    cycle reads from its watermark minus the overlap, so nothing is skipped.
+
+Mass-delete guard
+    A broken view or a permissions change can make the view look empty. If more than
+    RECONCILE_MAX_DELETE_PCT percent of PostgreSQL's active rows would be tombstoned, nothing
+    is tombstoned and the run fails with a clear message unless ``--force`` is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime
+
+import psycopg2.extensions
+import redis
+
+from facusync.compare import chunked, iter_pg_rows, iter_view_rows, merge
+from facusync.config import Config
+from facusync.enqueue import EncodedRow, append_deletes, append_upserts, encode, read_watermark
+from facusync.errors import FacusyncError
+from facusync.lock import RedisLock
+from facusync.message import format_version
+from facusync.pgconn import connect_pg
+from facusync.producer import table_columns
+from facusync.redisconn import Keys, connect_redis
+from facusync.source import ColumnMap, ViewSource, map_columns
+
+log = logging.getLogger("facusync.reconcile")
+
+CHUNK = 2000
+
+
+class MassDeleteRefused(FacusyncError):
+    """Too many tombstones at once: probably a broken view, not real deletes."""
+
+    exit_code = 3
+
+
+class LockBusy(FacusyncError):
+    """The producer held the lock for longer than we were willing to wait."""
+
+    exit_code = 75
+
+
+@dataclass
+class ReconcileResult:
+    """What one run found and did."""
+
+    source_rows: int = 0
+    pg_active_rows: int = 0
+    upserts: int = 0
+    undeletes: int = 0
+    fingerprints_restored: int = 0
+    tombstones: int = 0
+    delete_candidates: int = 0
+    refused: bool = False
+    duration_s: float = 0.0
+    finished_at: float = 0.0
+
+
+class Reconciler:
+    """One reconcile run; create, call run(), discard."""
+
+    def __init__(self, cfg: Config, *, force: bool = False, lock_wait: float = 300.0,
+                 dry_run: bool = False) -> None:
+        self.cfg = cfg
+        self.force = force
+        self.lock_wait = lock_wait
+        self.dry_run = dry_run
+        self.keys = Keys(cfg.redis_prefix)
+
+    def run(self) -> ReconcileResult:
+        t0 = time.monotonic()
+        client = connect_redis(self.cfg)
+        source = ViewSource(self.cfg)
+        conn = connect_pg(self.cfg, application="facusync-reconcile")
+        lock = RedisLock(client, self.keys.source_lock, ttl=120, owner="reconcile")
+        try:
+            cols = map_columns(source.view_columns(), table_columns(self.cfg),
+                               self.cfg.mssql_key_column, self.cfg.mssql_version_column)
+            if not lock.acquire(wait=self.lock_wait):
+                raise LockBusy(f"the producer held the source lock for over {self.lock_wait:.0f} s "
+                               f"(holder: {lock.holder()}); try again later")
+            result = self._scan(client, source, conn, cols, lock)
+        finally:
+            lock.release()
+            conn.close()
+            source.close()
+        result.duration_s = round(time.monotonic() - t0, 2)
+        result.finished_at = time.time()
+        self._record(client, result)
+        client.close()
+        return result
+
+    def _scan(self, client: redis.Redis, source: ViewSource,
+              conn: psycopg2.extensions.connection, cols: ColumnMap,
+              lock: RedisLock) -> ReconcileResult:
+        result = ReconcileResult()
+        low_water = read_watermark(client, self.keys)
+        pending_rows: list[EncodedRow] = []
+        pending_pg: dict[str, str] = {}  # fp field -> PostgreSQL digest (for restore-only)
+        undelete: set[str] = set()
+        candidates: list[tuple[str, str]] = []
+        for key, v, p in merge(iter_view_rows(source, cols), iter_pg_rows(conn, self.cfg, cols)):
+            if v is not None:
+                result.source_rows += 1
+            if p is not None and not p.deleted:
+                result.pg_active_rows += 1
+            if v is None:
+                if p is not None and not p.deleted:
+                    candidates.append((key, format_version(p.version)))
+                continue
+            pending_rows.append(v)
+            if p is not None:
+                if p.deleted:
+                    undelete.add(key)
+                else:
+                    pending_pg[v.fp_field] = p.encoded.digest
+            if len(pending_rows) >= CHUNK:
+                self._flush(client, pending_rows, pending_pg, undelete, low_water, result)
+                pending_rows, pending_pg, undelete = [], {}, set()
+                lock.extend()
+        self._flush(client, pending_rows, pending_pg, undelete, low_water, result)
+        result.delete_candidates = len(candidates)
+        self._tombstones(client, source, cols, candidates, low_water, result)
+        return result
+
+    def _flush(self, client: redis.Redis, rows: list[EncodedRow], pg_digest: dict[str, str],
+               undelete: set[str], low_water: datetime | None, result: ReconcileResult) -> None:
+        if not rows:
+            return
+        known = client.hmget(self.keys.fingerprints, [r.fp_field for r in rows])
+        send: list[EncodedRow] = []
+        restore: dict[str, str] = {}
+        for row, fp in zip(rows, known, strict=True):
+            fp_text = fp.decode() if isinstance(fp, bytes) else fp
+            if row.key is not None and row.key in undelete:
+                send.append(row)
+                result.undeletes += 1
+            elif fp_text != row.digest:
+                if fp_text is None and pg_digest.get(row.fp_field) == row.digest:
+                    restore[row.fp_field] = row.digest
+                else:
+                    send.append(row)
+        result.upserts += len(send)
+        result.fingerprints_restored += len(restore)
+        if self.dry_run:
+            return
+        if restore:
+            client.hset(self.keys.fingerprints, mapping=restore)  # type: ignore[arg-type]
+        if send:
+            append_upserts(client, self.keys, send, low_water=low_water, advance_watermark=False,
+                           src="reconcile", force=True)
+
+    def _tombstones(self, client: redis.Redis, source: ViewSource, cols: ColumnMap,
+                    candidates: list[tuple[str, str]], low_water: datetime | None,
+                    result: ReconcileResult) -> None:
+        if not candidates:
+            return
+        limit = result.pg_active_rows * self.cfg.reconcile_max_delete_pct / 100.0
+        if len(candidates) > limit and not self.force:
+            result.refused = True
+            pct = 100.0 * len(candidates) / max(1, result.pg_active_rows)
+            self._record(client, result)
+            raise MassDeleteRefused(
+                f"refusing to tombstone {len(candidates)} of {result.pg_active_rows} rows "
+                f"({pct:.1f}% > RECONCILE_MAX_DELETE_PCT={self.cfg.reconcile_max_delete_pct:g}%): "
+                "the view may be broken or its permissions changed. Check the view in SQL Server; "
+                "if the deletes are real, run `facusync reconcile --force`"
+            )
+        gone: list[tuple[str, str]] = []
+        for part in chunked(candidates, 500):
+            still = {str(r[cols.key_index]) for r in source.read_keys(cols, [k for k, _ in part])}
+            gone.extend((k, ver) for k, ver in part if k not in still)
+            reappeared = [k for k, _ in part if k in still]
+            if reappeared and not self.dry_run:
+                rows = [encode(cols.names, r, cols.key_index, cols.version_index)
+                        for r in source.read_keys(cols, reappeared)]
+                result.upserts += append_upserts(client, self.keys, rows, low_water=low_water,
+                                                 advance_watermark=False, src="reconcile").queued
+        result.tombstones = len(gone)
+        if gone and not self.dry_run:
+            for part in chunked(gone, CHUNK):
+                append_deletes(client, self.keys, list(part), low_water=low_water)
+
+    def _record(self, client: redis.Redis, result: ReconcileResult) -> None:
+        fields = {k: str(v) for k, v in asdict(result).items()}
+        fields["dry_run"] = str(self.dry_run)
+        if not self.dry_run:
+            client.hset(self.keys.reconcile_stats, mapping=fields)  # type: ignore[arg-type]
+        log.info("reconcile finished", extra=asdict(result))

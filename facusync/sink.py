@@ -1,0 +1,443 @@
+"""PostgreSQL write path: one batch of changes -> one transaction on ``datos_vista``.
+
+The fast path, chosen with ``bench/bench_consumer.py``: COPY the batch (every column as text)
+into a TEMP staging table, then one ``INSERT … SELECT … ON CONFLICT (conduce) DO UPDATE …
+WHERE guard``. The guard makes every write idempotent and monotonic (DESIGN invariant 2):
+
+- a row is replaced only by a strictly newer ``ultima_modificacion``, or by the same version
+  whose values differ (the source changed a column without touching the version), or when it
+  is soft-deleted and the incoming version is at least as new (the conduce came back:
+  un-delete);
+- a row whose values did not change is never rewritten, so ``updated_at`` (and NocoDB's view
+  of the row) does not churn when the producer's overlap window or reconcile re-sends it.
+
+Tombstones soft-delete (``eliminado_en_origen``) only rows not already deleted whose version
+is not newer than the tombstone's; a tombstone for an unknown key is a no-op. Tracking rows in
+``datos_seguimiento`` are created by the AFTER INSERT statement trigger of sql/001 (its
+transition table only holds really inserted rows), never here: the sync never touches the
+people's table (invariant 3).
+
+varchar columns get no explicit cast: ``'x'::varchar(30)`` silently truncates, while the
+INSERT's assignment coercion raises "value too long", which makes the row a poison row. A
+data error (DataError, IntegrityError) rolls the transaction back and the batch is bisected
+with savepoints, inside one transaction, until each bad change is isolated; the rest is
+written and the bad ones are returned for the dead-letter stream.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+from psycopg2 import sql
+
+from facusync.config import Config
+from facusync.errors import SchemaError, SinkError
+from facusync.message import OP_DELETE, OP_UPSERT, Change
+from facusync.pgconn import connect_pg, describe_pg_error
+
+log = logging.getLogger("facusync.sink")
+
+STAGE = "facusync_stage"
+# Columns the sync owns itself; never taken from a message.
+BOOKKEEPING = frozenset({"sync_id", "eliminado_en_origen", "eliminado_at", "created_at", "updated_at"})
+KEY = "conduce"
+VERSION = "ultima_modificacion"
+_TEXT_TYPES = frozenset({"character varying", "character", "text", "bpchar", "varchar"})
+# Errors caused by the data of some row: bisect. Anything else is an outage or a bug.
+ROW_ERRORS: tuple[type[Exception], ...] = (psycopg2.DataError, psycopg2.IntegrityError)
+# Raised when two consumers lock the same rows in a different order: retry the batch.
+RETRY_ERRORS: tuple[type[Exception], ...] = (psycopg2.errors.DeadlockDetected,
+                                             psycopg2.errors.SerializationFailure)
+
+_ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_text(value: Any) -> str:
+    """One JSON value as a COPY text-format field (NULL is ``\\N``)."""
+    if value is None:
+        return "\\N"
+    if value is True:
+        return "t"
+    if value is False:
+        return "f"
+    if isinstance(value, str):
+        return value.translate(_ESCAPE)
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value, ensure_ascii=False).translate(_ESCAPE)
+
+
+@dataclass
+class WriteResult:
+    """What one batch did to the table; ``dead`` are the changes PostgreSQL refused."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    ignored: int = 0  # superseded by a newer version of the same key in the same batch
+    dead: list[tuple[Change, str]] = field(default_factory=list)
+    newest_version: datetime | None = None
+
+    def add(self, other: WriteResult) -> None:
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.deleted += other.deleted
+        self.dead.extend(other.dead)
+
+
+def dedupe(changes: Sequence[Change]) -> tuple[list[Change], int]:
+    """Keep one change per key, the newest version; on a tie the later entry wins.
+
+    Needed for correctness, not only speed: ``ON CONFLICT DO UPDATE`` refuses to touch the
+    same row twice in one statement. Returns the survivors (sorted by key, so that parallel
+    consumers lock rows in the same order and rarely deadlock) and how many were dropped.
+    """
+    best: dict[str, Change] = {}
+    for change in changes:
+        seen = best.get(change.key)
+        if seen is None or change.version >= seen.version:
+            best[change.key] = change
+    survivors = [best[k] for k in sorted(best)]
+    return survivors, len(changes) - len(survivors)
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    type_name: str  # format_type without modifiers: "numeric", "character varying", …
+
+    def expression(self, source: sql.Composable, tz: str) -> sql.Composable:
+        """How a staged text value becomes this column's type."""
+        if self.type_name in _TEXT_TYPES:
+            return source  # assignment coercion: "value too long" instead of truncation
+        if self.type_name == "timestamp with time zone":
+            return sql.SQL("({}::timestamp AT TIME ZONE {})").format(source, sql.Literal(tz))
+        return sql.SQL("{}::{}").format(source, sql.SQL(self.type_name))
+
+
+class Sink:
+    """The consumer's PostgreSQL side: owns one connection and the staging table.
+
+    ``staging`` is ``reuse`` (one TEMP table per connection, ``ON COMMIT DELETE ROWS``; the
+    default, measured faster) or ``drop`` (created per batch, ``ON COMMIT DROP``; kept for the
+    benchmark).
+    """
+
+    def __init__(self, cfg: Config, *, consumer: str = "", staging: str = "reuse") -> None:
+        self.cfg = cfg
+        self.consumer = consumer
+        self.staging = staging
+        self.table = sql.Identifier(cfg.pg_table_vista)
+        self.conn: psycopg2.extensions.connection | None = None
+        self.columns: dict[str, Column] = {}
+        self._insert_sql: dict[tuple[str, ...], sql.Composed] = {}
+        self._unknown_warned: set[str] = set()
+
+    # -- connection -------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect and read the target table's columns; SchemaError if not migrated."""
+        self.close()
+        conn = connect_pg(self.cfg, application=f"facusync-consumer {self.consumer}".strip())
+        try:
+            conn.autocommit = False
+            self.columns = self._read_columns(conn)
+            if self.staging == "reuse":
+                self._create_stage(conn, "ON COMMIT DELETE ROWS")
+            conn.commit()
+        except psycopg2.Error as exc:
+            conn.close()
+            raise SinkError(describe_pg_error(exc)) from None
+        except SchemaError:
+            conn.close()
+            raise
+        self.conn = conn
+        self._insert_sql.clear()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except psycopg2.Error:
+                pass
+            self.conn = None
+
+    def _read_columns(self, conn: psycopg2.extensions.connection) -> dict[str, Column]:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_attribute a"
+                " WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
+                " AND a.attgenerated = '' AND a.attidentity <> 'a' ORDER BY a.attnum",
+                ('"' + self.cfg.pg_table_vista + '"',),
+            )
+            found = {name: Column(name, type_name) for name, type_name in cur.fetchall()}
+            cur.execute("SELECT to_regclass('sync_control') IS NOT NULL")
+            has_control = bool(cur.fetchone()[0])  # type: ignore[index]
+        needed = {KEY, VERSION, "eliminado_en_origen", "eliminado_at"}
+        if not needed <= found.keys() or not has_control:
+            raise SchemaError(
+                f"PostgreSQL table {self.cfg.pg_table_vista} or sync_control is missing or "
+                "incomplete: run `facusync migrate`"
+            )
+        return {n: c for n, c in found.items() if n not in BOOKKEEPING}
+
+    def _create_stage(self, conn: psycopg2.extensions.connection, on_commit: str) -> None:
+        cols = sql.SQL(", ").join(
+            sql.SQL("{} text").format(sql.Identifier(n)) for n in self.columns
+        )
+        with conn.cursor() as cur:
+            cur.execute(
+                sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) " + on_commit).format(
+                    sql.Identifier(STAGE), cols
+                )
+            )
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def write(
+        self,
+        changes: Sequence[Change],
+        low_water: datetime | None = None,
+    ) -> WriteResult:
+        """Apply a batch in one transaction, with the watermark; returns the counts.
+
+        ``low_water`` is the ``lw`` of the oldest entry that was still in the stream at some
+        point after this batch was read: everything at or below it is committed (message.py),
+        so it may be stored as the durable watermark in this same transaction.
+        Raises SinkError when PostgreSQL is unreachable (nothing committed; retry the batch).
+        """
+        survivors, ignored = dedupe(changes)
+        try:
+            try:
+                result = self._attempt(survivors, low_water, bisect=False)
+            except ROW_ERRORS as exc:
+                self._rollback()
+                log.warning("batch refused by PostgreSQL, isolating the bad rows",
+                            extra={"size": len(survivors), "error": _first_line(exc)})
+                result = self._attempt(survivors, low_water, bisect=True)
+        except RETRY_ERRORS:
+            self._rollback()
+            raise
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            self.close()
+            raise SinkError(describe_pg_error(exc)) from None
+        except psycopg2.Error as exc:  # ProgrammingError & co: schema drift, privileges
+            self._rollback()
+            raise SinkError(describe_pg_error(exc)) from None
+        result.ignored = ignored
+        return result
+
+    def _rollback(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.rollback()
+            except psycopg2.Error:
+                self.close()
+
+    def _attempt(self, changes: list[Change], low_water: datetime | None, *,
+                 bisect: bool) -> WriteResult:
+        if self.conn is None:
+            raise SinkError("not connected")
+        with self.conn.cursor() as cur:
+            if self.staging == "drop":
+                self._create_stage(self.conn, "ON COMMIT DROP")
+            if bisect:
+                result = self._bisect(cur, changes)
+            else:
+                result = self._apply(cur, changes, truncate=False)
+            written = [c for c in changes if all(c is not d for d, _ in result.dead)]
+            result.newest_version = max((c.version for c in written), default=None)
+            self._record(cur, result, len(changes), low_water)
+        self.conn.commit()
+        return result
+
+    def _bisect(self, cur: psycopg2.extensions.cursor, changes: list[Change]) -> WriteResult:
+        """Split in halves inside savepoints until every refused change stands alone."""
+        cur.execute("SAVEPOINT facusync_part")
+        try:
+            result = self._apply(cur, changes, truncate=True)
+        except ROW_ERRORS as exc:
+            cur.execute("ROLLBACK TO SAVEPOINT facusync_part")
+            if len(changes) == 1:
+                return WriteResult(dead=[(changes[0], _first_line(exc))])
+            mid = len(changes) // 2
+            result = self._bisect(cur, changes[:mid])
+            result.add(self._bisect(cur, changes[mid:]))
+            return result
+        cur.execute("RELEASE SAVEPOINT facusync_part")
+        return result
+
+    def _apply(self, cur: psycopg2.extensions.cursor, changes: list[Change], *,
+               truncate: bool) -> WriteResult:
+        result = WriteResult()
+        upserts = [c for c in changes if c.op == OP_UPSERT]
+        deletes = [c for c in changes if c.op == OP_DELETE]
+        if upserts:
+            names = self._column_names(upserts)
+            if truncate:
+                cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(STAGE)))
+            buffer = io.StringIO(self._copy_payload(upserts, names))
+            cur.copy_expert(
+                sql.SQL("COPY {} ({}) FROM STDIN").format(
+                    sql.Identifier(STAGE), sql.SQL(", ").join(map(sql.Identifier, names))
+                ).as_string(cur),
+                buffer,
+            )
+            cur.execute(self._insert_statement(names))
+            inserted, updated = cur.fetchone()  # type: ignore[misc]
+            result.inserted, result.updated = int(inserted), int(updated)
+            result.unchanged = len(upserts) - result.inserted - result.updated
+        if deletes:
+            cur.execute(
+                sql.SQL(
+                    "UPDATE {} t SET eliminado_en_origen = true, eliminado_at = now()"
+                    " FROM unnest(%s::text[], %s::text[]) AS d(conduce, version)"
+                    " WHERE t.conduce = d.conduce AND NOT t.eliminado_en_origen"
+                    " AND t.ultima_modificacion <= (d.version::timestamp AT TIME ZONE %s)"
+                ).format(self.table),
+                ([c.key for c in deletes], [c.version.isoformat() for c in deletes],
+                 self.cfg.source_timezone),
+            )
+            result.deleted = cur.rowcount
+        return result
+
+    def _column_names(self, upserts: list[Change]) -> tuple[str, ...]:
+        """The table columns this batch carries: key and version first, then the rest.
+
+        Keys a row carries that the table lacks are ignored (logged once): the producer sends
+        the columns the view and the table share, so this only happens during a migration.
+        """
+        present: set[str] = set()
+        for change in upserts:
+            present.update(change.row or ())
+        unknown = present - self.columns.keys() - BOOKKEEPING
+        if unknown - self._unknown_warned:
+            self._unknown_warned |= unknown
+            log.warning("messages carry columns the table does not have; ignoring them",
+                        extra={"columns": sorted(unknown)})
+        rest = sorted((present & self.columns.keys()) - {KEY, VERSION})
+        return (KEY, VERSION, *rest)
+
+    @staticmethod
+    def _copy_payload(upserts: list[Change], names: tuple[str, ...]) -> str:
+        rest = names[2:]
+        lines = []
+        for change in upserts:
+            row = change.row or {}
+            fields = [copy_text(change.key), change.version.isoformat()]
+            fields.extend([copy_text(row.get(n)) for n in rest])
+            lines.append("\t".join(fields))
+        lines.append("")
+        return "\n".join(lines)
+
+    def _insert_statement(self, names: tuple[str, ...]) -> sql.Composed:
+        cached = self._insert_sql.get(names)
+        if cached is not None:
+            return cached
+        tz = self.cfg.source_timezone
+        targets = sql.SQL(", ").join(map(sql.Identifier, names))
+        values = sql.SQL(", ").join(
+            self.columns[n].expression(sql.SQL("s.") + sql.Identifier(n), tz) for n in names
+        )
+        updates = [sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names[1:]]
+        updates.append(sql.SQL("eliminado_en_origen = false, eliminado_at = NULL"))
+        compared = names[2:]
+        if compared:
+            differ = sql.SQL("OR (t.ultima_modificacion = EXCLUDED.ultima_modificacion AND ({}) "
+                             "IS DISTINCT FROM ({}))").format(
+                sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(n) for n in compared),
+                sql.SQL(", ").join(sql.SQL("EXCLUDED.") + sql.Identifier(n) for n in compared),
+            )
+        else:
+            differ = sql.SQL("")
+        statement = sql.SQL(
+            "WITH w AS (INSERT INTO {table} AS t ({targets}) SELECT {values} FROM {stage} s"
+            " ORDER BY s.conduce"
+            " ON CONFLICT (conduce) DO UPDATE SET {updates}"
+            " WHERE t.ultima_modificacion < EXCLUDED.ultima_modificacion {differ}"
+            " OR (t.eliminado_en_origen AND t.ultima_modificacion <= EXCLUDED.ultima_modificacion)"
+            " RETURNING (xmax = 0) AS fresh)"
+            " SELECT count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM w"
+        ).format(
+            table=self.table, targets=targets, values=values, stage=sql.Identifier(STAGE),
+            updates=sql.SQL(", ").join(updates), differ=differ,
+        )
+        self._insert_sql[names] = statement
+        return statement
+
+    def _record(self, cur: psycopg2.extensions.cursor, result: WriteResult, size: int,
+                low_water: datetime | None) -> None:
+        """The batch's bookkeeping in sync_control, in the batch's own transaction."""
+        cur.execute(
+            "UPDATE sync_control SET"
+            " watermark = GREATEST(watermark, %s::timestamp),"
+            " newest_version = GREATEST(newest_version, (%s::timestamp AT TIME ZONE %s)),"
+            " last_commit_at = now(), last_consumer = %s, last_batch_size = %s,"
+            " last_inserted = %s, last_updated = %s, last_unchanged = %s, last_deleted = %s,"
+            " last_dead = %s WHERE id = 1",
+            (low_water, result.newest_version, self.cfg.source_timezone, self.consumer, size,
+             result.inserted, result.updated, result.unchanged, result.deleted,
+             len(result.dead)),
+        )
+
+    # -- idle watermark ---------------------------------------------------------------------
+
+    def advance_watermark(self, low_water: datetime) -> None:
+        """Raise the durable watermark alone (the idle path: the stream is empty)."""
+        if self.conn is None:
+            raise SinkError("not connected")
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute(
+                    "UPDATE sync_control SET watermark = GREATEST(watermark, %s::timestamp)"
+                    " WHERE id = 1 AND watermark IS DISTINCT FROM"
+                    " GREATEST(watermark, %s::timestamp)",
+                    (low_water, low_water),
+                )
+            self.conn.commit()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            self.close()
+            raise SinkError(describe_pg_error(exc)) from None
+        except psycopg2.Error as exc:
+            self._rollback()
+            raise SinkError(describe_pg_error(exc)) from None
+
+    def newest_version(self) -> datetime | None:
+        """sync_control.newest_version (aware), for the lag shown before the first batch."""
+        if self.conn is None:
+            return None
+        try:
+            with self.conn.cursor() as cur:
+                cur.execute("SELECT newest_version FROM sync_control WHERE id = 1")
+                row = cur.fetchone()
+            self.conn.rollback()
+        except psycopg2.Error:
+            self._rollback()
+            return None
+        return row[0] if row else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def connect_sink(cfg: Config, consumer: str = "", *, staging: str = "reuse") -> Sink:
+    """A connected Sink (SinkError / SchemaError when it cannot be)."""
+    sink = Sink(cfg, consumer=consumer, staging=staging)
+    sink.connect()
+    return sink
+
+
+LowWater = Callable[[], datetime | None]
