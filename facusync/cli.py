@@ -22,6 +22,9 @@ COMMAND_MODULES = (
     "facusync.commands.migrate",
     "facusync.commands.reconcile",
     "facusync.commands.verify",
+    "facusync.commands.status",
+    "facusync.commands.resync",
+    "facusync.commands.deadletter",
 )
 
 log = logging.getLogger("facusync.cli")

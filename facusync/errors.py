@@ -68,3 +68,12 @@ class SchemaError(FacusyncError):
     """The source view or the target tables do not have what the sync needs."""
 
     exit_code = EX_CONFIG
+
+
+class UsageError(FacusyncError):
+    """A command-line argument is wrong."""
+
+    exit_code = EX_USAGE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)

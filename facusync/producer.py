@@ -37,6 +37,7 @@ from facusync.source import ColumnMap, ViewSource, map_columns
 
 log = logging.getLogger("facusync.producer")
 
+DATETIME_MIN = datetime(1753, 1, 1)
 BACKLOG_CHECK_EVERY = 10  # chunks between two looks at the stream's length
 
 
@@ -167,7 +168,8 @@ class Producer:
                 # First run: everything from SYNC_START; the default reads the whole view.
                 since = None if watermark <= datetime(2000, 1, 1) else watermark
             else:
-                since = watermark - timedelta(seconds=self.cfg.sync_overlap)
+                # SQL Server's datetime starts in 1753; a resync --all asks for "everything".
+                since = max(watermark - timedelta(seconds=self.cfg.sync_overlap), DATETIME_MIN)
             stats.since = since
             pending: list[Any] = []
             chunks = 0

@@ -1,34 +1,112 @@
-"""`facusync migrate`: apply pending schema migrations (see facusync.migrate)."""
+"""`facusync migrate`: apply pending schema migrations and, on request, create the roles.
+
+See facusync.migrate (the migrator) and facusync.roles (the two least-privilege roles).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import getpass
+import sys
+from pathlib import Path
 
-from facusync.config import Config
-from facusync.migrate import apply_migrations, pending
+from facusync.config import Config, Secret
+from facusync.errors import ConfigError
+from facusync.migrate import apply_migrations, list_migrations, pending, unknown_versions
 from facusync.pgconn import connect_pg
+from facusync.roles import PASSWORD_VARIABLES, apply_roles, check_password, describe_plan
+
+ROLES_HELP = """\
+roles (only with --create-roles or --refresh-grants):
+  Run as the database owner or a superuser, e.g.
+    PG_USER=postgres PG_PASSWORD=... facusync migrate --create-roles
+  --create-roles creates the sync role (PG_SYNC_ROLE, default facusync_sync) and the NocoDB
+  role (PG_NOCODB_ROLE, default facusync_nocodb), or sets the password of those that exist,
+  then grants them exactly their privileges on this database. Passwords are never defaulted:
+  they are read from PG_SYNC_ROLE_PASSWORD and PG_NOCODB_ROLE_PASSWORD (environment or
+  --env-file) or, when missing and stdin is a terminal, asked for (twice). At least 12
+  characters. Afterwards put PG_USER=<sync role> and its password in the daemons' env file,
+  and give the NocoDB role's name and password to NocoDB.
+  --refresh-grants re-applies the grants to existing roles without touching passwords
+  (run it after an upgrade whose migrations added columns).
+"""
+
+
+def _ask(purpose: str, name: str) -> Secret:
+    """Prompt twice without echo; only called on a terminal."""
+    what = "sync" if purpose == "sync" else "NocoDB"
+    for _ in range(3):
+        first = getpass.getpass(f"password for the {what} role {name}: ")
+        if getpass.getpass("again: ") == first:
+            return Secret(first)
+        print("the two passwords differ; try again", file=sys.stderr)
+    raise ConfigError([f"{PASSWORD_VARIABLES[purpose]}: the passwords typed did not match"])
+
+
+def _with_passwords(cfg: Config) -> Config:
+    """Fill missing role passwords from a prompt (terminal only), then validate both."""
+    sync, nocodb = cfg.pg_sync_role_password, cfg.pg_nocodb_role_password
+    interactive = sys.stdin.isatty()
+    if not sync and interactive:
+        sync = _ask("sync", cfg.pg_sync_role)
+    if not nocodb and interactive:
+        nocodb = _ask("nocodb", cfg.pg_nocodb_role)
+    problems = [p for p in (check_password("sync", sync), check_password("nocodb", nocodb)) if p]
+    if problems:
+        raise ConfigError(problems)
+    return dataclasses.replace(cfg, pg_sync_role_password=sync, pg_nocodb_role_password=nocodb)
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
+    sql_dir: Path | None = args.sql_dir
+    list_migrations(sql_dir)  # fail on a missing or ambiguous folder before connecting
+    roles_wanted = args.create_roles or args.refresh_grants
+    if args.create_roles and not args.dry_run:
+        cfg = _with_passwords(cfg)
     conn = connect_pg(cfg, application="facusync-migrate")
     try:
+        newer = unknown_versions(conn, sql_dir)
+        if newer:
+            print(f"warning: the database has migration(s) {', '.join(map(str, newer))} that this "
+                  "facusync does not know: it was migrated by a newer version", file=sys.stderr)
         if args.dry_run:
-            todo = pending(conn)
+            todo = pending(conn, sql_dir)
             for m in todo:
                 print(f"pending  {m.version:03d} {m.name}")
             print(f"{len(todo)} migration(s) pending")
+            if roles_wanted:
+                for line in describe_plan(conn, cfg, set_passwords=args.create_roles):
+                    print(line)
             return 0
         count = 0
-        for m in apply_migrations(conn, cfg):
+        for m in apply_migrations(conn, cfg, sql_dir):
             print(f"applied  {m.version:03d} {m.name}")
             count += 1
         print(f"{count} migration(s) applied; schema is up to date")
+        if roles_wanted:
+            for line in apply_roles(conn, cfg, set_passwords=args.create_roles):
+                print(line)
         return 0
     finally:
         conn.close()
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = sub.add_parser("migrate", help="create or upgrade the PostgreSQL schema")
-    parser.add_argument("--dry-run", action="store_true", help="list pending migrations only")
+    parser = sub.add_parser(
+        "migrate", help="create or upgrade the PostgreSQL schema (and, on request, the roles)",
+        description="Apply the pending schema migrations, each in its own transaction; "
+                    "concurrent runs wait for each other. Safe to re-run.",
+        epilog=ROLES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list pending migrations (and planned role changes) only")
+    roles = parser.add_mutually_exclusive_group()
+    roles.add_argument("--create-roles", action="store_true",
+                       help="also create the sync and NocoDB roles or set their passwords, "
+                            "and grant their privileges (see below)")
+    roles.add_argument("--refresh-grants", action="store_true",
+                       help="also re-apply the roles' privileges, keeping their passwords")
+    parser.add_argument("--sql-dir", type=Path, default=None,
+                        help="read migrations from this folder instead of the installed ones")
     parser.set_defaults(func=run)

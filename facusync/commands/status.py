@@ -1,0 +1,303 @@
+"""`facusync status`: one screen that says whether the sync works, and if not, why.
+
+Exit codes, for monitoring: 0 healthy, 1 degraded, 2 down.
+
+* down: Redis or PostgreSQL cannot be reached, the producer has never reported or has been
+  silent for a long time (10 intervals, at least 5 minutes), or changes are waiting and no
+  consumer is alive.
+* degraded: lag above LAG_WARN, dead letters present, a daemon silent longer than its
+  interval (plus a grace period), the producer backing off (e.g. SQL Server unreachable) or
+  paused by backpressure.
+
+"Lag" is the age of the oldest change still waiting in the queue (0 when the queue is empty):
+a quiet source is not a late sync. The age of the newest committed change is shown beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg2
+import redis
+
+from facusync.config import Config
+from facusync.errors import FacusyncError
+from facusync.pgconn import connect_pg, describe_pg_error
+from facusync.redisconn import GROUP, Keys, connect_redis, describe_redis_error
+
+HEALTHY, DEGRADED, DOWN = 0, 1, 2
+CONSUMER_SILENT_S = 60.0
+
+
+@dataclass
+class Health:
+    code: int = HEALTHY
+    reasons: list[str] = field(default_factory=list)
+
+    def worse(self, code: int, reason: str) -> None:
+        self.code = max(self.code, code)
+        self.reasons.append(reason)
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _hash(client: redis.Redis, key: str) -> dict[str, str]:
+    return {_s(k): _s(v) for k, v in client.hgetall(key).items()}
+
+
+def _f(d: dict[str, str], key: str) -> float | None:
+    try:
+        return float(d[key])
+    except (KeyError, ValueError):
+        return None
+
+
+def _entry_age(entry_id: str, now: float) -> float:
+    return max(0.0, now - int(entry_id.split("-")[0]) / 1000.0)
+
+
+def _percentile(values: list[float], pct: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    idx = min(len(ordered) - 1, max(0, round(pct / 100.0 * (len(ordered) - 1))))
+    return ordered[idx]
+
+
+def gather_redis(cfg: Config, client: redis.Redis, now: float) -> dict[str, Any]:
+    keys = Keys(cfg.redis_prefix)
+    out: dict[str, Any] = {}
+    out["producer"] = _hash(client, keys.producer_stats)
+    consumers: dict[str, dict[str, str]] = {}
+    for key in client.scan_iter(match=keys.consumer_stats_pattern, count=100):
+        name = _s(key)[len(keys.consumer_stats("")):]
+        consumers[name] = _hash(client, _s(key))
+    length = int(client.xlen(keys.stream))
+    pending_by_consumer: dict[str, int] = {}
+    pending_total = 0
+    try:
+        summary = client.xpending(keys.stream, GROUP)
+        pending_total = int(summary.get("pending", 0))
+        for c in summary.get("consumers") or []:
+            pending_by_consumer[_s(c["name"])] = int(c["pending"])
+    except redis.ResponseError:
+        pass  # no group yet: no consumer has ever started
+    oldest = client.xrange(keys.stream, "-", "+", count=1)
+    out["queue"] = {
+        "length": length,
+        "pending": pending_total,
+        "undelivered": max(0, length - pending_total),
+        "pending_by_consumer": pending_by_consumer,
+        "oldest_age_s": round(_entry_age(_s(oldest[0][0]), now), 1) if oldest else 0.0,
+        "dead_letters": int(client.xlen(keys.dead)),
+    }
+    for name, stats in consumers.items():
+        stats["pending"] = str(pending_by_consumer.get(name, 0))
+    out["consumers"] = consumers
+    out["reconcile"] = _hash(client, keys.reconcile_stats)
+    batches = []
+    for item in client.lrange(keys.batch_latencies, 0, 999):
+        try:
+            ts, dur, size = (float(x) for x in _s(item).split(",")[:3])
+        except ValueError:
+            continue
+        batches.append((ts, dur, size))
+    recent = [b for b in batches if now - b[0] <= 60.0]
+    out["performance"] = {
+        "batches_last_60s": len(recent),
+        "rows_per_s_last_60s": round(sum(b[2] for b in recent) / 60.0, 1),
+        "batch_ms_p50": _percentile([b[1] for b in batches], 50),
+        "batch_ms_p95": _percentile([b[1] for b in batches], 95),
+        "batches_sampled": len(batches),
+    }
+    return out
+
+
+def gather_pg(cfg: Config) -> dict[str, Any]:
+    conn = connect_pg(cfg, application="facusync-status")
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                f'SELECT count(*), count(*) FILTER (WHERE eliminado_en_origen) FROM "{cfg.pg_table_vista}"'
+            )
+            rows, deleted = cur.fetchone() or (0, 0)
+            cur.execute(
+                "SELECT watermark, newest_version, last_commit_at, last_consumer,"
+                " extract(epoch FROM now() - newest_version), extract(epoch FROM now() - last_commit_at)"
+                " FROM sync_control WHERE id = 1"
+            )
+            row = cur.fetchone()
+        conn.rollback()
+    except psycopg2.Error as exc:
+        raise FacusyncError(f"PostgreSQL: {describe_pg_error(exc)}") from None
+    finally:
+        conn.close()
+    wm, newest, last_commit, last_consumer, newest_age, commit_age = row or (None,) * 6
+    return {
+        "rows": int(rows),
+        "soft_deleted": int(deleted),
+        "committed_watermark": wm.isoformat() if isinstance(wm, datetime) else None,
+        "newest_committed_change": newest.isoformat() if isinstance(newest, datetime) else None,
+        "newest_change_age_s": round(float(newest_age), 1) if newest_age is not None else None,
+        "last_commit_at": last_commit.isoformat() if isinstance(last_commit, datetime) else None,
+        "last_commit_age_s": round(float(commit_age), 1) if commit_age is not None else None,
+        "last_consumer": last_consumer,
+    }
+
+
+def assess(cfg: Config, data: dict[str, Any], now: float) -> Health:
+    """Turn the gathered facts into healthy / degraded / down, with the reasons."""
+    health = Health()
+    for target in ("redis", "postgresql"):
+        if "error" in data.get(target + "_error", {}):
+            health.worse(DOWN, data[target + "_error"]["error"])
+    if health.code == DOWN:
+        return health
+    producer = data["producer"]
+    queue = data["queue"]
+    interval = _f(producer, "interval") or cfg.sync_interval
+    beat = _f(producer, "heartbeat")
+    if beat is None:
+        health.worse(DOWN, "the producer has never reported: is facusync-producer running?")
+    else:
+        silent = now - beat
+        if silent > max(10 * interval, 300.0):
+            health.worse(DOWN, f"the producer has been silent for {silent:.0f} s")
+        elif silent > interval + 30.0:
+            health.worse(DEGRADED, f"the producer has been silent for {silent:.0f} s "
+                                   f"(interval {interval:g} s)")
+        state = producer.get("state", "")
+        if state == "backing_off":
+            health.worse(DEGRADED, f"the producer is backing off: {producer.get('cause', '?')}")
+        elif state == "paused":
+            health.worse(DEGRADED, "the producer is paused by backpressure (queue above "
+                                   "QUEUE_MAX_PENDING): are the consumers keeping up?")
+    alive = [n for n, c in data["consumers"].items()
+             if (_f(c, "heartbeat") or 0) > now - CONSUMER_SILENT_S]
+    if not alive:
+        if queue["length"] > 0:
+            health.worse(DOWN, f"{queue['length']} change(s) wait and no consumer is alive: "
+                               "is facusync-consumer running?")
+        else:
+            health.worse(DEGRADED, "no consumer has reported in the last minute")
+    lag = queue["oldest_age_s"]
+    if lag > cfg.lag_warn:
+        health.worse(DEGRADED, f"lag {lag:.0f} s is above LAG_WARN={cfg.lag_warn:g} s")
+    if queue["dead_letters"]:
+        health.worse(DEGRADED, f"{queue['dead_letters']} dead letter(s): see `facusync dead-letter list`")
+    return health
+
+
+def collect(cfg: Config) -> tuple[dict[str, Any], Health]:
+    now = time.time()
+    data: dict[str, Any] = {"time": datetime.now().isoformat(timespec="seconds")}
+    try:
+        client = connect_redis(cfg)
+        try:
+            data.update(gather_redis(cfg, client, now))
+        finally:
+            client.close()
+    except FacusyncError as exc:
+        data["redis_error"] = {"error": str(exc)}
+    except redis.RedisError as exc:
+        data["redis_error"] = {"error": f"Redis: {describe_redis_error(exc)}"}
+    try:
+        data["postgresql"] = gather_pg(cfg)
+    except FacusyncError as exc:
+        data["postgresql_error"] = {"error": str(exc)}
+    health = assess(cfg, data, now)
+    data["health"] = {"code": health.code, "state": ("healthy", "degraded", "down")[health.code],
+                      "reasons": health.reasons}
+    return data, health
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def render(data: dict[str, Any], now: float) -> str:
+    lines: list[str] = []
+    h = data["health"]
+    lines.append(f"facusync status at {data['time']}: {h['state'].upper()}")
+    for reason in h["reasons"]:
+        lines.append(f"  ! {reason}")
+    if "producer" in data:
+        p = data["producer"]
+        beat = _f(p, "heartbeat")
+        lines.append("Producer")
+        lines.append(f"  state        {p.get('state', 'never started')}"
+                     + (f" ({p['cause']})" if p.get("cause") else ""))
+        last = _f(p, "last_cycle_at")
+        lines.append(f"  last cycle   {_age(now - last if last else None)}: read {p.get('last_read', '-')}, "
+                     f"queued {p.get('last_queued', '-')}, unchanged {p.get('last_unchanged', '-')}, "
+                     f"{p.get('last_duration_ms', '-')} ms")
+        lines.append(f"  watermark    {p.get('watermark') or '-'}")
+        lines.append(f"  heartbeat    {_age(now - beat if beat else None)}")
+        q = data["queue"]
+        lines.append("Queue")
+        lines.append(f"  length {q['length']} (pending {q['pending']}, undelivered {q['undelivered']}), "
+                     f"oldest waiting {q['oldest_age_s']:.0f} s, dead letters {q['dead_letters']}")
+        lines.append("Consumers")
+        if not data["consumers"]:
+            lines.append("  none has reported")
+        for name, c in sorted(data["consumers"].items()):
+            beat = _f(c, "heartbeat")
+            last_batch = _f(c, "last_batch_at")
+            lines.append(f"  {name:<28} last batch {c.get('last_batch_size', '-')} rows "
+                         f"{_age(now - last_batch if last_batch else None)}, "
+                         f"{c.get('rows_per_s', '-')} rows/s, pending {c.get('pending', 0)}, "
+                         f"heartbeat {_age(now - beat if beat else None)}")
+    if "postgresql" in data:
+        pg = data["postgresql"]
+        lines.append("PostgreSQL")
+        lines.append(f"  rows {pg['rows']} (soft-deleted {pg['soft_deleted']}), committed watermark "
+                     f"{pg['committed_watermark'] or '-'}")
+        lines.append(f"  newest committed change {pg['newest_committed_change'] or '-'} "
+                     f"({_age(pg['newest_change_age_s'])}), last commit {_age(pg['last_commit_age_s'])}")
+        if "queue" in data:
+            lines.append(f"  lag {data['queue']['oldest_age_s']:.0f} s (oldest change still waiting)")
+    if "reconcile" in data:
+        r = data["reconcile"]
+        if r:
+            fin = _f(r, "finished_at")
+            lines.append("Reconcile")
+            lines.append(f"  last run {_age(now - fin if fin else None)}: {r.get('upserts', '?')} upserts, "
+                         f"{r.get('tombstones', '?')} tombstones"
+                         + (" — REFUSED (mass-delete guard)" if r.get("refused") == "True" else ""))
+        perf = data["performance"]
+        lines.append("Recent performance")
+        p50, p95 = perf["batch_ms_p50"], perf["batch_ms_p95"]
+        lines.append(f"  {perf['rows_per_s_last_60s']} rows/s over the last minute; batch latency "
+                     f"p50 {p50 if p50 is not None else '-'} ms, p95 {p95 if p95 is not None else '-'} ms")
+    for target in ("redis_error", "postgresql_error"):
+        if target in data:
+            lines.append(f"DOWN: {data[target]['error']}")
+    return "\n".join(lines)
+
+
+def run(cfg: Config, args: argparse.Namespace) -> int:
+    data, health = collect(cfg)
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+    else:
+        print(render(data, time.time()))
+    return health.code
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = sub.add_parser("status", help="is it working, and if not, why (exit 0/1/2)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.set_defaults(func=run, failure_code=DOWN)
