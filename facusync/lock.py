@@ -56,6 +56,8 @@ class RedisLock:
     def extend(self) -> None:
         """Push the expiry back; cheap to call often (it only talks to Redis every few s)."""
         now = time.monotonic()
+        if not self.held:
+            raise LockLost(f"the lock {self.key} is not held")
         if now - self._last_extend < self.ttl_ms / 4000:
             return
         if not self.client.eval(_EXTEND, 1, self.key, self.token, self.ttl_ms):

@@ -38,6 +38,7 @@ from facusync.source import ColumnMap, ViewSource, map_columns
 log = logging.getLogger("facusync.producer")
 
 DATETIME_MIN = datetime(1753, 1, 1)
+LOCK_TTL = 15.0
 BACKLOG_CHECK_EVERY = 10  # chunks between two looks at the stream's length
 
 
@@ -54,6 +55,7 @@ class CycleStats:
     since: datetime | None = None
     backlog: int = 0
     paused: bool = False
+    skipped: bool = False
     complete: bool = False
 
 
@@ -150,11 +152,12 @@ class Producer:
         t0 = time.monotonic()
         client = self._client()
         cols = self.discover()
-        lock = RedisLock(client, self.keys.source_lock, ttl=max(60.0, self.cfg.mssql_query_timeout),
-                         owner=self.owner)
+        # A short TTL: a producer killed while holding the lock delays the next one by seconds.
+        lock = RedisLock(client, self.keys.source_lock, ttl=LOCK_TTL, owner=self.owner)
         if not lock.acquire(wait=min(5.0, self.cfg.sync_interval)):
             log.info("source lock held by %s (a reconcile run?); skipping this cycle",
                      lock.holder())
+            stats.skipped = True
             stats.complete = True
             return stats
         try:
@@ -177,10 +180,10 @@ class Producer:
                 for row in rows:
                     pending.append(encode(cols.names, row, cols.key_index, cols.version_index))
                     if len(pending) >= self.cfg.chunk_size:
+                        lock.extend()  # raises LockLost before writing if we lost it
                         watermark = self._flush(client, pending, watermark, stats)
                         pending = []
                         chunks += 1
-                        lock.extend()
                         self.service.alive()
                         if self.service.stopping.is_set():
                             return stats
@@ -189,6 +192,7 @@ class Producer:
                             if stats.backlog >= self.cfg.queue_max_pending:
                                 stats.paused = True
                                 return stats
+            lock.extend()
             self._flush(client, pending, watermark, stats)
             stats.backlog = self.backlog(client)
             stats.complete = True

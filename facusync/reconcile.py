@@ -97,7 +97,7 @@ class Reconciler:
         client = connect_redis(self.cfg)
         source = ViewSource(self.cfg)
         conn = connect_pg(self.cfg, application="facusync-reconcile")
-        lock = RedisLock(client, self.keys.source_lock, ttl=120, owner="reconcile")
+        lock = RedisLock(client, self.keys.source_lock, ttl=30, owner="reconcile")
         try:
             cols = map_columns(source.view_columns(), table_columns(self.cfg),
                                self.cfg.mssql_key_column, self.cfg.mssql_version_column)
@@ -145,7 +145,7 @@ class Reconciler:
                 lock.extend()
         self._flush(client, pending_rows, pending_pg, undelete, low_water, result)
         result.delete_candidates = len(candidates)
-        self._tombstones(client, source, cols, candidates, low_water, result)
+        self._tombstones(client, source, cols, candidates, low_water, result, lock)
         return result
 
     def _flush(self, client: redis.Redis, rows: list[EncodedRow], pg_digest: dict[str, str],
@@ -177,7 +177,7 @@ class Reconciler:
 
     def _tombstones(self, client: redis.Redis, source: ViewSource, cols: ColumnMap,
                     candidates: list[tuple[str, str]], low_water: datetime | None,
-                    result: ReconcileResult) -> None:
+                    result: ReconcileResult, lock: RedisLock) -> None:
         if not candidates:
             return
         limit = result.pg_active_rows * self.cfg.reconcile_max_delete_pct / 100.0
@@ -193,6 +193,7 @@ class Reconciler:
             )
         gone: list[tuple[str, str]] = []
         for part in chunked(candidates, 500):
+            lock.extend()
             still = {str(r[cols.key_index]) for r in source.read_keys(cols, [k for k, _ in part])}
             gone.extend((k, ver) for k, ver in part if k not in still)
             reappeared = [k for k, _ in part if k in still]

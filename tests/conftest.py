@@ -102,3 +102,34 @@ def make_config(env: dict[str, str]) -> Callable[..., Config]:
         return config_from_mapping(merged)
 
     return build
+
+
+@pytest.fixture()
+def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A SQL Server stand-in process with an empty VW_VENTAS_SYNC; stopped afterwards."""
+    from tests.standin.harness import StandIn
+
+    server = StandIn(tmp_path_factory.mktemp("standin"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
+def pipeline_env(env: dict[str, str], standin: Any) -> dict[str, str]:
+    """The environment of a whole pipeline: stand-in, Redis, PostgreSQL (schema applied)."""
+    from facusync.migrate import apply_migrations
+    from facusync.pgconn import connect_pg
+
+    env.update(standin.env())
+    env.update({"SYNC_INTERVAL": "0.5", "SYNC_OVERLAP": "60", "MSSQL_LOGIN_TIMEOUT": "3",
+                "MSSQL_QUERY_TIMEOUT": "5", "BACKOFF_MAX": "2", "CLAIM_IDLE": "2"})
+    cfg = config_from_mapping(env)
+    conn = connect_pg(cfg)
+    try:
+        list(apply_migrations(conn, cfg))
+    finally:
+        conn.close()
+    return env
