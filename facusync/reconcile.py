@@ -1,16 +1,22 @@
 """Reconcile: find what polling cannot see (deletes, changes that did not bump the version).
 
 How it works
-    The whole view is read in key order and merged with datos_vista (see compare.py); each view
-    row is compared with its fingerprint in Redis. Then:
+    The whole view is read in key order and merged with datos_vista (see compare.py), values
+    compared (not just versions). For each conduce:
 
-    * fingerprint missing or different  -> an upsert is queued (same path as the producer);
-    * conduce soft-deleted in PostgreSQL but back in the view -> an upsert is queued (un-delete);
-    * fingerprint missing but PostgreSQL already holds the same values (Redis lost its data)
+    * missing in PostgreSQL, soft-deleted there, or with different values -> an upsert is
+      queued (the producer's path and stream). This repairs changes that did not bump
+      ULTIMA_MODIFICACION, rows lost downstream, and hand edits of datos_vista. A row whose
+      fingerprint already matches and that sits in the dead-letter stream is left to the
+      operator (`facusync dead-letter retry`), so reconcile never dead-letters it twice;
+    * equal in PostgreSQL but with a missing or stale fingerprint (Redis lost its data)
       -> only the fingerprint is restored, nothing is queued;
-    * conduce active in PostgreSQL but gone from the view -> a tombstone, after re-reading those
-      keys from the view once more at the end, so a row inserted during the scan is not
-      mistaken for a deleted one.
+    * active in PostgreSQL but gone from the view -> a tombstone, after re-reading those keys
+      from the view once more at the end, so a row inserted during the scan is not mistaken
+      for a deleted one.
+
+    Comparing with PostgreSQL, rather than with the fingerprints alone, also catches what the
+    fingerprints cannot know about: a row that never reached PostgreSQL or was changed there.
 
 Why it cannot race the producer
     Reconcile holds the producer's source lock (facusync.lock) for the whole run. The producer
@@ -37,7 +43,7 @@ from datetime import datetime
 import psycopg2.extensions
 import redis
 
-from facusync.compare import chunked, iter_pg_rows, iter_view_rows, merge
+from facusync.compare import PgRow, chunked, iter_pg_rows, iter_view_rows, merge
 from facusync.config import Config
 from facusync.enqueue import EncodedRow, append_deletes, append_upserts, encode, read_watermark
 from facusync.errors import FacusyncError
@@ -76,6 +82,7 @@ class ReconcileResult:
     fingerprints_restored: int = 0
     tombstones: int = 0
     delete_candidates: int = 0
+    left_in_dead_letters: int = 0
     refused: bool = False
     duration_s: float = 0.0
     finished_at: float = 0.0
@@ -120,9 +127,8 @@ class Reconciler:
               lock: RedisLock) -> ReconcileResult:
         result = ReconcileResult()
         low_water = read_watermark(client, self.keys)
-        pending_rows: list[EncodedRow] = []
-        pending_pg: dict[str, str] = {}  # fp field -> PostgreSQL digest (for restore-only)
-        undelete: set[str] = set()
+        dead_keys = self._dead_letter_keys(client)
+        pending: list[tuple[EncodedRow, PgRow | None]] = []
         candidates: list[tuple[str, str]] = []
         for key, v, p in merge(iter_view_rows(source, cols), iter_pg_rows(conn, self.cfg, cols)):
             if v is not None:
@@ -133,38 +139,43 @@ class Reconciler:
                 if p is not None and not p.deleted:
                     candidates.append((key, format_version(p.version)))
                 continue
-            pending_rows.append(v)
-            if p is not None:
-                if p.deleted:
-                    undelete.add(key)
-                else:
-                    pending_pg[v.fp_field] = p.encoded.digest
-            if len(pending_rows) >= CHUNK:
-                self._flush(client, pending_rows, pending_pg, undelete, low_water, result)
-                pending_rows, pending_pg, undelete = [], {}, set()
+            pending.append((v, p))
+            if len(pending) >= CHUNK:
+                self._flush(client, pending, dead_keys, low_water, result)
+                pending = []
                 lock.extend()
-        self._flush(client, pending_rows, pending_pg, undelete, low_water, result)
+        self._flush(client, pending, dead_keys, low_water, result)
         result.delete_candidates = len(candidates)
         self._tombstones(client, source, cols, candidates, low_water, result, lock)
         return result
 
-    def _flush(self, client: redis.Redis, rows: list[EncodedRow], pg_digest: dict[str, str],
-               undelete: set[str], low_water: datetime | None, result: ReconcileResult) -> None:
+    def _dead_letter_keys(self, client: redis.Redis) -> set[str]:
+        keys: set[str] = set()
+        for _, fields in client.xrange(self.keys.dead, "-", "+"):
+            raw = fields.get(b"key")
+            if raw is not None:
+                keys.add(raw.decode("utf-8", "replace"))
+        return keys
+
+    def _flush(self, client: redis.Redis, rows: list[tuple[EncodedRow, PgRow | None]],
+               dead_keys: set[str], low_water: datetime | None, result: ReconcileResult) -> None:
         if not rows:
             return
-        known = client.hmget(self.keys.fingerprints, [r.fp_field for r in rows])
+        known = client.hmget(self.keys.fingerprints, [v.fp_field for v, _ in rows])
         send: list[EncodedRow] = []
         restore: dict[str, str] = {}
-        for row, fp in zip(rows, known, strict=True):
+        for (v, p), fp in zip(rows, known, strict=True):
             fp_text = fp.decode() if isinstance(fp, bytes) else fp
-            if row.key is not None and row.key in undelete:
-                send.append(row)
+            if p is not None and not p.deleted and p.encoded.digest == v.digest:
+                if fp_text != v.digest:
+                    restore[v.fp_field] = v.digest
+                continue
+            if fp_text == v.digest and (v.key or "") in dead_keys:
+                result.left_in_dead_letters += 1
+                continue
+            if p is not None and p.deleted:
                 result.undeletes += 1
-            elif fp_text != row.digest:
-                if fp_text is None and pg_digest.get(row.fp_field) == row.digest:
-                    restore[row.fp_field] = row.digest
-                else:
-                    send.append(row)
+            send.append(v)
         result.upserts += len(send)
         result.fingerprints_restored += len(restore)
         if self.dry_run:
