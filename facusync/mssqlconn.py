@@ -14,10 +14,10 @@ def describe_mssql_error(exc: Exception) -> str:
     """Map FreeTDS/pymssql's verbose messages to a likely cause; never includes the password."""
     text = " ".join(str(a) for a in getattr(exc, "args", ())) or str(exc)
     low = text.lower()
-    if "18456" in low or "login failed" in low:
-        return "login failed: check MSSQL_USER and MSSQL_PASSWORD"
     if "4060" in low or "cannot open database" in low:
         return "cannot open the database: check MSSQL_DATABASE and the login's permissions"
+    if "18456" in low or "login failed" in low:
+        return "login failed: check MSSQL_USER, MSSQL_PASSWORD and MSSQL_DATABASE"
     if "208" in low and "invalid object name" in low:
         return "the view does not exist or is not visible: check MSSQL_VIEW and grants"
     if "timed out" in low or "timeout" in low:
@@ -32,18 +32,33 @@ def describe_mssql_error(exc: Exception) -> str:
 
 def connect_mssql(cfg: Config) -> Any:
     """A pymssql connection; returns rows as tuples (the fastest form) and native types."""
+    version = cfg.mssql_tds_version
     try:
-        return pymssql.connect(
-            server=cfg.mssql_host,
-            port=str(cfg.mssql_port),
-            user=cfg.mssql_user,
-            password=cfg.mssql_password.reveal(),
-            database=cfg.mssql_database,
-            login_timeout=cfg.mssql_login_timeout,
-            timeout=cfg.mssql_query_timeout,
-            tds_version=cfg.mssql_tds_version,
-            appname="facusync",
-            charset="UTF-8",
-        )
+        return _connect(cfg, version)
+    except Exception as exc:
+        # Debian 12's pymssql 2.2.2 rejects "7.4" before connecting, with an exception outside
+        # pymssql.Error (newer releases accept it); 7.3 (SQL Server 2008 and later) carries
+        # every type the view uses.
+        if not (version == "7.4" and "unrecognized tds version" in str(exc).lower()):
+            if isinstance(exc, (pymssql.Error, OSError)):
+                raise SourceError(describe_mssql_error(exc)) from None
+            raise
+    try:
+        return _connect(cfg, "7.3")
     except (pymssql.Error, OSError) as exc:
         raise SourceError(describe_mssql_error(exc)) from None
+
+
+def _connect(cfg: Config, tds_version: str) -> Any:
+    return pymssql.connect(
+        server=cfg.mssql_host,
+        port=str(cfg.mssql_port),
+        user=cfg.mssql_user,
+        password=cfg.mssql_password.reveal(),
+        database=cfg.mssql_database,
+        login_timeout=cfg.mssql_login_timeout,
+        timeout=cfg.mssql_query_timeout,
+        tds_version=tds_version,
+        appname="facusync",
+        charset="UTF-8",
+    )
