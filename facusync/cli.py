@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from facusync import __version__
-from facusync.config import load_config
+from facusync.config import DEFAULT_ENV_FILE, load_config
 from facusync.errors import EX_CONFIG, EX_SOFTWARE, ConfigError, FacusyncError
 from facusync.logsetup import setup_logging
 
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="facusync", description="Administer the SQL Server → Redis → PostgreSQL sync."
     )
     parser.add_argument("--version", action="version", version=f"facusync {__version__}")
-    parser.add_argument("--env-file", help="read variables from this file (the environment wins)")
+    parser.add_argument("--env-file", help="read variables from this file (the environment wins;"
+                        f" default {DEFAULT_ENV_FILE} when it exists)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -46,8 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `facusync` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    env_file = args.env_file
+    # Installed from the .deb, the admin's configuration is the services' env file.
+    if env_file is None and "FACUSYNC_ENV_FILE" not in os.environ and os.path.exists(DEFAULT_ENV_FILE):
+        env_file = DEFAULT_ENV_FILE
     try:
-        cfg = load_config(args.env_file)
+        cfg = load_config(env_file)
     except ConfigError as exc:
         print(f"facusync: {exc}", file=sys.stderr)
         return EX_CONFIG

@@ -117,13 +117,18 @@ def _ensure_table(cur: psycopg2.extensions.cursor) -> None:
 
 def applied_versions(conn: psycopg2.extensions.connection) -> set[int]:
     """Versions already recorded (empty when the table does not exist yet)."""
-    with conn.cursor() as cur:
-        cur.execute(f"SELECT to_regclass('{SCHEMA}.schema_migrations') IS NOT NULL")
-        row = cur.fetchone()
-        if not row or not row[0]:
-            return set()
-        cur.execute(f"SELECT version FROM {SCHEMA}.schema_migrations")
-        return {int(r[0]) for r in cur.fetchall()}
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT to_regclass('{SCHEMA}.schema_migrations') IS NOT NULL")
+            row = cur.fetchone()
+            if not row or not row[0]:
+                return set()
+            cur.execute(f"SELECT version FROM {SCHEMA}.schema_migrations")
+            return {int(r[0]) for r in cur.fetchall()}
+    except psycopg2.errors.InsufficientPrivilege:
+        conn.rollback()
+        raise SchemaError("cannot read schema_migrations: run migrate as the database owner "
+                          "(e.g. PG_USER=postgres PG_PASSWORD=... facusync migrate)") from None
 
 
 def pending(conn: psycopg2.extensions.connection, sql_dir: Path | None = None) -> list[Migration]:
@@ -144,13 +149,41 @@ def unknown_versions(conn: psycopg2.extensions.connection, sql_dir: Path | None 
     return sorted(done - known)
 
 
-def check_current(conn: psycopg2.extensions.connection, sql_dir: Path | None = None) -> None:
-    """Raise SchemaError unless every migration is applied (for the daemons' start-up)."""
+def check_tables(conn: psycopg2.extensions.connection, cfg: Config) -> None:
+    """Raise SchemaError when the configured tables are not there although migrations are.
+
+    The table names are used when a migration is applied: changing PG_TABLE_VISTA or
+    PG_TABLE_SEGUIMIENTO afterwards does not rename anything.
+    """
+    missing = []
+    with conn.cursor() as cur:
+        for variable, name in (("PG_TABLE_VISTA", cfg.pg_table_vista),
+                               ("PG_TABLE_SEGUIMIENTO", cfg.pg_table_seguimiento)):
+            cur.execute("SELECT to_regclass(%s) IS NULL", (f'{SCHEMA}."{name}"',))
+            row = cur.fetchone()
+            if row and row[0]:
+                missing.append(f"{variable}={name}")
+    conn.rollback()
+    if missing:
+        raise SchemaError(
+            f"the schema is migrated but has no table for {', '.join(missing)}: it was created "
+            "with other names. Restore the setting, or rename the tables (ALTER TABLE ... "
+            "RENAME TO ...) to match"
+        )
+
+
+def check_current(conn: psycopg2.extensions.connection, cfg: Config,
+                  sql_dir: Path | None = None) -> None:
+    """Raise SchemaError unless every migration is applied to the configured tables.
+
+    For the daemons' start-up (the sync role may read schema_migrations).
+    """
     todo = pending(conn, sql_dir)
     if todo:
         names = ", ".join(f"{m.version:03d}_{m.name}" for m in todo)
         raise SchemaError(f"the PostgreSQL schema is not up to date ({names} pending): "
                           "run `facusync migrate` as the database owner")
+    check_tables(conn, cfg)
 
 
 def _lock(cur: psycopg2.extensions.cursor) -> None:

@@ -3,7 +3,8 @@
 - the **sync role** (PG_SYNC_ROLE, default ``facusync_sync``), for the daemons: reads and
   upserts the synced copy and ``sync_control``, may create temporary staging tables, and
   cannot touch the people's columns (their tracking rows are created by the SECURITY DEFINER
-  trigger of migration 001, so it needs no privilege on that table at all);
+  trigger of migration 001, so it needs no write privilege there; it may read id and
+  conduce only, to count and match tracking rows);
 - the **NocoDB role** (PG_NOCODB_ROLE, default ``facusync_nocodb``), for the planners' UI:
   reads the synced copy and the report view, edits nota/ruta/trabajado/preparador, and
   cannot delete, change a conduce or run DDL.
@@ -220,7 +221,8 @@ def describe_plan(conn: psycopg2.extensions.connection, cfg: Config, *,
         if spec.name not in found:
             verb = "would create" if set_passwords else "missing (use --create-roles):"
         else:
-            verb = "would set the password of" if set_passwords else "would re-grant"
+            verb = ("would set the password of" if set_passwords and spec.password
+                    else "would re-grant (password kept)")
         lines.append(f"{verb} {what} {spec.name}")
     return lines
 
@@ -334,35 +336,55 @@ def _grant(cur: psycopg2.extensions.cursor, cfg: Config, sync: str, nocodb: str)
     return notes
 
 
+def password_problems(specs: list[RoleSpec], existing: set[str]) -> list[str]:
+    """Problems with the supplied passwords: required for a role that does not exist yet;
+    optional for an existing one (empty keeps its password); never shorter than the minimum."""
+    problems = []
+    for spec in specs:
+        if not spec.password and spec.name in existing:
+            continue
+        problem = check_password(spec.purpose, spec.password)
+        if problem and not spec.password:
+            problem += f" (role {spec.name} does not exist yet, so it needs one)"
+        if problem:
+            problems.append(problem)
+    return problems
+
+
 def apply_roles(conn: psycopg2.extensions.connection, cfg: Config, *,
                 set_passwords: bool) -> list[str]:
     """Create/update the roles (when set_passwords) and re-grant; one transaction.
 
-    Without set_passwords (--refresh-grants) both roles must already exist and keep their
-    passwords. Returns one line per thing done, for the operator.
+    With set_passwords (--create-roles) a missing role is created with its password, and an
+    existing one gets the supplied password, or keeps its own when none is supplied. Without
+    (--refresh-grants) both roles must exist and keep their passwords. Returns one line per
+    thing done, for the operator; never a password.
     """
     specs = role_specs(cfg)
-    if set_passwords:
-        problems = [p for p in (check_password(s.purpose, s.password) for s in specs) if p]
-        if problems:
-            raise ConfigError(problems)
     conn.rollback()
     conn.autocommit = False
     done: list[str] = []
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_ID,))
+            cur.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)",
+                        ([s.name for s in specs],))
+            existing = {str(r[0]) for r in cur.fetchall()}
+            if set_passwords:
+                problems = password_problems(specs, existing)
+                if problems:
+                    raise ConfigError(problems)
             _require_schema(cur, cfg)
             _check_names(cur, cfg, specs)
             for spec in specs:
                 what = "sync role" if spec.purpose == "sync" else "NocoDB role"
-                if set_passwords:
+                if set_passwords and spec.password:
                     done.append(f"{what} {spec.name}: {_ensure_role(cur, spec)}")
+                elif spec.name in existing:
+                    done.append(f"{what} {spec.name}: exists, password kept")
                 else:
-                    cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (spec.name,))
-                    if cur.fetchone() is None:
-                        raise SchemaError(f"role {spec.name!r} does not exist: create it with "
-                                          "`facusync migrate --create-roles`")
+                    raise SchemaError(f"role {spec.name!r} does not exist: create it with "
+                                      "`facusync migrate --create-roles`")
                 _warn_memberships(cur, spec)
             done.extend(_grant(cur, cfg, specs[0].name, specs[1].name))
             done.append(f"privileges granted on database objects to {specs[0].name} and "
@@ -376,4 +398,7 @@ def apply_roles(conn: psycopg2.extensions.connection, cfg: Config, *,
             hint = ("; run it as a superuser, or as the tables' owner with CREATEROLE "
                     "(e.g. PG_USER=postgres PG_PASSWORD=... facusync migrate --create-roles)")
         raise SchemaError(f"creating roles failed: {first}{hint}") from None
+    except Exception:
+        conn.rollback()
+        raise
     return done

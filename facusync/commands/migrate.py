@@ -13,9 +13,22 @@ from pathlib import Path
 
 from facusync.config import Config, Secret
 from facusync.errors import ConfigError
-from facusync.migrate import apply_migrations, list_migrations, pending, unknown_versions
+from facusync.migrate import (
+    apply_migrations,
+    check_tables,
+    list_migrations,
+    pending,
+    unknown_versions,
+)
 from facusync.pgconn import connect_pg
-from facusync.roles import PASSWORD_VARIABLES, apply_roles, check_password, describe_plan
+from facusync.roles import (
+    PASSWORD_VARIABLES,
+    apply_roles,
+    describe_plan,
+    existing_roles,
+    password_problems,
+    role_specs,
+)
 
 ROLES_HELP = """\
 roles (only with --create-roles or --refresh-grants):
@@ -25,9 +38,10 @@ roles (only with --create-roles or --refresh-grants):
   role (PG_NOCODB_ROLE, default facusync_nocodb), or sets the password of those that exist,
   then grants them exactly their privileges on this database. Passwords are never defaulted:
   they are read from PG_SYNC_ROLE_PASSWORD and PG_NOCODB_ROLE_PASSWORD (environment or
-  --env-file) or, when missing and stdin is a terminal, asked for (twice). At least 12
-  characters. Afterwards put PG_USER=<sync role> and its password in the daemons' env file,
-  and give the NocoDB role's name and password to NocoDB.
+  --env-file) or, when missing and stdin is a terminal, asked for (twice); at least 12
+  characters. A role that already exists keeps its password when none is given.
+  Afterwards put PG_USER=<sync role> and its password in the daemons' env file, and give
+  the NocoDB role's name and password to NocoDB.
   --refresh-grants re-applies the grants to existing roles without touching passwords
   (run it after an upgrade whose migrations added columns).
 """
@@ -44,28 +58,33 @@ def _ask(purpose: str, name: str) -> Secret:
     raise ConfigError([f"{PASSWORD_VARIABLES[purpose]}: the passwords typed did not match"])
 
 
-def _with_passwords(cfg: Config) -> Config:
-    """Fill missing role passwords from a prompt (terminal only), then validate both."""
+def _with_passwords(cfg: Config, existing: set[str]) -> Config:
+    """Ask (terminal only) for the passwords of roles that do not exist yet, then validate.
+
+    An existing role without a supplied password keeps its own.
+    """
     sync, nocodb = cfg.pg_sync_role_password, cfg.pg_nocodb_role_password
-    interactive = sys.stdin.isatty()
-    if not sync and interactive:
-        sync = _ask("sync", cfg.pg_sync_role)
-    if not nocodb and interactive:
-        nocodb = _ask("nocodb", cfg.pg_nocodb_role)
-    problems = [p for p in (check_password("sync", sync), check_password("nocodb", nocodb)) if p]
+    if sys.stdin.isatty():
+        if not sync and cfg.pg_sync_role not in existing:
+            sync = _ask("sync", cfg.pg_sync_role)
+        if not nocodb and cfg.pg_nocodb_role not in existing:
+            nocodb = _ask("nocodb", cfg.pg_nocodb_role)
+    cfg = dataclasses.replace(cfg, pg_sync_role_password=sync, pg_nocodb_role_password=nocodb)
+    problems = password_problems(role_specs(cfg), existing)
     if problems:
         raise ConfigError(problems)
-    return dataclasses.replace(cfg, pg_sync_role_password=sync, pg_nocodb_role_password=nocodb)
+    return cfg
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
     sql_dir: Path | None = args.sql_dir
     list_migrations(sql_dir)  # fail on a missing or ambiguous folder before connecting
     roles_wanted = args.create_roles or args.refresh_grants
-    if args.create_roles and not args.dry_run:
-        cfg = _with_passwords(cfg)
     conn = connect_pg(cfg, application="facusync-migrate")
     try:
+        if args.create_roles and not args.dry_run:
+            # Before migrating: a missing password should fail before anything changes.
+            cfg = _with_passwords(cfg, existing_roles(conn, [cfg.pg_sync_role, cfg.pg_nocodb_role]))
         newer = unknown_versions(conn, sql_dir)
         if newer:
             print(f"warning: the database has migration(s) {', '.join(map(str, newer))} that this "
@@ -83,6 +102,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         for m in apply_migrations(conn, cfg, sql_dir):
             print(f"applied  {m.version:03d} {m.name}")
             count += 1
+        check_tables(conn, cfg)
         print(f"{count} migration(s) applied; schema is up to date")
         if roles_wanted:
             for line in apply_roles(conn, cfg, set_passwords=args.create_roles):
