@@ -71,7 +71,7 @@ def running(pipeline_env: dict[str, str], standin: Any, tmp_path: Path) -> Itera
 
 
 def test_status_healthy_then_degraded_by_a_dead_letter(running: dict[str, str], standin: Any) -> None:
-    wait_for(lambda: cli(running, "status").returncode == 0, 30, "a healthy status")
+    wait_for(lambda: cli(running, "status").returncode == 0, 90, "a healthy status")
     out = cli(running, "status")
     assert out.stdout.startswith("facusync status at") and "HEALTHY" in out.stdout
     for section in ("Producer", "Queue", "Consumers", "PostgreSQL", "Recent performance"):
@@ -82,7 +82,7 @@ def test_status_healthy_then_degraded_by_a_dead_letter(running: dict[str, str], 
     assert running["PG_PASSWORD"] not in out.stdout + json.dumps(data)
 
     insert_too_long(standin, "POISON-1", 400)  # datos_vista.cliente is varchar(150)
-    wait_for(lambda: cli(running, "status").returncode == 1, 30, "degraded status")
+    wait_for(lambda: cli(running, "status").returncode == 1, 90, "degraded status")
     out = cli(running, "status")
     assert "DEGRADED" in out.stdout and "1 dead letter(s)" in out.stdout
 
@@ -97,13 +97,13 @@ def test_status_healthy_then_degraded_by_a_dead_letter(running: dict[str, str], 
     pg_rows(running, "ALTER TABLE datos_vista ALTER COLUMN cliente TYPE varchar(500)")
     assert cli(running, "dead-letter", "retry", "--all").returncode == 0
     wait_for(lambda: pg_rows(running, "SELECT count(*) FROM datos_vista WHERE conduce = 'POISON-1'")[0][0]
-             == 1, 30, "the retried row")
+             == 1, 90, "the retried row")
     assert json.loads(cli(running, "status", "--json").stdout)["queue"]["dead_letters"] == 0
 
 
 def test_dead_letter_purge_asks_and_honours_older_than(running: dict[str, str], standin: Any) -> None:
     insert_too_long(standin, "POISON-2", 300)
-    wait_for(lambda: "POISON-2" in cli(running, "dead-letter", "list").stdout, 30, "dead letter")
+    wait_for(lambda: "POISON-2" in cli(running, "dead-letter", "list").stdout, 90, "dead letter")
     out = cli(running, "dead-letter", "purge", "--older-than", "1h", "--yes")
     assert out.returncode == 0 and "nothing to purge" in out.stdout
     out = cli(running, "dead-letter", "purge")  # not a terminal, no --yes: refuses
