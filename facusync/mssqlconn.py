@@ -31,25 +31,29 @@ def describe_mssql_error(exc: Exception) -> str:
 
 
 def connect_mssql(cfg: Config) -> Any:
-    """A pymssql connection; returns rows as tuples (the fastest form) and native types."""
-    version = cfg.mssql_tds_version
+    """A pymssql connection; returns rows as tuples (the fastest form) and native types.
+
+    MSSQL_TDS_VERSION=auto lets FreeTDS negotiate (7.4 with SQL Server 2016). Debian 12's
+    pymssql 2.2.2 rejects an explicit "7.4" before connecting, with an exception outside
+    pymssql.Error (newer releases accept it); then 7.3 (SQL Server 2008 and later), which
+    carries every type the view uses, is used instead.
+    """
+    version = None if cfg.mssql_tds_version == "auto" else cfg.mssql_tds_version
     try:
         return _connect(cfg, version)
+    except (pymssql.Error, OSError) as exc:
+        raise SourceError(describe_mssql_error(exc)) from None
     except Exception as exc:
-        # Debian 12's pymssql 2.2.2 rejects "7.4" before connecting, with an exception outside
-        # pymssql.Error (newer releases accept it); 7.3 (SQL Server 2008 and later) carries
-        # every type the view uses.
         if not (version == "7.4" and "unrecognized tds version" in str(exc).lower()):
-            if isinstance(exc, (pymssql.Error, OSError)):
-                raise SourceError(describe_mssql_error(exc)) from None
-            raise
+            raise SourceError(describe_mssql_error(exc)) from None
     try:
         return _connect(cfg, "7.3")
     except (pymssql.Error, OSError) as exc:
         raise SourceError(describe_mssql_error(exc)) from None
 
 
-def _connect(cfg: Config, tds_version: str) -> Any:
+def _connect(cfg: Config, tds_version: str | None) -> Any:
+    extra = {"tds_version": tds_version} if tds_version else {}
     return pymssql.connect(
         server=cfg.mssql_host,
         port=str(cfg.mssql_port),
@@ -58,7 +62,7 @@ def _connect(cfg: Config, tds_version: str) -> Any:
         database=cfg.mssql_database,
         login_timeout=cfg.mssql_login_timeout,
         timeout=cfg.mssql_query_timeout,
-        tds_version=tds_version,
         appname="facusync",
         charset="UTF-8",
+        **extra,
     )
