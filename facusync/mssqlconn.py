@@ -53,7 +53,6 @@ def connect_mssql(cfg: Config) -> Any:
 
 
 def _connect(cfg: Config, tds_version: str | None) -> Any:
-    extra = {"tds_version": tds_version} if tds_version else {}
     return pymssql.connect(
         server=cfg.mssql_host,
         port=str(cfg.mssql_port),
@@ -64,5 +63,5 @@ def _connect(cfg: Config, tds_version: str | None) -> Any:
         timeout=cfg.mssql_query_timeout,
         appname="facusync",
         charset="UTF-8",
-        **extra,
+        tds_version=tds_version,  # None: FreeTDS negotiates
     )

@@ -91,7 +91,7 @@ def test_env_file_syntax_and_environment_wins(tmp_path: Path) -> None:
 
 
 def test_unreadable_env_file_names_it(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read env file .*missing.env"):
+    with pytest.raises(ConfigError, match=r"cannot read env file .*missing\.env"):
         load_config(tmp_path / "missing.env", environ={})
 
 
