@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -56,6 +56,32 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray)):
         return bytes(value).hex()
     raise MessageError(f"value of type {type(value).__name__} cannot travel in a message")
+
+
+def _json_default(value: Any) -> Any:
+    """Called by the C JSON encoder only for what JSON lacks (datetime, Decimal, ...)."""
+    converted = _json_value(value)
+    if converted is value:
+        raise MessageError(f"value of type {type(value).__name__} cannot travel in a message")
+    return converted
+
+
+class RowEncoder:
+    """Encodes rows of one column layout: the same JSON as encode_row, about twice as fast.
+
+    Keys are placed in sorted order once, and the C encoder converts str/int/bool/None itself,
+    calling back only for datetimes and decimals.
+    """
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.order = sorted(range(len(names)), key=lambda i: names[i])
+        self.sorted_names = [names[i] for i in self.order]
+        self._encode = json.JSONEncoder(
+            ensure_ascii=False, separators=(",", ":"), default=_json_default
+        ).encode
+
+    def encode(self, row: Sequence[Any]) -> str:
+        return self._encode({n: row[i] for n, i in zip(self.sorted_names, self.order, strict=True)})
 
 
 def encode_row(row: Mapping[str, Any]) -> str:

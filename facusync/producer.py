@@ -19,15 +19,15 @@ import logging
 import os
 import socket
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import psycopg2
 import redis
 
 from facusync.config import Config
-from facusync.enqueue import append_upserts, encode, read_watermark
+from facusync.enqueue import ChunkResult, EncodedRow, append_upserts, encode, read_watermark
 from facusync.errors import EX_OK, EX_UNAVAILABLE, SchemaError, SinkError, UnavailableError
 from facusync.lock import LockLost, RedisLock
 from facusync.pgconn import connect_pg, describe_pg_error
@@ -94,6 +94,53 @@ def committed_watermark(cfg: Config) -> datetime | None:
     finally:
         conn.close()
     return row[0] if row and row[0] is not None else None
+
+
+class _ChunkWriter:
+    """Appends chunk N to Redis in a thread while the loop encodes chunk N+1.
+
+    One chunk at most is in flight and chunks are written in order, so the watermark still
+    never gets ahead of the stream; a failed write surfaces at the next submit (or at wait),
+    before anything later is written.
+    """
+
+    def __init__(self, client: redis.Redis, keys: Keys, stats: CycleStats) -> None:
+        self.client = client
+        self.keys = keys
+        self.stats = stats
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facusync-append")
+        self.future: Future[ChunkResult] | None = None
+        self.in_flight = 0
+
+    def submit(self, rows: list[EncodedRow], watermark: datetime) -> datetime:
+        """Queue a chunk whose low-water mark is `watermark`; return the watermark after it."""
+        self.wait()
+        if not rows:
+            return watermark
+        self.in_flight = len(rows)
+        self.future = self.executor.submit(append_upserts, self.client, self.keys, rows,
+                                           low_water=watermark, advance_watermark=True)
+        newest = max((r.version for r in rows if r.version is not None), default=None)
+        return newest if newest is not None and newest > watermark else watermark
+
+    def wait(self) -> None:
+        if self.future is None:
+            return
+        future, self.future = self.future, None
+        result = future.result()
+        self.stats.read += self.in_flight
+        self.stats.queued += result.queued
+        self.stats.unchanged += result.unchanged
+        if result.max_version is not None and (
+            self.stats.watermark is None or result.max_version > self.stats.watermark
+        ):
+            self.stats.watermark = result.max_version
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self.executor.shutdown(wait=True)
 
 
 class Producer:
@@ -174,44 +221,37 @@ class Producer:
                 # SQL Server's datetime starts in 1753; a resync --all asks for "everything".
                 since = max(watermark - timedelta(seconds=self.cfg.sync_overlap), DATETIME_MIN)
             stats.since = since
-            pending: list[Any] = []
-            chunks = 0
-            for rows in self.source.read_since(cols, since):
-                for row in rows:
-                    pending.append(encode(cols.names, row, cols.key_index, cols.version_index))
-                    if len(pending) >= self.cfg.chunk_size:
-                        lock.extend()  # raises LockLost before writing if we lost it
-                        watermark = self._flush(client, pending, watermark, stats)
-                        pending = []
-                        chunks += 1
-                        self.service.alive()
-                        if self.service.stopping.is_set():
-                            return stats
-                        if chunks % BACKLOG_CHECK_EVERY == 0:
-                            stats.backlog = self.backlog(client)
-                            if stats.backlog >= self.cfg.queue_max_pending:
-                                stats.paused = True
+            writer = _ChunkWriter(client, self.keys, stats)
+            try:
+                pending: list[EncodedRow] = []
+                chunks = 0
+                for rows in self.source.read_since(cols, since):
+                    for row in rows:
+                        pending.append(encode(cols.names, row, cols.key_index, cols.version_index))
+                        if len(pending) >= self.cfg.chunk_size:
+                            lock.extend()  # raises LockLost before writing if we lost it
+                            watermark = writer.submit(pending, watermark)
+                            pending = []
+                            chunks += 1
+                            self.service.alive()
+                            if self.service.stopping.is_set():
                                 return stats
-            lock.extend()
-            self._flush(client, pending, watermark, stats)
+                            if chunks % BACKLOG_CHECK_EVERY == 0:
+                                stats.backlog = self.backlog(client)
+                                if stats.backlog >= self.cfg.queue_max_pending:
+                                    stats.paused = True
+                                    return stats
+                lock.extend()
+                writer.submit(pending, watermark)
+                writer.wait()
+            finally:
+                writer.close()
             stats.backlog = self.backlog(client)
             stats.complete = True
             return stats
         finally:
             lock.release()
             stats.duration_ms = round((time.monotonic() - t0) * 1000, 1)
-
-    def _flush(self, client: redis.Redis, rows: list[Any], watermark: datetime,
-               stats: CycleStats) -> datetime:
-        result = append_upserts(client, self.keys, rows, low_water=watermark,
-                                advance_watermark=True)
-        stats.read += len(rows)
-        stats.queued += result.queued
-        stats.unchanged += result.unchanged
-        if result.max_version is not None and result.max_version > watermark:
-            watermark = result.max_version
-        stats.watermark = watermark
-        return watermark
 
     # -- reporting --------------------------------------------------------------------
     def report(self, stats: CycleStats, state: str, cause: str = "") -> None:
