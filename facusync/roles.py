@@ -315,7 +315,8 @@ def _grant(cur: psycopg2.extensions.cursor, cfg: Config, sync: str, nocodb: str)
     run("GRANT SELECT ON {s} TO {r}", s=t["seguimiento"], r=n)
     run("GRANT INSERT ({cols}) ON {s} TO {r}", cols=cols(NOCODB_INSERTABLE), s=t["seguimiento"],
         r=n)
-    run("GRANT UPDATE ({cols}) ON {s} TO {r}", cols=cols(NOCODB_EDITABLE), s=t["seguimiento"],
+    # id too: NocoDB's bulk update writes it back unchanged; a trigger (sql/003) refuses a change.
+    run("GRANT UPDATE ({cols}) ON {s} TO {r}", cols=cols(("id", *NOCODB_EDITABLE)), s=t["seguimiento"],
         r=n)
     if len(sequences) == 2:
         run("GRANT USAGE ON SEQUENCE {q} TO {r}", q=sequences[1], r=n)

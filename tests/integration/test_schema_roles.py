@@ -223,6 +223,11 @@ def test_nocodb_role_edits_people_columns_only(roles: Roles, admin: Conn,
                          "WHERE conduce = 'C1'") == [("ok", "Norte", True, "Ana")]
         assert run(noco, "SELECT count(*) FROM datos_vista") == [(2,)]
         assert run(noco, "SELECT count(*) FROM v_planificacion") == [(2,)]
+        # NocoDB's bulk update writes the primary key back unchanged: allowed; a change is not.
+        run(noco, "UPDATE datos_seguimiento SET id = id, nota = 'bulk' WHERE conduce = 'C1'")
+        assert run(noco, "SELECT nota FROM datos_seguimiento WHERE conduce = 'C1'") == [("bulk",)]
+        assert denied(noco, "UPDATE datos_seguimiento SET id = id + 1000 WHERE conduce = 'C1'")
+        run(noco, "UPDATE datos_seguimiento SET nota = 'ok' WHERE conduce = 'C1'")
         # Cannot move a note to another conduce, delete, or touch the synced copy.
         assert denied(noco, "UPDATE datos_seguimiento SET conduce = 'C2' WHERE conduce = 'C1'")
         assert denied(noco, "UPDATE datos_seguimiento SET created_at = now()")
