@@ -1,0 +1,119 @@
+"""System test fixtures: the .deb, the cached Debian 12 root, the servers on the host, and one
+booted container with the package installed, shared by the ordered steps of test_package.py.
+
+These tests need root, debootstrap and systemd-nspawn and take a minute or two, so they run
+only through `make test-system` (which sets FACUSYNC_SYSTEM_TEST=1); `make test` skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers import PostgresServer, RedisServer
+from tests.system.nspawn import Container, cleanup_stale
+
+REPO = Path(__file__).resolve().parents[2]
+ENABLED = os.environ.get("FACUSYNC_SYSTEM_TEST") == "1"
+DEB_DIR_IN_CONTAINER = "/mnt/facusync-dist"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if ENABLED:
+        return
+    skip = pytest.mark.skip(reason="system test: run `make test-system` (root, nspawn)")
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.path)).parents:
+            item.add_marker(skip)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if ENABLED:
+        # A CI timeout sends SIGTERM: turn it into KeyboardInterrupt so the fixtures' teardown
+        # still stops the container and removes its cgroups.
+        def interrupt(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        signal.signal(signal.SIGTERM, interrupt)
+
+
+@pytest.fixture(scope="session")
+def deb_path() -> Path:
+    """The package under test: $FACUSYNC_DEB, as `make test-system` builds it."""
+    given = os.environ.get("FACUSYNC_DEB")
+    if not given:
+        pytest.fail("FACUSYNC_DEB is not set: run `make test-system`")
+    path = Path(given).resolve()
+    if not path.is_file():
+        pytest.fail(f"{path} does not exist: run `make deb`")
+    return path
+
+
+@pytest.fixture(scope="session")
+def image() -> Path:
+    """The cached Debian 12 root (built by scripts/nspawn-root once, reused afterwards)."""
+    if os.geteuid() != 0:
+        pytest.fail("the system test needs root (debootstrap, systemd-nspawn, cgroups)")
+    root = Path(os.environ.get("FACUSYNC_TEST_ROOT", "/var/cache/facusync-test/bookworm"))
+    subprocess.run([str(REPO / "scripts" / "nspawn-root"), str(root)], check=True, timeout=1800)
+    cleanup_stale()
+    return root
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresServer]:
+    server = PostgresServer().start()
+    try:
+        server.psql("CREATE DATABASE facusync")
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(scope="session")
+def rds() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.destroy()
+
+
+@pytest.fixture(scope="session")
+def standin() -> Iterator[object]:
+    """The SQL Server stand-in on the host's loopback, which the container shares."""
+    from tests.standin.harness import StandIn
+
+    with tempfile.TemporaryDirectory(prefix="facusync-standin-") as tmp:
+        server = StandIn(tmp)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def box(image: Path, deb_path: Path) -> Iterator[Container]:
+    """One booted container for the whole scenario; always destroyed, even after a failure."""
+    container = Container(image, binds_ro={deb_path.parent: DEB_DIR_IN_CONTAINER})
+    try:
+        container.boot(timeout=120)
+        yield container
+    finally:
+        try:
+            if container.pid and container.nspawn and container.nspawn.poll() is None:
+                logs = container.run("journalctl", "--no-pager", "-n", "150", "-u", "facusync*",
+                                     check=False, timeout=20)
+                print("--- journal of the facusync units ---\n" + logs.stdout)
+        except Exception as exc:  # diagnostics only; the teardown below matters
+            print(f"(journal not available: {exc})")
+        finally:
+            container.destroy()
