@@ -226,6 +226,7 @@ class Producer:
                 pending: list[EncodedRow] = []
                 chunks = 0
                 for rows in self.source.read_since(cols, since):
+                    self.service.alive()
                     for row in rows:
                         pending.append(encode(cols.names, row, cols.key_index, cols.version_index))
                         if len(pending) >= self.cfg.chunk_size:
@@ -307,6 +308,9 @@ class Producer:
         return stats
 
     def run_forever(self) -> None:
+        # One blocking call is bounded by its own timeout; then the loop reports progress.
+        self.service.keep_alive_during_calls(
+            max(self.cfg.mssql_query_timeout, self.cfg.mssql_login_timeout) + 30.0)
         self.service.ready()
         while not self.service.stopping.is_set():
             started = time.monotonic()

@@ -38,6 +38,8 @@ class Service:
         self.stopping = threading.Event()
         self._notifier = sdnotify.SystemdNotifier() if sdnotify else None
         self._last_status = ""
+        self._last_alive = time.monotonic()
+        self._pinger: threading.Thread | None = None
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT ask the loop to stop after its current unit of work."""
@@ -60,7 +62,27 @@ class Service:
 
     def alive(self) -> None:
         """Feed the watchdog: call only from the loop, so a hung loop starves it."""
+        self._last_alive = time.monotonic()
         self.notify("WATCHDOG=1")
+
+    def keep_alive_during_calls(self, grace: float) -> None:
+        """Feed the watchdog from a thread while the loop is inside one blocking call.
+
+        A first full read of a large view may not return its first rows for longer than
+        WatchdogSec, and every such call has its own timeout (MSSQL_QUERY_TIMEOUT, ...). The
+        thread keeps pinging only while the loop reported progress within `grace` seconds
+        (that timeout plus a margin), so a loop that is really stuck is still killed.
+        """
+        if self._pinger is not None:
+            return
+
+        def ping() -> None:
+            while not self.stopping.wait(2.0):
+                if time.monotonic() - self._last_alive < grace:
+                    self.notify("WATCHDOG=1")
+
+        self._pinger = threading.Thread(target=ping, name="facusync-watchdog", daemon=True)
+        self._pinger.start()
 
     def status(self, line: str) -> None:
         if line != self._last_status:
