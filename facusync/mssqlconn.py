@@ -24,7 +24,8 @@ def describe_mssql_error(exc: Exception) -> str:
         return "timed out: is MSSQL_HOST/MSSQL_PORT right and the server answering?"
     if "connection refused" in low or "unable to connect" in low or "adaptive server is unavailable" in low:
         return "cannot connect: is SQL Server listening on MSSQL_HOST:MSSQL_PORT?"
-    if "unexpected eof" in low or "write to the server failed" in low or "read from the server failed" in low:
+    if ("unexpected eof" in low or "write to the server failed" in low
+            or "read from the server failed" in low or "20047" in low or "dbprocess is dead" in low):
         return "the connection was dropped by the server or the network"
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return first[:300]

@@ -1,0 +1,31 @@
+"""The fault schedule: replayable from its seed, every kind in every run, windows apart.
+
+Fast and server-free, so it runs with `make test` (the chaos run itself is `make test-chaos`).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from tests.chaos.faults import LABELS, WINDOW_KINDS, plan
+
+
+@pytest.mark.parametrize("seconds", [60, 180, 3600])
+@pytest.mark.parametrize("seed", [0, 1, 424242])
+def test_a_plan_is_replayable_complete_and_fits(seed: int, seconds: int) -> None:
+    faults = plan(seed, seconds, 30)
+    assert faults == plan(seed, seconds, 30)
+    assert {f.kind for f in faults} == set(LABELS)
+    assert all(f.at > 0 and f.at + f.duration <= seconds for f in faults)
+    windows = sorted((f for f in faults if f.kind in WINDOW_KINDS), key=lambda f: f.at)
+    for before, after in itertools.pairwise(windows):
+        assert before.at + before.duration <= after.at + 0.1, (before, after)
+    assert [f.duration for f in faults if f.kind == "pg_outage"] == [30] * sum(
+        1 for f in faults if f.kind == "pg_outage")
+    assert len(faults) >= seconds / 12
+
+
+def test_different_seeds_give_different_plans() -> None:
+    assert plan(1, 180, 30) != plan(2, 180, 30)
