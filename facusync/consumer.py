@@ -50,7 +50,7 @@ from typing import Any
 import redis
 
 from facusync.config import Config
-from facusync.deadletter import dead_letter_fields
+from facusync.deadletter import dead_letter_fields, queue_dead_letter
 from facusync.errors import QueueError, SinkError
 from facusync.message import Change, MessageError, decode
 from facusync.redisconn import GROUP, Keys, connect_redis, describe_redis_error
@@ -461,7 +461,7 @@ class Consumer:
                 client = self._redis()
                 pipe = client.pipeline(transaction=True)
                 for entry_id, reason in dead:
-                    pipe.xadd(self.keys.dead, dead_letter_fields(  # type: ignore[arg-type]
+                    queue_dead_letter(pipe, self.keys.dead, self.keys.dead_index, dead_letter_fields(
                         batch.raw[entry_id], error=reason, original_id=entry_id,
                         consumer=self.name, deliveries=batch.deliveries.get(entry_id, 1)))
                 if ids:

@@ -5,14 +5,65 @@ was) plus why and when it failed: ``error`` (PostgreSQL's first line, or the con
 violation), ``original_id``, ``consumer``, ``failed_at`` (Unix seconds) and ``deliveries``.
 Bad data never stops the line (DESIGN invariant 4): the entry is acknowledged and deleted
 from the change stream in the same MULTI/EXEC that writes its dead letter.
+
+A row is dead-lettered once. The same poison row can reach the consumer twice: after Redis
+lost its data, the producer re-sends its overlap window while a consumer may still hold the
+first copy. Each dead letter is registered in a hash under a signature of what was refused
+(format, op, key, version, row; not the enqueue time), and a second copy is acknowledged
+without being added. `facusync dead-letter retry` and `purge` remove the signature with the
+entry, so a replay that fails again shows up again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Mapping
+from typing import Any
+
+import redis
 
 META_FIELDS = ("error", "original_id", "consumer", "failed_at", "deliveries")
+SIGNED_FIELDS = ("v", "op", "key", "version", "row")
+
+# KEYS: dead-letter stream, signature index; ARGV: signature, then field/value pairs.
+_ADD_ONCE = """
+if redis.call('HSETNX', KEYS[2], ARGV[1], '') == 0 then return false end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+redis.call('HSET', KEYS[2], ARGV[1], id)
+return id
+"""
+
+
+def _text(value: bytes | str | None) -> str:
+    if value is None:
+        return ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def signature(fields: Mapping[Any, bytes | str]) -> str:
+    """What identifies a refused change, whichever copy of it was delivered."""
+    by_name = {_text(k): v for k, v in fields.items()}
+    digest = hashlib.blake2b(digest_size=16)
+    for name in SIGNED_FIELDS:
+        digest.update(_text(by_name.get(name)).encode("utf-8", "replace"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def queue_dead_letter(pipe: redis.client.Pipeline, dead_stream: str, index: str,
+                      fields: Mapping[str, bytes | str]) -> None:
+    """Add the dead letter in `pipe` unless the same change is already a dead letter."""
+    args: list[bytes | str] = [signature(fields)]
+    for name, value in fields.items():
+        args.extend((name, value))
+    pipe.eval(_ADD_ONCE, 2, dead_stream, index, *args)
+
+
+def forget(client: redis.Redis | redis.client.Pipeline, index: str,
+           fields: Mapping[Any, bytes | str]) -> None:
+    """Drop a dead letter's signature (it was retried or purged)."""
+    client.hdel(index, signature(fields))
 
 
 def dead_letter_fields(

@@ -32,6 +32,11 @@ class Keys:
         return self.prefix + "dead"
 
     @property
+    def dead_index(self) -> str:
+        """Signatures of the dead letters, so one refused change is dead-lettered once."""
+        return self.prefix + "dead:index"
+
+    @property
     def watermark(self) -> str:
         """The last enqueued version (the original design's last sync timestamp)."""
         return self.prefix + "watermark"

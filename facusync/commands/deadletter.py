@@ -19,6 +19,7 @@ import redis
 
 from facusync.commands.resync import confirm
 from facusync.config import Config
+from facusync.deadletter import forget
 from facusync.errors import EX_OK, UsageError
 from facusync.redisconn import Keys, connect_redis
 
@@ -99,6 +100,7 @@ def cmd_retry(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> int:
         f["ts"] = f"{time.time():.3f}"
         pipe.xadd(keys.stream, f)  # type: ignore[arg-type]
         pipe.xdel(keys.dead, entry_id)
+        forget(pipe, keys.dead_index, raw)
     pipe.execute()
     print(f"re-queued {len(entries)} dead letter(s); failures will come back here with the reason")
     return EX_OK
@@ -107,19 +109,24 @@ def cmd_retry(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> int:
 def cmd_purge(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> int:
     if args.older_than:
         cutoff_ms = int((time.time() - parse_age(args.older_than)) * 1000)
-        ids = [i for i, _ in client.xrange(keys.dead, "-", f"{cutoff_ms}-0")]
-        what = f"{len(ids)} dead letter(s) older than {args.older_than}"
+        entries = client.xrange(keys.dead, "-", f"{cutoff_ms}-0")
+        what = f"{len(entries)} dead letter(s) older than {args.older_than}"
     else:
-        ids = [i for i, _ in client.xrange(keys.dead, "-", "+")]
-        what = f"ALL {len(ids)} dead letter(s)"
-    if not ids:
+        entries = client.xrange(keys.dead, "-", "+")
+        what = f"ALL {len(entries)} dead letter(s)"
+    if not entries:
         print("nothing to purge")
         return EX_OK
     if not confirm(f"delete {what}? Their payloads will be gone.", args.yes):
         print("cancelled")
         return 1
-    for i in range(0, len(ids), 1000):
-        client.xdel(keys.dead, *ids[i : i + 1000])
+    for i in range(0, len(entries), 1000):
+        part = entries[i : i + 1000]
+        pipe = client.pipeline(transaction=True)
+        pipe.xdel(keys.dead, *[entry_id for entry_id, _ in part])
+        for _, raw in part:
+            forget(pipe, keys.dead_index, raw)
+        pipe.execute()
     print(f"purged {what}")
     return EX_OK
 

@@ -256,10 +256,6 @@ def report(opts: Options, faults: list[Fault], injector: Injector | None, erp: E
     if outcome.status:
         out.append(f"Status after the drain: {outcome.status.get('state')} "
                    f"({'; '.join(outcome.status.get('reasons', [])) or 'no reason'})")
-    if outcome.duplicate_dead_letters:
-        out.append("  FINDING: poison rows dead-lettered twice, once from a batch held across a Redis "
-                   "data loss and once from the producer's re-read: "
-                   + "; ".join(outcome.duplicate_dead_letters))
     out.append("Time: " + ", ".join(f"{k} {v:.0f} s" for k, v in outcome.phases.items()))
     if injector and outcome.failures:
         out.append("Fault timeline")

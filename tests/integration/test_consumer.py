@@ -13,6 +13,7 @@ import redis
 
 from facusync.config import Config
 from facusync.consumer import Consumer
+from facusync.deadletter import forget
 from facusync.message import format_version
 from facusync.redisconn import GROUP, Keys
 from facusync.service import Service
@@ -315,3 +316,26 @@ def test_sigterm_during_outage_abandons_unacked(cfg: Config, rds: redis.Redis) -
     timer.cancel()
     c.sink.close()
 
+
+
+def test_one_refused_change_is_dead_lettered_once(cfg: Config, rds: redis.Redis) -> None:  # noqa: F811
+    """Two copies of the same poison row (e.g. a held batch and the producer's re-read after
+    Redis lost its data) give one dead letter; after a purge, a new failure shows again."""
+    keys = Keys(cfg.redis_prefix)
+    first = upsert("TL2", BASE, cliente="y" * 200)
+    second = upsert("TL2", BASE, lw=BASE, cliente="y" * 200)  # other lw/ts: another copy
+    add(rds, cfg, [first])
+    drain(cfg)
+    add(rds, cfg, [second, upsert("OK1", BASE)])
+    drain(cfg)
+    assert rds.xlen(keys.dead) == 1
+    assert "OK1" in snapshot(cfg)
+    assert rds.xlen(keys.stream) == 0
+    entry_id, fields = rds.xrange(keys.dead)[0]
+    pipe = rds.pipeline(transaction=True)
+    pipe.xdel(keys.dead, entry_id)
+    forget(pipe, keys.dead_index, fields)
+    pipe.execute()
+    add(rds, cfg, [upsert("TL2", BASE, cliente="y" * 200)])
+    drain(cfg)
+    assert rds.xlen(keys.dead) == 1
