@@ -11,7 +11,7 @@ APT_PACKAGES := postgresql redis-server freetds-bin python3-venv python3-dev \
 	dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
 	lintian systemd-container debootstrap iproute2 procps
 
-.PHONY: deps test test-fast lint demo bench clean deb test-system
+.PHONY: deps test test-suite test-fast lint demo bench clean deb test-system
 
 deps: $(VENV)/.installed
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
@@ -33,8 +33,12 @@ lint: deps
 	$(VENV)/bin/ruff check facusync tests scripts bench
 	$(VENV)/bin/mypy
 
-# The whole suite: lint, unit and integration tests against real servers.
-test: deps lint
+# The whole suite, what CI runs: lint; unit and integration tests against real servers; the
+# .deb on a booted systemd; the chaos run (CHAOS_MINUTES, 3 by default); a real NocoDB.
+test: deps lint test-suite test-system test-chaos test-nocodb
+
+# Unit and integration tests only (the long suites above skip themselves here).
+test-suite: deps
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 test-fast: deps
