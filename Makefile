@@ -85,3 +85,10 @@ test-chaos: deps
 	FACUSYNC_CHAOS=1 FACUSYNC_CHAOS_MINUTES=$(CHAOS_MINUTES) FACUSYNC_CHAOS_SEED=$(CHAOS_SEED) \
 		FACUSYNC_CHAOS_PG_OUTAGE=$(CHAOS_PG_OUTAGE) \
 		$(PY) -m pytest -q -s -p no:cacheprovider tests/chaos
+
+# Benchmarks (bench/README.md): the consumer's write path beside COPY and the naive baseline, a
+# 1,000,000-row backfill through the real daemons beside the raw read, change latency and idle
+# CPU, all in one run on private servers. Prints a table and writes bench/results.json; about
+# 9 minutes. BENCH_ARGS="--quick" is the seconds-long smoke mode (numbers meaningless).
+bench: deps
+	$(PY) bench/run.py $(BENCH_ARGS)

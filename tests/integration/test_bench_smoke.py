@@ -1,0 +1,89 @@
+"""`make bench` in its smallest form, so the benchmark cannot rot unnoticed.
+
+Runs bench/run.py --quick (tiny sizes, well under a minute) as a process, the way `make bench`
+runs it, and checks behaviour only: every section ran, every row arrived, every change was
+seen, the results file has the same shape as the real one, and nothing is left behind. Speeds
+are never asserted: they mean nothing at this size, and these machines are noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(280)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def bench_tmp() -> Iterator[Path]:
+    """The benchmark's TMPDIR. Not pytest's tmp_path: that is mode 0700 under root's folder,
+    and PostgreSQL runs as the postgres user when the tests run as root."""
+    folder = Path(tempfile.mkdtemp(prefix="facusync-benchtest-"))
+    folder.chmod(0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def processes_under(folder: Path) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(folder) in cmdline:
+            found.append(f"{proc.name}: {cmdline.strip()}")
+    return found
+
+
+def test_quick_benchmark_measures_every_section_and_cleans_up(bench_tmp: Path) -> None:
+    out_file = bench_tmp / "results.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "run.py"), "--quick", "--json", str(out_file)],
+        cwd=REPO_ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240,
+        env={**os.environ, "TMPDIR": str(bench_tmp), "PYTHONUNBUFFERED": "1"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out_file.read_text())
+
+    write = data["write_path"]
+    assert write["reps"] == 1 and len(write["copy"]) == 1
+    default_batch = str(data["meta"]["defaults"]["BATCH_SIZE"])
+    assert default_batch in write["batches"] and "50" in write["batches"]
+    for measured in [*write["batches"].values(), write["naive"], write["two_consumers"]]:
+        assert len(measured["insert"]) == 1 and len(measured["update"]) == 1
+
+    pipe = data["pipeline"]
+    backfill = pipe["backfill"][0]
+    assert backfill["raw_read"]["rows"] == pipe["rows"]  # the bench also counted PostgreSQL's rows
+    assert backfill["peak_rss_kb"]["producer_kb"] > 0 and backfill["peak_rss_kb"]["consumer_kb"] > 0
+    latency = pipe["latency"]
+    assert latency["measured"] > 0 and latency["never_seen"] == 0
+    assert latency["p50_s"] <= latency["p95_s"] <= latency["p99_s"] <= latency["max_s"]
+    assert "sync_interval_1" in pipe["idle"] and len(pipe["idle"]) == 2  # the default's, and 1 s
+    for idle in pipe["idle"].values():
+        assert {"producer", "consumer", "standin", "postgres", "redis"} <= idle.keys()
+
+    targets = data["summary"]["targets"]
+    assert targets and all(isinstance(t["met"], bool) for t in targets)
+    assert "targets" in result.stdout and "COPY ceiling" in result.stdout
+    assert data["meta"]["load_start"] and data["meta"]["load_end"]
+    assert "PASSWORD" not in result.stdout + result.stderr
+
+    # The servers, the stand-in and the daemons are gone, with their folders.
+    assert processes_under(bench_tmp) == []
+    assert [p.name for p in bench_tmp.iterdir()] == ["results.json"]
