@@ -38,16 +38,37 @@ class RedisLock:
         self.held = False
         self._last_extend = 0.0
 
-    def acquire(self, wait: float = 0.0) -> bool:
+    @property
+    def waiting_key(self) -> str:
+        return self.key + ":waiting"
+
+    def acquire(self, wait: float = 0.0, *, priority: bool = False) -> bool:
+        """Take the lock, waiting up to `wait` seconds.
+
+        The producer re-takes the lock right after each cycle, so a plain poll could starve
+        reconcile. A `priority` taker (reconcile, resync) announces itself while it waits;
+        an ordinary taker (the producer) then steps aside until it got the lock.
+        """
         deadline = time.monotonic() + wait
-        while True:
-            if self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
-                self.held = True
-                self._last_extend = time.monotonic()
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.1)
+        try:
+            while True:
+                if priority:
+                    self.client.set(self.waiting_key, self.token, px=2000)
+                elif self.client.exists(self.waiting_key):
+                    if time.monotonic() >= deadline:
+                        return False
+                    time.sleep(0.1)
+                    continue
+                if self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
+                    self.held = True
+                    self._last_extend = time.monotonic()
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.1)
+        finally:
+            if priority:
+                self.client.eval(_RELEASE, 1, self.waiting_key, self.token)
 
     def holder(self) -> str | None:
         value = self.client.get(self.key)

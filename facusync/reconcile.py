@@ -108,7 +108,7 @@ class Reconciler:
         try:
             cols = map_columns(source.view_columns(), table_columns(self.cfg),
                                self.cfg.mssql_key_column, self.cfg.mssql_version_column)
-            if not lock.acquire(wait=self.lock_wait):
+            if not lock.acquire(wait=self.lock_wait, priority=True):
                 raise LockBusy(f"the producer held the source lock for over {self.lock_wait:.0f} s "
                                f"(holder: {lock.holder()}); try again later")
             result = self._scan(client, source, conn, cols, lock)

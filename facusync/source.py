@@ -105,6 +105,19 @@ class ViewSource:
             self.close()
             raise SourceError(describe_mssql_error(exc)) from None
 
+    def now(self) -> datetime:
+        """SQL Server's clock (GETDATE()), the clock that writes ULTIMA_MODIFICACION."""
+        try:
+            cur = self._cursor()
+            cur.execute("SELECT GETDATE()")
+            row = cur.fetchone()
+        except pymssql.Error as exc:
+            self.close()
+            raise SourceError(describe_mssql_error(exc)) from None
+        if not row or not isinstance(row[0], datetime):
+            raise SourceError("SELECT GETDATE() did not return a datetime")
+        return row[0]
+
     def count(self) -> int:
         try:
             cur = self._cursor()

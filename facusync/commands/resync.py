@@ -64,7 +64,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             print("cancelled")
             return 1
         lock = RedisLock(client, keys.source_lock, ttl=60, owner="resync")
-        if not lock.acquire(wait=args.lock_wait):
+        if not lock.acquire(wait=args.lock_wait, priority=True):
             raise FacusyncError(f"the producer is busy (lock held by {lock.holder()}); try again")
         try:
             pipe = client.pipeline(transaction=True)

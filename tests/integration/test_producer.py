@@ -211,3 +211,28 @@ def test_unreachable_redis_is_reported(pipeline_env: dict[str, str], standin: An
     with pytest.raises(QueueError, match="connection refused"):
         run_once(cfg)
     assert isinstance(redis.Redis, type)
+
+
+def test_quiet_view_is_not_reread_forever(pipeline_env: dict[str, str], standin: Any) -> None:
+    """Once the view has been quiet for longer than the overlap, a cycle re-reads only the rows
+    at the watermark; changes and late rows inside the overlap are still caught."""
+    base = datetime.now().replace(microsecond=0) - timedelta(days=2)
+    standin.seed(400, seed=9, start=base - timedelta(minutes=5), end=base)
+    cfg = config_from_mapping(pipeline_env)  # SYNC_OVERLAP=60
+    producer = Producer(cfg, Service("test"))
+    try:
+        first = producer.run_once()
+        assert first.read == 400
+        at_watermark = sum(1 for r in standin.rows() if r["ULTIMA_MODIFICACION"] == first.watermark)
+        second = producer.run_once()
+        assert second.since == first.watermark
+        assert second.read == at_watermark < 400 and second.queued == 0
+        standin.insert([{"CONDUCE": "NEW-Q1"}])
+        assert producer.run_once().queued == 1
+        late = datetime.now() - timedelta(seconds=30)
+        standin.insert_late({"CONDUCE": "LATE-Q1"}, late)
+        third = producer.run_once()
+        assert third.queued == 1 and third.since is not None and third.since <= late
+    finally:
+        producer.source.close()
+    assert {"NEW-Q1", "LATE-Q1"} <= set(keys_of(entries(cfg)))
