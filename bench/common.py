@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from facusync.config import Config, config_from_mapping
 from facusync.migrate import apply_migrations
 from facusync.pgconn import connect_pg
 from tests.servers import PostgresServer, RedisServer
+from tests.standin.harness import local_timezone
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: facusync-producer, facusync-consumer
@@ -72,23 +72,6 @@ def default_settings() -> dict[str, int]:
 # -- configuration and databases ----------------------------------------------------------------
 
 
-def local_timezone() -> str:
-    """The zone of this machine's wall clock: the stand-in's GETDATE() uses it."""
-    from zoneinfo import ZoneInfo
-
-    candidates = [os.environ.get("TZ", "").lstrip(":")]
-    with suppress(OSError):
-        candidates.append(Path("/etc/timezone").read_text().strip())
-    with suppress(OSError):
-        candidates.append(os.readlink("/etc/localtime").partition("zoneinfo/")[2])
-    for name in candidates:
-        if name:
-            try:
-                ZoneInfo(name)
-            except (ValueError, OSError):
-                continue
-            return name
-    return "UTC"
 
 
 def env_values(pg: PostgresServer, rds: RedisServer, database: str, prefix: str,

@@ -49,7 +49,7 @@ import psycopg2  # noqa: E402
 from facusync.commands.status import collect  # noqa: E402
 from facusync.config import Config, load_config  # noqa: E402
 from tests.servers import PostgresServer, RedisServer  # noqa: E402
-from tests.standin.harness import StandIn  # noqa: E402
+from tests.standin.harness import StandIn, local_timezone  # noqa: E402
 from tests.standin.workload import Workload  # noqa: E402
 
 BIN = Path(sys.executable).parent  # the venv's bin: facusync, facusync-producer, -consumer
@@ -279,23 +279,6 @@ def tail(path: Path, lines: int = 15) -> str:
     return "\n".join("    " + line for line in text[-lines:])
 
 
-def local_timezone() -> str:
-    """The zone the stand-in's GETDATE() uses (this machine's), for SOURCE_TIMEZONE."""
-    from zoneinfo import ZoneInfo
-
-    candidates = [os.environ.get("TZ", "").lstrip(":")]
-    with suppress(OSError):
-        candidates.append(Path("/etc/timezone").read_text().strip())
-    with suppress(OSError):
-        candidates.append(os.readlink("/etc/localtime").partition("zoneinfo/")[2])
-    for name in candidates:
-        if name:
-            try:
-                ZoneInfo(name)
-            except (ValueError, OSError):
-                continue
-            return name
-    return "UTC"
 
 
 # -- the stack -----------------------------------------------------------------------------

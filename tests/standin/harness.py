@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -39,6 +40,26 @@ def now() -> datetime:
 def datetime_value(value: datetime | str) -> datetime:
     """The datetime SQL Server would store (and pymssql return) for this value."""
     return sqltypes.from_storage(sqltypes.DATETIME, sqltypes.datetime_text(value))  # type: ignore[no-any-return]
+
+
+def local_timezone() -> str:
+    """The zone of this machine's wall clock, which the stand-in's GETDATE() follows (for
+    SOURCE_TIMEZONE in demos and benchmarks)."""
+    from zoneinfo import ZoneInfo
+
+    candidates = [os.environ.get("TZ", "").lstrip(":")]
+    with suppress(OSError):
+        candidates.append(Path("/etc/timezone").read_text().strip())
+    with suppress(OSError):
+        candidates.append(os.readlink("/etc/localtime").partition("zoneinfo/")[2])
+    for name in candidates:
+        if name:
+            try:
+                ZoneInfo(name)
+            except (ValueError, OSError):
+                continue
+            return name
+    return "UTC"
 
 
 class StandIn:
