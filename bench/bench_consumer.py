@@ -120,7 +120,7 @@ def fresh(pg: PostgresServer, rds: RedisServer, name: str, batch: int) -> Config
         cur.execute(f'CREATE DATABASE "{name}"')
     admin.close()
     cfg = config_from_mapping({
-        "MSSQL_HOST": "127.0.0.1", "MSSQL_USER": "x", "MSSQL_PASSWORD": "unused",
+        "MSSQL_HOST": "127.0.0.1", "MSSQL_USER": "x", "MSSQL_PASSWORD": "placeholder-not-used",
         "PG_HOST": pg.host, "PG_PORT": str(pg.port), "PG_DATABASE": name, "PG_USER": pg.user,
         "PG_PASSWORD": pg.password, "REDIS_HOST": rds.host, "REDIS_PORT": str(rds.port),
         "REDIS_PASSWORD": rds.password, "REDIS_PREFIX": f"bench{name}:",

@@ -22,17 +22,13 @@ import psycopg2
 from facusync.config import Config, config_from_mapping
 from facusync.migrate import apply_migrations
 from facusync.pgconn import connect_pg
+from tests.processes import child_env
 from tests.servers import PostgresServer, RedisServer
 from tests.standin.harness import local_timezone
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's bin: facusync-producer, facusync-consumer
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-# Variables facusync (or libpq) reads: removed from the daemons' environment, because the real
-# environment wins over --env-file and a benchmark must use only its own file.
-_CONFIG_PREFIXES = ("MSSQL_", "PG", "REDIS_", "SYNC_", "RECONCILE_", "LOG_", "FACUSYNC_")
-_CONFIG_NAMES = {"BATCH_SIZE", "FETCH_SIZE", "CHUNK_SIZE", "QUEUE_MAX_PENDING", "CLAIM_IDLE",
-                 "MAX_DELIVERIES", "BACKOFF_MAX", "SOURCE_TIMEZONE", "LAG_WARN"}
 
 
 class BenchError(Exception):
@@ -222,14 +218,6 @@ class CpuMeter:
 
 
 # -- daemons ------------------------------------------------------------------------------------
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not (k.startswith(_CONFIG_PREFIXES) or k in _CONFIG_NAMES)}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env.update(extra)
-    return env
 
 
 class Daemon:

@@ -82,6 +82,12 @@ def table_columns(cfg: Config) -> list[str]:
     return cols
 
 
+def discover_columns(cfg: Config, source: ViewSource) -> ColumnMap:
+    """The synced columns: the view's and datos_vista's, matched case-insensitively."""
+    return map_columns(source.view_columns(), table_columns(cfg), cfg.mssql_key_column,
+                       cfg.mssql_version_column)
+
+
 def committed_watermark(cfg: Config) -> datetime | None:
     """The consumer's durable low-water mark: everything at or below it is in PostgreSQL."""
     conn = connect_pg(cfg, application="facusync-producer")
@@ -168,9 +174,7 @@ class Producer:
     def discover(self) -> ColumnMap:
         """Synced columns, found once at start (view ∩ table, case-insensitive)."""
         if self.cols is None:
-            view_cols = self.source.view_columns()
-            cols = map_columns(view_cols, table_columns(self.cfg), self.cfg.mssql_key_column,
-                               self.cfg.mssql_version_column)
+            cols = discover_columns(self.cfg, self.source)
             for name in cols.ignored:
                 log.warning("view column %s has no column in %s; it is not synced", name,
                             self.cfg.pg_table_vista, extra={"column": name})

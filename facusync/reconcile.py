@@ -50,9 +50,9 @@ from facusync.errors import FacusyncError
 from facusync.lock import RedisLock
 from facusync.message import format_version
 from facusync.pgconn import connect_pg
-from facusync.producer import table_columns
+from facusync.producer import discover_columns
 from facusync.redisconn import Keys, connect_redis
-from facusync.source import ColumnMap, ViewSource, map_columns
+from facusync.source import ColumnMap, ViewSource
 
 log = logging.getLogger("facusync.reconcile")
 
@@ -106,8 +106,7 @@ class Reconciler:
         conn = connect_pg(self.cfg, application="facusync-reconcile")
         lock = RedisLock(client, self.keys.source_lock, ttl=30, owner="reconcile")
         try:
-            cols = map_columns(source.view_columns(), table_columns(self.cfg),
-                               self.cfg.mssql_key_column, self.cfg.mssql_version_column)
+            cols = discover_columns(self.cfg, source)
             if not lock.acquire(wait=self.lock_wait, priority=True):
                 raise LockBusy(f"the producer held the source lock for over {self.lock_wait:.0f} s "
                                f"(holder: {lock.holder()}); try again later")

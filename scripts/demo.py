@@ -48,6 +48,7 @@ import psycopg2  # noqa: E402
 
 from facusync.commands.status import collect  # noqa: E402
 from facusync.config import Config, load_config  # noqa: E402
+from tests.processes import child_env  # noqa: E402
 from tests.servers import PostgresServer, RedisServer  # noqa: E402
 from tests.standin.harness import StandIn, local_timezone  # noqa: E402
 from tests.standin.workload import Workload  # noqa: E402
@@ -55,11 +56,6 @@ from tests.standin.workload import Workload  # noqa: E402
 BIN = Path(sys.executable).parent  # the venv's bin: facusync, facusync-producer, -consumer
 DATABASE = "syncdb"
 SYNC_ROLE, NOCODB_ROLE = "facusync_sync", "facusync_nocodb"
-# Variables facusync (or libpq) reads: removed from the children's environment, because the
-# real environment wins over --env-file and the demo must use only its own file.
-_CONFIG_PREFIXES = ("MSSQL_", "PG", "REDIS_", "SYNC_", "RECONCILE_", "LOG_", "FACUSYNC_")
-_CONFIG_NAMES = {"BATCH_SIZE", "FETCH_SIZE", "CHUNK_SIZE", "QUEUE_MAX_PENDING", "CLAIM_IDLE",
-                 "MAX_DELIVERIES", "BACKOFF_MAX", "SOURCE_TIMEZONE", "LAG_WARN"}
 STALL_S = 60.0  # no progress for this long during the backfill or a drain: give up, say why
 
 
@@ -218,14 +214,6 @@ class Interrupts:
 
 
 # -- processes -----------------------------------------------------------------------------
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not (k.startswith(_CONFIG_PREFIXES) or k in _CONFIG_NAMES)}
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env.update(extra)
-    return env
 
 
 class Daemon:

@@ -17,8 +17,8 @@ from facusync.compare import iter_pg_rows, iter_view_rows, merge
 from facusync.config import Config
 from facusync.errors import EX_OK
 from facusync.pgconn import connect_pg
-from facusync.producer import table_columns
-from facusync.source import ViewSource, map_columns
+from facusync.producer import discover_columns
+from facusync.source import ViewSource
 
 EX_DRIFT = 1
 
@@ -62,8 +62,7 @@ def compare(cfg: Config, limit: int = 10) -> VerifyReport:
     source = ViewSource(cfg)
     conn = connect_pg(cfg, application="facusync-verify")
     try:
-        cols = map_columns(source.view_columns(), table_columns(cfg), cfg.mssql_key_column,
-                           cfg.mssql_version_column)
+        cols = discover_columns(cfg, source)
         conn.set_session(readonly=True)
         for key, v, p in merge(iter_view_rows(source, cols), iter_pg_rows(conn, cfg, cols)):
             if v is not None:

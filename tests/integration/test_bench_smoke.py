@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import processes_under
+
 pytestmark = pytest.mark.timeout(280)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -34,20 +36,6 @@ def bench_tmp() -> Iterator[Path]:
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def processes_under(folder: Path) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if str(folder) in cmdline:
-            found.append(f"{proc.name}: {cmdline.strip()}")
-    return found
 
 
 def test_quick_benchmark_measures_every_section_and_cleans_up(bench_tmp: Path) -> None:
@@ -85,5 +73,5 @@ def test_quick_benchmark_measures_every_section_and_cleans_up(bench_tmp: Path) -
     assert "PASSWORD" not in result.stdout + result.stderr
 
     # The servers, the stand-in and the daemons are gone, with their folders.
-    assert processes_under(bench_tmp) == []
+    assert processes_under(bench_tmp, by_cwd=False) == []
     assert [p.name for p in bench_tmp.iterdir()] == ["results.json"]

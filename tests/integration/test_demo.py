@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import processes_under
+
 pytestmark = pytest.mark.timeout(280)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -58,22 +60,6 @@ def listening(port: int) -> bool:
     except OSError:
         return False
     return True
-
-
-def processes_under(folder: Path) -> list[str]:
-    """Processes whose command line or working directory is inside ``folder``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            cwd = os.readlink(proc / "cwd")
-        except OSError:
-            continue  # gone meanwhile, or not ours to read
-        if str(folder) in cmdline or cwd.startswith(str(folder)):
-            found.append(f"{proc.name}: {cmdline.strip()} (cwd {cwd})")
-    return found
 
 
 def assert_nothing_left(out: str, tmpdir: Path) -> None:

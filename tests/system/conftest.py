@@ -8,7 +8,6 @@ only through `make test-system` (which sets FACUSYNC_SYSTEM_TEST=1); `make test`
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import sigterm_raises_keyboard_interrupt, skip_folder_unless
 from tests.servers import PostgresServer, RedisServer
 from tests.system.nspawn import Container, cleanup_stale
 
@@ -25,23 +25,12 @@ DEB_DIR_IN_CONTAINER = "/mnt/facusync-dist"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if ENABLED:
-        return
-    skip = pytest.mark.skip(reason="system test: run `make test-system` (root, nspawn)")
-    here = Path(__file__).parent
-    for item in items:
-        if here in Path(str(item.path)).parents:
-            item.add_marker(skip)
+    skip_folder_unless(ENABLED, __file__, "system test: run `make test-system` (root, nspawn)", items)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if ENABLED:
-        # A CI timeout sends SIGTERM: turn it into KeyboardInterrupt so the fixtures' teardown
-        # still stops the container and removes its cgroups.
-        def interrupt(signum: int, frame: object) -> None:
-            raise KeyboardInterrupt(f"signal {signum}")
-
-        signal.signal(signal.SIGTERM, interrupt)
+        sigterm_raises_keyboard_interrupt()
 
 
 @pytest.fixture(scope="session")
