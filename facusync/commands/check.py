@@ -1,6 +1,6 @@
 """`facusync check`: can we reach SQL Server, PostgreSQL and Redis, and how fast?
 
-Step 4 of the original plan. Prints OK/FAIL per target with the server version and round-trip
+Prints OK/FAIL per target with the server version and round-trip
 time, or the likely cause. Exit 0 only when all three answer.
 """
 
