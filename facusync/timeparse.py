@@ -68,6 +68,8 @@ def parse_moment(text: str, now: datetime, option: str) -> datetime:
         return now - timedelta(seconds=age)
     if not typed:
         raise UsageError(f"{option} is empty: give a date, {EXAMPLES}")
+    if not any(ch.isdigit() for ch in typed):
+        raise UsageError(f"{option} {typed!r} is not a date or an age: {EXAMPLES}")
     year_first = bool(_YEAR_FIRST.match(typed))
     if not year_first and not _FOUR_DIGIT_YEAR.search(typed):
         raise UsageError(f"{option} {typed!r} is ambiguous: write the year with four digits, "

@@ -37,6 +37,7 @@ def test_what_an_operator_types_means_one_moment(typed: str, meant: datetime) ->
     ("11/01", "ambiguous"),          # which year, which reading?
     ("", "empty"),
     ("yesterday-ish 2026", "not a date"),
+    ("soon", "not a date or an age"),
     ("31/02/2026", "not a date"),
     ("2026-11-01T08:00:00+02:00", "time zone"),
 ])
