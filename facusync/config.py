@@ -200,6 +200,10 @@ class _Reader:
         path = self.text(name, "")
         if not path:
             return ""
+        if any(c in path for c in ";#\n"):
+            self.problems.append(f"{name}={path!r} contains ; or # (a comment in freetds.conf): "
+                                 "move the file to a plain path")
+            return path
         try:
             text = Path(path).read_text(encoding="ascii", errors="replace")
         except OSError as exc:

@@ -3,10 +3,10 @@
 Debian 12's pymssql 2.2.2 has no argument for FreeTDS's `encryption`, `ca file` or
 `check certificate hostname`; FreeTDS reads them only from a freetds.conf. So the first
 connection writes one, derived from the Config, into a private directory (mode 0700,
-removed at exit) and points the FREETDSCONF environment variable at it. The file names the
-server twice (`[host:port]` and `[host]`, the two names pymssql looks up) so FreeTDS stops
-there and never mixes in /etc/freetds/freetds.conf. An operator's own freetds.conf is
-therefore not used by facusync; every setting facusync needs is an MSSQL_* variable.
+removed at exit) and points the FREETDSCONF environment variable at it. Its one section is
+named `[host:port]`, the name pymssql asks FreeTDS for, so FreeTDS stops there and never
+mixes in /etc/freetds/freetds.conf or ~/.freetds.conf: an operator's own freetds.conf does
+not apply to facusync's server; every setting facusync needs is an MSSQL_* variable.
 """
 
 from __future__ import annotations
@@ -31,13 +31,11 @@ def freetds_conf_text(cfg: Config) -> str:
     if cfg.mssql_ca_file:
         options.append(f"ca file = {cfg.mssql_ca_file}")
         options.append(f"check certificate hostname = {'yes' if cfg.mssql_check_hostname else 'no'}")
-    # A matching section is a server alias: FreeTDS then connects to its host and port.
-    address = [f"host = {cfg.mssql_host}", f"port = {cfg.mssql_port}"]
-    sections = {"global": options, f"{cfg.mssql_host}:{cfg.mssql_port}": address + options,
-                cfg.mssql_host: address + options}
+    # pymssql asks FreeTDS for "host:port"; a section of that name is a server alias, so it
+    # carries the host and port too. Its settings reach no other server.
+    lines = [f"host = {cfg.mssql_host}", f"port = {cfg.mssql_port}", *options]
     text = "# Written by facusync from its MSSQL_* settings (see facusync/freetdsconf.py).\n"
-    for name, lines in sections.items():
-        text += f"[{name}]\n" + "".join(f"\t{line}\n" for line in lines)
+    text += f"[{cfg.mssql_host}:{cfg.mssql_port}]\n" + "".join(f"\t{line}\n" for line in lines)
     return text
 
 

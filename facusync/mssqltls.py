@@ -15,6 +15,7 @@ import os
 import socket
 import ssl
 import struct
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -107,7 +108,9 @@ def client_context(cfg: Config) -> ssl.SSLContext:
     """The TLS rules FreeTDS applies for these settings: verify only with a CA file."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.set_ciphers("DEFAULT:@SECLEVEL=0")  # FreeTDS still offers TLS 1.1
-    context.minimum_version = ssl.TLSVersion.TLSv1_1
+    with warnings.catch_warnings():  # deprecated indeed; FreeTDS accepts it all the same
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.TLSv1_1
     if cfg.mssql_ca_file:
         context.load_verify_locations(cafile=cfg.mssql_ca_file)
         context.check_hostname = cfg.mssql_check_hostname
