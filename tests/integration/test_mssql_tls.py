@@ -8,10 +8,14 @@ Certificates come from a throwaway CA (tests/tlsca.py); nothing about TLS is fak
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,8 +87,6 @@ def mssql_env(server: StandIn, **settings: str) -> dict[str, str]:
 
 
 def run_client(python: str, env: dict[str, str]) -> dict[str, Any]:
-    import json
-
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith(("VIRTUAL_ENV", "PYTHON", "MSSQL_", "FREETDS", "TDS"))}
     clean["PYTHONPATH"] = str(REPO)
@@ -292,3 +294,98 @@ def test_private_conf_holds_the_settings_and_no_password(tmp_path: Path, ca: Tes
                  "check certificate hostname = no", "enable tls v1 = no"):
         assert line in text
     assert server.password not in text
+
+
+@pytest.mark.parametrize("python", BUILDS)
+def test_pipeline_syncs_through_an_encrypted_verified_session(
+        pipeline_env: dict[str, str], tmp_path: Path, ca: TestCA, server_cert: KeyPair,
+        python: str) -> None:
+    """The producer backfills 1500 rows from a Force Encryption server, verified against the
+    CA; the consumer writes them; `verify` finds PostgreSQL equal to the view."""
+    from facusync.commands.verify import compare
+
+    server = start_standin(tmp_path, "on", server_cert)
+    try:
+        server.seed(1500, seed=11)
+        env = {**pipeline_env, **server.env(), "MSSQL_ENCRYPT": "require",
+               "MSSQL_CA_FILE": str(ca.ca.cert)}
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON"))}
+        clean["PYTHONPATH"] = str(REPO)
+        for program in ("facusync.producer", "facusync.consumer"):
+            out = subprocess.run([python, "-m", program, "--once"], env={**clean, **env}, cwd="/",
+                                 capture_output=True, text=True, timeout=180)
+            assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+        assert compare(config_from_mapping(env)).differences == 0
+        assert len(tls_sessions(server)) >= 1
+        assert all("TLSv1.2" in line for line in tls_sessions(server))
+    finally:
+        server.stop()
+
+
+class Tap:
+    """A TCP relay in front of the stand-in that records every byte both ways."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.to_server = bytearray()
+        self.to_client = bytearray()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.target)
+            threading.Thread(target=self._pump, args=(client, server, self.to_server), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, self.to_client), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, record: bytearray) -> None:
+        try:
+            while data := src.recv(65536):
+                record += data
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def scrambled(password: str) -> bytes:
+    """The password as LOGIN7 carries it: UTF-16LE, nibbles swapped, XOR 0xA5."""
+    return bytes((((b << 4) | (b >> 4)) & 0xFF) ^ 0xA5 for b in password.encode("utf-16-le"))
+
+
+@pytest.mark.parametrize(("mode", "password_hidden", "rows_hidden"), [
+    ("not_sup", False, False),  # the control: the tap does see a plaintext login
+    ("off", True, False),  # SQL Server's default: only the login is protected
+    ("on", True, True),  # Force Encryption: nothing readable on the wire
+])
+def test_what_a_listener_on_the_wire_sees(tmp_path: Path, ca: TestCA, server_cert: KeyPair,
+                                          mode: str, password_hidden: bool, rows_hidden: bool) -> None:
+    server = start_standin(tmp_path, mode, server_cert if mode != "not_sup" else None)
+    tap = Tap((server.host, server.port))
+    try:
+        settings = {"MSSQL_CA_FILE": str(ca.ca.cert)} if mode != "not_sup" else {}
+        cfg = config_from_mapping({**mssql_env(server, **settings), "MSSQL_PORT": str(tap.port)})
+        conn = connect_mssql(cfg)
+        try:
+            cur = conn.cursor()
+            cur.execute("SELECT CONDUCE FROM VW_VENTAS_SYNC ORDER BY CONDUCE")
+            first = cur.fetchall()[0][0]
+        finally:
+            conn.close()
+        assert (scrambled(server.password) not in tap.to_server) == password_hidden
+        assert (first.encode("utf-16-le") not in tap.to_client) == rows_hidden
+    finally:
+        tap.close()
+        server.stop()
