@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import pymssql
@@ -68,7 +69,7 @@ def _explain(cfg: Config, exc: Exception) -> str:
         return cause
     try:
         state = probe_tls(cfg)
-    except (OSError, ValueError):
+    except (OSError, ValueError, struct.error):
         return cause  # unreachable or not speaking TDS: the driver's cause stands
     if state.problem:
         return state.problem

@@ -191,7 +191,7 @@ def session_tls(cfg: Config, conn: Any) -> TlsState:
     """
     try:
         probed = probe_tls(cfg)
-    except OSError as exc:
+    except (OSError, struct.error) as exc:
         return TlsState("?", None, None, False, f"TLS probe failed: {exc}")
     cursor = conn.cursor()
     try:

@@ -194,6 +194,23 @@ def test_unverified_encryption_still_refuses_tls_1_0(bad_servers: dict[str, tupl
     assert "no TLS version in common" in (result.get("error") or ""), result
 
 
+@pytest.mark.parametrize("python", BUILDS)
+def test_tls_1_3_only_server(tmp_path: Path, ca: TestCA, server_cert: KeyPair, python: str) -> None:
+    """What we learned: Debian's FreeTDS 1.3.17 (GnuTLS) never finishes a TLS 1.3 handshake
+    inside PRELOGIN packets (its last handshake flight is not flushed; the login times out),
+    while the wheel's FreeTDS 1.5 (OpenSSL) connects. SQL Server 2016 offers 1.2 at most."""
+    server = start_standin(tmp_path, "on", server_cert, versions=("1.3", "1.3"))
+    try:
+        result = run_client(python, mssql_env(server, MSSQL_CA_FILE=str(ca.ca.cert),
+                                              MSSQL_LOGIN_TIMEOUT="3"))
+        if python == DEBIAN_PYTHON:
+            assert "negotiates TLS 1.3, which FreeTDS 1.3 (Debian 12) cannot finish" in result["error"]
+        else:
+            assert result.get("encrypt_option") == "TRUE", result
+    finally:
+        server.stop()
+
+
 def test_require_against_a_server_without_certificate(tmp_path: Path) -> None:
     server = start_standin(tmp_path, "not_sup", None)
     try:
