@@ -262,11 +262,15 @@ def test_check_shows_the_sql_server_encryption(pipeline_env: dict[str, str], tmp
 
 
 @pytest.mark.skipif(shutil.which("tsql") is None, reason="tsql (freetds-bin) is not installed")
-def test_tsql_through_the_same_freetds_conf(tmp_path: Path, ca: TestCA, server_cert: KeyPair) -> None:
+@pytest.mark.parametrize(("mode", "encrypt", "whole_session"), [("off", "request", "FALSE"),
+                                                                ("off", "require", "TRUE"),
+                                                                ("on", "request", "TRUE")])
+def test_tsql_through_the_same_freetds_conf(tmp_path: Path, ca: TestCA, server_cert: KeyPair,
+                                            mode: str, encrypt: str, whole_session: str) -> None:
     """tsql (Debian's FreeTDS 1.3.17 + GnuTLS) with the freetds.conf facusync writes."""
-    server = start_standin(tmp_path, "on", server_cert)
+    server = start_standin(tmp_path, mode, server_cert)
     try:
-        cfg: Config = config_from_mapping(mssql_env(server, MSSQL_ENCRYPT="require",
+        cfg: Config = config_from_mapping(mssql_env(server, MSSQL_ENCRYPT=encrypt,
                                                     MSSQL_CA_FILE=str(ca.ca.cert)))
         conf = use_freetds_conf(cfg)
         env = {"PATH": "/usr/bin:/bin", "FREETDSCONF": str(conf)}
@@ -274,7 +278,7 @@ def test_tsql_through_the_same_freetds_conf(tmp_path: Path, ca: TestCA, server_c
                               "-P", server.password, "-D", server.database],
                              input="SELECT CONNECTIONPROPERTY('encrypt_option')\ngo\nexit\n",
                              env=env, capture_output=True, text=True, timeout=60)
-        assert "TRUE" in out.stdout, out.stdout + out.stderr
+        assert whole_session in [line.strip() for line in out.stdout.splitlines()], out.stdout + out.stderr
         assert len(tls_sessions(server)) == 1
     finally:
         server.stop()
