@@ -287,17 +287,18 @@ def test_tsql_through_the_same_freetds_conf(tmp_path: Path, ca: TestCA, server_c
 @pytest.mark.parametrize("python", BUILDS)
 def test_another_freetds_conf_cannot_weaken_the_settings(tmp_path: Path, ca: TestCA,
                                                         server_cert: KeyPair, python: str) -> None:
-    """A ~/.freetds.conf turning encryption off for this very server is not used: FreeTDS
-    finds the server's section in facusync's private file first and stops there."""
+    """Another freetds.conf turning encryption off for this very server ($FREETDS/etc here;
+    ~/.freetds.conf and /etc/freetds/freetds.conf come after it in FreeTDS's search) is not
+    used: FreeTDS finds the server's section in facusync's private file first and stops."""
     server = start_standin(tmp_path, "off", server_cert)
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / ".freetds.conf").write_text(
+    other = tmp_path / "other"
+    (other / "etc").mkdir(parents=True)
+    (other / "etc" / "freetds.conf").write_text(
         f"[global]\n\tencryption = off\n[{server.host}:{server.port}]\n\thost = {server.host}\n"
         f"\tport = {server.port}\n\tencryption = off\n")
     try:
         result = run_client(python, {**mssql_env(server, MSSQL_ENCRYPT="require",
-                                                 MSSQL_CA_FILE=str(ca.ca.cert)), "HOME": str(home)})
+                                                 MSSQL_CA_FILE=str(ca.ca.cert)), "FREETDS": str(other)})
         assert result.get("encrypt_option") == "TRUE", result
     finally:
         server.stop()
