@@ -51,7 +51,9 @@ except SourceError as exc:
 cur = conn.cursor()
 cur.execute("SELECT CONNECTIONPROPERTY('encrypt_option'), COUNT(*) FROM VW_VENTAS_SYNC")
 option, rows = cur.fetchone()
-print(json.dumps({"encrypt_option": option, "rows": rows, "pymssql": pymssql.__version__}))
+cur.execute("SELECT encrypt_option FROM sys.dm_exec_connections WHERE session_id = @@SPID")
+dmv = cur.fetchone()[0]
+print(json.dumps({"encrypt_option": option, "dmv": dmv, "rows": rows, "pymssql": pymssql.__version__}))
 """
 
 
@@ -123,7 +125,7 @@ def test_each_server_mode_with_the_default_setting(tmp_path: Path, ca: TestCA, s
         result = run_client(python, mssql_env(server, MSSQL_CA_FILE=str(ca.ca.cert))
                             if tls else mssql_env(server))
         assert result.get("error") is None, result
-        assert result["encrypt_option"] == whole_session and result["rows"] == 40
+        assert result["encrypt_option"] == result["dmv"] == whole_session and result["rows"] == 40
         assert len(tls_sessions(server)) == (1 if tls else 0)
         if tls:  # the stand-in caps TLS at 1.2, as SQL Server 2016 does
             assert "TLSv1.2" in tls_sessions(server)[0]
