@@ -413,3 +413,24 @@ def test_what_a_listener_on_the_wire_sees(tmp_path: Path, ca: TestCA, server_cer
     finally:
         tap.close()
         server.stop()
+
+
+def test_private_conf_comes_back_when_tmp_is_cleaned(tmp_path: Path, ca: TestCA,
+                                                     server_cert: KeyPair) -> None:
+    """A long-running producer outlives systemd-tmpfiles' /tmp ageing: the next connection
+    writes the file again instead of connecting without its settings."""
+    server = start_standin(tmp_path, "off", server_cert)
+    try:
+        cfg = config_from_mapping(mssql_env(server, MSSQL_ENCRYPT="require",
+                                            MSSQL_CA_FILE=str(ca.ca.cert)))
+        connect_mssql(cfg).close()
+        shutil.rmtree(Path(os.environ["FREETDSCONF"]).parent)
+        conn = connect_mssql(cfg)
+        try:
+            cur = conn.cursor()
+            cur.execute("SELECT CONNECTIONPROPERTY('encrypt_option')")
+            assert cur.fetchone()[0] == "TRUE"
+        finally:
+            conn.close()
+    finally:
+        server.stop()
