@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from facusync import metrics
 from facusync.config import Config, load_config
 from facusync.errors import EX_CONFIG, EX_SOFTWARE, ConfigError, FacusyncError, SchemaError
 from facusync.logsetup import setup_logging
@@ -48,6 +49,7 @@ class Service:
             if not self.stopping.is_set():
                 log.info("stop requested", extra={"signal": signal.Signals(signum).name})
                 self.notify("STOPPING=1")
+                metrics.ready(False)
             self.stopping.set()
 
         signal.signal(signal.SIGTERM, handler)
@@ -59,6 +61,7 @@ class Service:
 
     def ready(self) -> None:
         self.notify("READY=1")
+        metrics.ready(True)
 
     def alive(self) -> None:
         """Feed the watchdog: call only from the loop, so a hung loop starves it."""
@@ -126,6 +129,7 @@ class StateLog:
         self.current: str | None = None
 
     def failing(self, what: str, cause: str, **extra: object) -> None:
+        metrics.failing(what, cause)
         state = f"{what}: {cause}"
         if state != self.current:
             self.logger.error("%s unavailable: %s (retrying with backoff)", what, cause,
@@ -133,6 +137,7 @@ class StateLog:
             self.current = state
 
     def ok(self, what: str = "") -> None:
+        metrics.recovered()
         if self.current is not None:
             self.logger.info("recovered: %s", what or self.current, extra={"recovered": self.current})
             self.current = None
@@ -158,6 +163,7 @@ def daemon_main(
     service = Service(prog)
     service.install_signal_handlers()
     try:
+        metrics.start(cfg, prog)
         return run(cfg, service, args)
     except SchemaError as exc:
         log.error("%s", exc)
