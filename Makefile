@@ -35,7 +35,15 @@ lint: deps
 
 # The whole suite, what CI runs: lint; unit and integration tests against real servers; the
 # .deb on a booted systemd; the chaos run (CHAOS_MINUTES, 3 by default); a real NocoDB.
-test: deps lint test-suite test-system test-chaos test-nocodb
+test: deps lint test-rules test-suite test-system test-chaos test-nocodb
+
+# The Prometheus alert rules shipped in examples/prometheus (installed with the package's
+# examples): the example configuration and rules parse, and promtool's unit tests hold, with
+# series that must fire each alert and series that must not.
+.PHONY: test-rules
+test-rules: deps
+	cd examples/prometheus && promtool check config prometheus.yml && \
+		promtool test rules facusync-alerts.test.yml
 
 # Unit and integration tests only (the long suites above skip themselves here).
 test-suite: deps
