@@ -39,6 +39,7 @@ from tests.servers import PostgresServer, RedisServer  # noqa: E402
 TARGETS = {  # from issue 13
     "insert_pct_copy": 30.0, "update_pct_copy": 20.0, "two_consumers_x": 1.3, "vs_naive_x": 8.0,
     "backfill_s": 25.0, "backfill_pct_raw": 50.0, "rss_mb": 100.0, "idle_cpu_pct": 1.0,
+    "metrics_cost_pct": 1.0,  # issue 18
 }
 
 
@@ -87,6 +88,11 @@ def summarize(results: dict[str, Any], defaults: dict[str, int]) -> dict[str, An
             check(f"{op}: consumer / naive baseline (x)", s["vs_naive_x"][op], TARGETS["vs_naive_x"])
         for op in ("insert", "update"):
             check(f"{op}: two consumers / one (x)", s["two_vs_one_x"][op], TARGETS["two_consumers_x"])
+        if "metrics" in w:
+            s["metrics"] = metrics_cost(w["metrics"])
+            for op in ("insert", "update"):
+                check(f"{op}: consumer CPU per row, metrics on vs off (+%)",
+                      s["metrics"][op]["cpu_change_pct"], TARGETS["metrics_cost_pct"], at_most=True)
     p = results.get("pipeline")
     if p:
         runs = p["backfill"]
@@ -121,6 +127,23 @@ def summarize(results: dict[str, Any], defaults: dict[str, int]) -> dict[str, An
     return s
 
 
+def metrics_cost(m: dict[str, Any]) -> dict[str, Any]:
+    """On against off, paired in measuring order (off, on, on, off per repetition)."""
+    out: dict[str, Any] = {"scrape_every_s": m["scrape_every_s"], "batch_size": m["batch_size"],
+                           "scrapes_median": median(m["on"]["scrapes"])}
+    for op in ("insert", "update"):
+        on, off = m["on"], m["off"]
+        out[op] = {
+            "rows_per_s_off": round(median(off[op])), "rows_per_s_on": round(median(on[op])),
+            "rows_per_s_change_pct": round(100 * (ratios(on[op], off[op]) - 1), 2),
+            "cpu_us_per_row_off": round(median(off[f"{op}_cpu_us_per_row"]), 2),
+            "cpu_us_per_row_on": round(median(on[f"{op}_cpu_us_per_row"]), 2),
+            "cpu_change_pct": round(100 * (ratios(on[f"{op}_cpu_us_per_row"],
+                                                  off[f"{op}_cpu_us_per_row"]) - 1), 2),
+        }
+    return out
+
+
 def print_table(results: dict[str, Any], s: dict[str, Any]) -> None:
     meta = results["meta"]
     print(f"\nfacusync benchmark  {meta['date']}  {meta['cpus']} CPUs  load average "
@@ -141,6 +164,16 @@ def print_table(results: dict[str, Any], s: dict[str, Any]) -> None:
         print(f"   two / one: insert {s['two_vs_one_x']['insert']}x, update {s['two_vs_one_x']['update']}x"
               + f";  default batch / naive: insert {s['vs_naive_x']['insert']}x, update "
               f"{s['vs_naive_x']['update']}x")
+        if "metrics" in s:
+            m = s["metrics"]
+            print(f"   metrics on vs off (BATCH_SIZE={m['batch_size']}, scraped every "
+                  f"{m['scrape_every_s']:g} s, {m['scrapes_median']:g} scrapes per run; "
+                  "median of paired ratios)")
+            for op in ("insert", "update"):
+                c = m[op]
+                print(f"     {op}: {c['rows_per_s_on']:,} vs {c['rows_per_s_off']:,} rows/s "
+                      f"({c['rows_per_s_change_pct']:+}%); consumer CPU {c['cpu_us_per_row_on']} vs "
+                      f"{c['cpu_us_per_row_off']} µs/row ({c['cpu_change_pct']:+}%)")
     p = results.get("pipeline")
     if p:
         b = s["backfill"]
