@@ -166,8 +166,9 @@ class _Reader:
         """A TCP port, or None when unset (the feature it enables stays off)."""
         if not (self.env.get(name) or "").strip():
             return None
+        before = len(self.problems)
         port: int = self.number(name, "1", 1, 65535)
-        return port
+        return port if len(self.problems) == before else None  # a wrong one is reported once
 
     def ip_address(self, name: str, default: str) -> str:
         value = self.text(name, default)
