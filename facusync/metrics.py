@@ -135,11 +135,9 @@ class Metrics:
                               "stream.", registry=reg)
         self.unchanged = Counter("facusync_producer_rows_unchanged", "Rows read again and "
                                  "dropped because their fingerprint had not changed.", registry=reg)
-        self.cycles = Counter("facusync_producer_cycles", "Polling cycles by outcome: complete, "
-                              "partial (stopped), paused (backpressure), skipped (reconcile "
-                              "held the source lock).", ["outcome"], registry=reg)
-        for outcome in CYCLE_OUTCOMES:
-            self.cycles.labels(outcome)
+        self.cycles = _counter(reg, "facusync_producer_cycles", "Polling cycles by outcome: "
+                               "complete, partial (stopped), paused (backpressure), skipped "
+                               "(reconcile held the source lock).", "outcome", CYCLE_OUTCOMES)
         self.cycle_seconds = Histogram("facusync_producer_cycle_duration_seconds", "Duration "
                                        "of a polling cycle (read, encode, append).",
                                        buckets=CYCLE_BUCKETS, registry=reg)
@@ -152,10 +150,8 @@ class Metrics:
     def _consumer(self, reg: CollectorRegistry) -> None:
         self.batches = Counter("facusync_consumer_batches", "Batches committed to PostgreSQL.",
                                registry=reg)
-        self.rows = Counter("facusync_consumer_rows", "Stream entries applied, by result.",
-                            ["result"], registry=reg)
-        for result in ROW_RESULTS:
-            self.rows.labels(result)
+        self.rows = _counter(reg, "facusync_consumer_rows", "Stream entries applied, by result.",
+                             "result", ROW_RESULTS)
         self.batch_seconds = Histogram("facusync_consumer_batch_duration_seconds", "Duration "
                                        "of a batch: write, commit and acknowledgement.",
                                        buckets=BATCH_BUCKETS, registry=reg)
@@ -210,6 +206,15 @@ class Metrics:
             self.committed.set(mark)
         if newest is not None:
             self.newest.set(newest)
+
+
+def _counter(reg: CollectorRegistry, name: str, text: str, label: str,
+             values: Iterable[str]) -> Counter:
+    """A counter with one label, every value of which is exported from the start (as 0)."""
+    counter = Counter(name, text, [label], registry=reg)
+    for value in values:
+        counter.labels(value)
+    return counter
 
 
 class StreamCollector(Collector):
