@@ -360,9 +360,11 @@ def _url_host(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
-def ready(flag: bool) -> None:
+def ready(stopping: threading.Event) -> None:
+    """Ready from now on until a stop is requested (read at scrape time: a signal handler
+    must not take the metrics' locks)."""
     if _active is not None:
-        _active.ready.set(1 if flag else 0)
+        _active.ready.set_function(lambda: 0.0 if stopping.is_set() else 1.0)
 
 
 def failing(server: str, cause: str) -> None:

@@ -49,7 +49,6 @@ class Service:
             if not self.stopping.is_set():
                 log.info("stop requested", extra={"signal": signal.Signals(signum).name})
                 self.notify("STOPPING=1")
-                metrics.ready(False)
             self.stopping.set()
 
         signal.signal(signal.SIGTERM, handler)
@@ -61,7 +60,7 @@ class Service:
 
     def ready(self) -> None:
         self.notify("READY=1")
-        metrics.ready(True)
+        metrics.ready(self.stopping)
 
     def alive(self) -> None:
         """Feed the watchdog: call only from the loop, so a hung loop starves it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 
 import pytest
@@ -56,3 +57,20 @@ def test_labels_come_from_data_never() -> None:
     series = [line for line in text.splitlines()
               if line.startswith("facusync_") and "_bucket" not in line and "_created" not in line]
     assert len(series) < 40
+
+
+def test_ready_until_a_stop_is_requested(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read at scrape time, so the signal handler only sets the stop event (no lock taken)."""
+    m = metrics.Metrics(config_from_mapping(GOOD), "producer")
+    monkeypatch.setattr(metrics, "_active", m)
+    stopping = threading.Event()
+
+    def ready() -> str:
+        return next(line for line in generate_latest(m.registry).decode().splitlines()
+                    if line.startswith("facusync_ready"))
+
+    assert ready() == 'facusync_ready{daemon="producer"} 0.0'  # starting
+    metrics.ready(stopping)
+    assert ready() == 'facusync_ready{daemon="producer"} 1.0'
+    stopping.set()
+    assert ready() == 'facusync_ready{daemon="producer"} 0.0'
