@@ -61,7 +61,7 @@ def test_labels_come_from_data_never() -> None:
 
 def test_ready_until_a_stop_is_requested(monkeypatch: pytest.MonkeyPatch) -> None:
     """Read at scrape time, so the signal handler only sets the stop event (no lock taken)."""
-    m = metrics.Metrics(config_from_mapping(GOOD), "producer")
+    m = metrics.Metrics(config_from_mapping(GOOD), "consumer")  # no Redis read at scrape
     monkeypatch.setattr(metrics, "_active", m)
     stopping = threading.Event()
 
@@ -69,8 +69,8 @@ def test_ready_until_a_stop_is_requested(monkeypatch: pytest.MonkeyPatch) -> Non
         return next(line for line in generate_latest(m.registry).decode().splitlines()
                     if line.startswith("facusync_ready"))
 
-    assert ready() == 'facusync_ready{daemon="producer"} 0.0'  # starting
+    assert ready() == 'facusync_ready{daemon="consumer"} 0.0'  # starting
     metrics.ready(stopping)
-    assert ready() == 'facusync_ready{daemon="producer"} 1.0'
+    assert ready() == 'facusync_ready{daemon="consumer"} 1.0'
     stopping.set()
-    assert ready() == 'facusync_ready{daemon="producer"} 0.0'
+    assert ready() == 'facusync_ready{daemon="consumer"} 0.0'
