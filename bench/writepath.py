@@ -47,6 +47,7 @@ from facusync.logsetup import setup_logging
 from facusync.pgconn import connect_pg
 from facusync.redisconn import Keys, connect_redis
 from facusync.service import Service
+from facusync.sink import WriteResult
 from tests.servers import PostgresServer, RedisServer, free_port
 from tests.standin.seed import generate_rows
 
@@ -194,8 +195,10 @@ def consume_scraped(env_file: Path, expect: int, op: str, port: int | None) -> d
 
     def scraper() -> None:  # at once (the worker serves before it says ready), then steadily
         while port is not None:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-                r.read()
+            try:
+                scrape(port)
+            except OSError:
+                return  # the worker finished and closed the port meanwhile
             scrapes[0] += 1
             if done.wait(SCRAPE_EVERY):
                 return
@@ -211,6 +214,43 @@ def consume_scraped(env_file: Path, expect: int, op: str, port: int | None) -> d
         raise BenchError("the consumer's metrics endpoint was never scraped")
     return {"rows_per_s": rows_per_s(parts), "cpu_us_per_row": 1e6 * parts[0]["cpu_s"] / expect,
             "scrapes": scrapes[0]}
+
+
+def scrape(port: int) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return bytes(response.read())
+
+
+def metrics_cost(env_file: Path) -> dict[str, float]:
+    """The metrics' own CPU cost, in a fresh process (see cost_worker)."""
+    out = subprocess.run([sys.executable, "-m", "bench.writepath", "--metrics-cost", str(env_file)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+    if out.returncode != 0:
+        raise BenchError(f"the metrics cost worker failed: {out.stderr.strip()[-500:]}")
+    return dict(json.loads(out.stdout))
+
+
+def cost_worker(env_file: str, batches: int = 20_000, scrapes: int = 300) -> int:
+    """CPU time of the consumer's per-batch hook, and of one whole scrape (server and client
+    both in this process, so it is counted twice over: an upper bound)."""
+    cfg = load_config(env_file, environ={})
+    registry = metrics.Metrics(cfg, "consumer")
+    result = WriteResult(inserted=cfg.batch_size // 2, updated=cfg.batch_size // 2)
+    version = datetime(2026, 3, 1)
+    started = time.process_time()
+    for _ in range(batches):
+        registry.consumer_batch(result, 0, 0.05, version, version.timestamp())
+    hook = time.process_time() - started
+    port = free_port()
+    server = metrics.serve(registry, "127.0.0.1", port)
+    started = time.process_time()
+    size = sum(len(scrape(port)) for _ in range(scrapes))
+    cost = time.process_time() - started
+    server.shutdown()
+    print(json.dumps({"hook_us_per_batch": round(1e6 * hook / batches, 2),
+                      "scrape_cpu_ms": round(1e3 * cost / scrapes, 3),
+                      "scrape_bytes": size // scrapes}), flush=True)
+    return 0
 
 
 def run_workers(env_file: Path, workers: int, expect: int, op: str,
@@ -288,7 +328,7 @@ def run(pg: PostgresServer, rds: RedisServer, workdir: Path, *, rows: int, naive
         "batches": {str(b): {"insert": [], "update": []} for b in batch_sizes},
         "naive": {"insert": [], "update": []},
         "two_consumers": {"insert": [], "update": []},
-        "metrics": {"scrape_every_s": SCRAPE_EVERY, "batch_size": default_batch,
+        "metrics": {"scrape_every_s": SCRAPE_EVERY, "batch_size": default_batch, "cost": [],
                     **{setting: {"insert": [], "update": [], "insert_cpu_us_per_row": [],
                                  "update_cpu_us_per_row": [], "scrapes": []}
                        for setting in ("off", "on")}},
@@ -338,6 +378,8 @@ def run(pg: PostgresServer, rds: RedisServer, workdir: Path, *, rows: int, naive
                 target[op].append(round(got["rows_per_s"]))
                 target[f"{op}_cpu_us_per_row"].append(round(got["cpu_us_per_row"], 2))
                 target["scrapes"].append(got["scrapes"])
+        result["metrics"]["cost"].append(timed("measure metrics", metrics_cost,
+                                               config(default_batch)))
         timed("reset", fresh)
         measure(result["naive"], "insert", naive, base, client, data[:naive_rows])
         measure(result["naive"], "update", naive, base, client, updates[:naive_rows])
@@ -350,9 +392,10 @@ def run(pg: PostgresServer, rds: RedisServer, workdir: Path, *, rows: int, naive
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="consumer worker for bench/run.py")
-    parser.add_argument("--worker", required=True, help="env file")
+    parser.add_argument("--worker", help="env file")
+    parser.add_argument("--metrics-cost", help="env file")
     args = parser.parse_args()
-    return worker(args.worker)
+    return cost_worker(args.metrics_cost) if args.metrics_cost else worker(args.worker)
 
 
 if __name__ == "__main__":

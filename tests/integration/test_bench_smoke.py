@@ -59,7 +59,10 @@ def test_quick_benchmark_measures_every_section_and_cleans_up(bench_tmp: Path) -
     for setting in ("off", "on"):
         assert len(costs[setting]["insert"]) == 2 and len(costs[setting]["update_cpu_us_per_row"]) == 2
     assert min(costs["on"]["scrapes"]) >= 1 and max(costs["off"]["scrapes"]) == 0
-    assert "metrics on vs off" in result.stdout and "cpu_change_pct" in data["summary"]["metrics"]["insert"]
+    assert len(costs["cost"]) == 1 and costs["cost"][0]["scrape_cpu_ms"] > 0
+    assert costs["cost"][0]["hook_us_per_batch"] > 0 and costs["cost"][0]["scrape_bytes"] > 1000
+    assert "metrics on vs off" in result.stdout and "by parts: hook" in result.stdout
+    assert "cost_pct_scrape_15s" in data["summary"]["metrics"]["insert"]
 
     pipe = data["pipeline"]
     backfill = pipe["backfill"][0]
