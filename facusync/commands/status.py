@@ -200,7 +200,7 @@ def reconcile_overdue(cfg: Config, reconcile: dict[str, Any], schema_age: float 
                       now: float) -> str | None:
     """Why reconcile needs attention (never ran, late, or refused), or None."""
     every = cfg.reconcile_interval
-    finished = _f(reconcile, "finished_at")
+    finished = _f(reconcile, "finished_at") or None  # 0: a refused run of an older release
     if finished is None:
         if schema_age is not None and schema_age > 2 * every:
             return (f"reconcile has never run (no record in Redis) on a schema created "

@@ -155,3 +155,15 @@ def _hostname() -> str:
     import socket
 
     return socket.gethostname()
+
+
+def test_a_refused_reconcile_degrades_status(synced: dict[str, Any], standin: Any) -> None:
+    """A fifth of the view vanishes (a broken view?): reconcile refuses, status says what to do."""
+    env = synced["env"]
+    for row in standin.rows()[:20]:
+        standin.delete(row["CONDUCE"])
+    assert cli(env, "reconcile").returncode == 3  # the mass-delete guard
+    code, data, text = status(env)
+    assert code == 1 and data["reconcile"]["refused"] is True
+    assert "the last reconcile refused to tombstone 20 row(s)" in data["reconcile"]["overdue"]
+    assert "`facusync reconcile --force`" in text and "REFUSED (mass-delete guard)" in text
