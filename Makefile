@@ -7,19 +7,25 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 APT_PACKAGES := postgresql redis-server freetds-bin python3-venv python3-dev \
 	python3-pymssql python3-psycopg2 python3-redis python3-hiredis python3-dateutil \
-	python3-sdnotify python3-pythonjsonlogger \
+	python3-sdnotify python3-pythonjsonlogger python3-prometheus-client \
 	dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
 	lintian systemd-container debootstrap iproute2 procps
+# Installed without their Recommends: prometheus for promtool (make test-rules) alone, not
+# node_exporter and its hardware collectors.
+APT_PACKAGES_LEAN := prometheus
 
 .PHONY: deps test test-suite test-fast lint demo bench clean deb test-system
 
 deps: $(VENV)/.installed
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
-		| grep -q '^install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing: $$missing"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
-	fi
+	@missing() { for p in "$$@"; do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+		| grep -q '^install ok installed' || echo $$p; done; }; \
+	full=$$(missing $(APT_PACKAGES)); lean=$$(missing $(APT_PACKAGES_LEAN)); \
+	if [ -n "$$full$$lean" ]; then \
+		echo "installing: $$full $$lean"; apt-get update -q || exit 1; \
+	fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	if [ -n "$$full" ]; then apt-get install -y -q $$full || exit 1; fi; \
+	if [ -n "$$lean" ]; then apt-get install -y -q --no-install-recommends $$lean || exit 1; fi
 
 $(VENV)/.installed: requirements-dev.txt pyproject.toml
 	@command -v dpkg-query >/dev/null && { dpkg-query -W python3-venv >/dev/null 2>&1 || \
@@ -35,7 +41,15 @@ lint: deps
 
 # The whole suite, what CI runs: lint; unit and integration tests against real servers; the
 # .deb on a booted systemd; the chaos run (CHAOS_MINUTES, 3 by default); a real NocoDB.
-test: deps lint test-suite test-system test-chaos test-nocodb
+test: deps lint test-rules test-suite test-system test-chaos test-nocodb
+
+# The Prometheus alert rules shipped in examples/prometheus (installed with the package's
+# examples): the example configuration and rules parse, and promtool's unit tests hold, with
+# series that must fire each alert and series that must not.
+.PHONY: test-rules
+test-rules: deps
+	cd examples/prometheus && promtool check config prometheus.yml && \
+		promtool test rules facusync-alerts.test.yml
 
 # Unit and integration tests only (the long suites above skip themselves here).
 test-suite: deps

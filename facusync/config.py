@@ -8,6 +8,7 @@ else in facusync reads ``os.environ``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import ssl
@@ -101,6 +102,10 @@ class Config:
     source_timezone: str
     lag_warn: float
     reconcile_max_delete_pct: float
+    reconcile_interval: float
+    metrics_address: str
+    metrics_producer_port: int | None
+    metrics_consumer_port: int | None
     log_level: str
     log_format: str
 
@@ -159,6 +164,24 @@ class _Reader:
         if not lo <= value <= hi:
             self.problems.append(f"{name}={raw} is out of range: use a value from {lo:g} to {hi:g}")
             return cast(default)
+        return value
+
+    def optional_port(self, name: str) -> int | None:
+        """A TCP port, or None when unset (the feature it enables stays off)."""
+        if not (self.env.get(name) or "").strip():
+            return None
+        before = len(self.problems)
+        port: int = self.number(name, "1", 1, 65535)
+        return port if len(self.problems) == before else None  # a wrong one is reported once
+
+    def ip_address(self, name: str, default: str) -> str:
+        value = self.text(name, default)
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            self.problems.append(f"{name}={value!r} is not an IP address: use one such as "
+                                 "127.0.0.1 (this host only) or ::1")
+            return default
         return value
 
     def identifier(self, name: str, default: str, *, qualified: bool = False) -> str:
@@ -336,6 +359,13 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
         source_timezone=r.timezone("SOURCE_TIMEZONE", "America/Santo_Domingo"),
         lag_warn=r.number("LAG_WARN", "120", 1, 30 * day, float),
         reconcile_max_delete_pct=r.number("RECONCILE_MAX_DELETE_PCT", "10", 0, 100, float),
+        # How often facusync-reconcile.timer runs (status and the alert rules call a run
+        # overdue after two of these); the timer itself is configured in systemd.
+        reconcile_interval=r.number("RECONCILE_INTERVAL", "3600", 60, 30 * day, float),
+        # The Prometheus endpoints (facusync.metrics): off unless a port is set.
+        metrics_address=r.ip_address("METRICS_ADDRESS", "127.0.0.1"),
+        metrics_producer_port=r.optional_port("METRICS_PRODUCER_PORT"),
+        metrics_consumer_port=r.optional_port("METRICS_CONSUMER_PORT"),
         log_level=r.choice("LOG_LEVEL", "INFO", ("debug", "info", "warning", "error")).upper(),
         log_format=r.choice("LOG_FORMAT", "auto", ("auto", "json", "text")),
     )
@@ -344,6 +374,9 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
     if cfg.mssql_ca_file and cfg.mssql_encrypt == "off":
         r.problems.append("MSSQL_CA_FILE is set but MSSQL_ENCRYPT=off: set MSSQL_ENCRYPT=request or "
                           "require to verify SQL Server's certificate, or remove MSSQL_CA_FILE")
+    if cfg.metrics_producer_port is not None and cfg.metrics_producer_port == cfg.metrics_consumer_port:
+        r.problems.append(f"METRICS_PRODUCER_PORT and METRICS_CONSUMER_PORT are both "
+                          f"{cfg.metrics_producer_port}: each daemon needs its own port")
     if r.problems:
         raise ConfigError(r.problems, source)
     return cfg

@@ -15,6 +15,7 @@ nothing; a crash inside a chunk re-sends at most that chunk (the consumer is ide
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import socket
@@ -26,6 +27,7 @@ from datetime import datetime, timedelta
 import psycopg2
 import redis
 
+from facusync import metrics
 from facusync.config import Config
 from facusync.enqueue import ChunkResult, EncodedRow, append_upserts, encode, read_watermark
 from facusync.errors import EX_OK, EX_UNAVAILABLE, SchemaError, SinkError, UnavailableError
@@ -265,6 +267,7 @@ class Producer:
                                 return stats
                             if chunks % BACKLOG_CHECK_EVERY == 0:
                                 stats.backlog = self.backlog(client)
+                                self.heartbeat(client)  # a long cycle is not a silent one
                                 if stats.backlog >= self.cfg.queue_max_pending:
                                     stats.paused = True
                                     return stats
@@ -294,6 +297,7 @@ class Producer:
             line = (f"cycle {when}: {stats.queued} changed, watermark {wm}, "
                     f"backlog {stats.backlog}")
         self.service.status(line)
+        metrics.producer_cycle(stats, state)
         fields = {
             "state": state,
             "cause": cause,
@@ -327,6 +331,16 @@ class Producer:
             log.info("cycle: %d read, %d queued", stats.read, stats.queued, extra=extra)
         else:
             log.debug("cycle: nothing changed", extra=extra)
+
+    def heartbeat(self, client: redis.Redis, **fields: str) -> None:
+        """Tell `facusync status` we are alive (and, with fields, what we are doing)."""
+        fields["heartbeat"] = f"{time.time():.3f}"
+        client.hset(self.keys.producer_stats, mapping=fields)  # type: ignore[arg-type]
+
+    def report_stopped(self) -> None:
+        """A clean stop says so at once; only a producer that died goes silent."""
+        with contextlib.suppress(redis.RedisError, UnavailableError):  # then it falls silent
+            self.heartbeat(self._client(), state="stopped", cause="", status_line="stopped")
 
     # -- the loop ---------------------------------------------------------------------
     def run_once(self) -> CycleStats:
@@ -366,6 +380,7 @@ class Producer:
                 wait = self.cfg.sync_interval - (time.monotonic() - started)
             if wait > 0:
                 self.service.sleep(wait)
+        self.report_stopped()
         self.source.close()
         if self.redis is not None:
             self.redis.close()

@@ -109,3 +109,27 @@ def test_daemons_exit_78_on_bad_config_without_leaking(program: str, tmp_path: P
     assert "MSSQL_HOST is missing" in both
     assert str(f) in both
     assert not any(s in both for s in SECRETS)
+
+
+def test_metrics_and_reconcile_settings_are_validated() -> None:
+    cfg = config_from_mapping(GOOD)
+    assert (cfg.metrics_address, cfg.metrics_producer_port, cfg.metrics_consumer_port) == \
+        ("127.0.0.1", None, None)  # off unless a port is set
+    assert cfg.reconcile_interval == 3600
+    cfg = config_from_mapping(dict(GOOD, METRICS_PRODUCER_PORT="9741", METRICS_CONSUMER_PORT="9742",
+                                   METRICS_ADDRESS="::1", RECONCILE_INTERVAL="900"))
+    assert (cfg.metrics_producer_port, cfg.metrics_consumer_port, cfg.metrics_address) == (9741, 9742, "::1")
+    assert cfg.reconcile_interval == 900
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(dict(GOOD, METRICS_ADDRESS="localhost", METRICS_PRODUCER_PORT="70000",
+                                 METRICS_CONSUMER_PORT="nine", RECONCILE_INTERVAL="5"))
+    text = str(info.value)
+    for expected in ("METRICS_ADDRESS='localhost' is not an IP address",
+                     "METRICS_PRODUCER_PORT=70000 is out of range",
+                     "METRICS_CONSUMER_PORT='nine' is not a whole number",
+                     "RECONCILE_INTERVAL=5 is out of range"):
+        assert expected in text
+    assert len(info.value.problems) == 4
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(dict(GOOD, METRICS_PRODUCER_PORT="9741", METRICS_CONSUMER_PORT="9741"))
+    assert "each daemon needs its own port" in str(info.value)
