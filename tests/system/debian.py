@@ -57,12 +57,13 @@ class ContainedStandIn(StandIn):
 
 
 @contextlib.contextmanager
-def debian_host(image: Path, deb_dir: Path) -> Iterator[tuple[Container, ContainedStandIn]]:
+def debian_host(image: Path, deb_dir: Path, more_ro: dict[Path, str] | None = None,
+                ) -> Iterator[tuple[Container, ContainedStandIn]]:
     """A booted private-network container with the stand-in answering in it."""
     data = Path(tempfile.mkdtemp(prefix="facusync-standin-"))
     data.chmod(0o755)
     binds_ro = {deb_dir: DEB_DIR_IN_CONTAINER, REPO: SRC_IN_CONTAINER,
-                Path(sqlglot.__file__).parent: f"{PYLIB_IN_CONTAINER}/sqlglot"}
+                Path(sqlglot.__file__).parent: f"{PYLIB_IN_CONTAINER}/sqlglot", **(more_ro or {})}
     box = Container(image, binds_ro=binds_ro, binds={data: STANDIN_IN_CONTAINER},
                     private_network=True)
     try:
