@@ -8,7 +8,7 @@ Every repetition measures, back to back on the same servers and the same rows:
   in its own process like the daemon, at each BATCH_SIZE, first inserting the rows, then
   updating them (newer version, other values); timed from just before ``run()`` (imported,
   connected) to its last commit;
-- the naive baseline of the original design: single BRPOPs from a Redis list, a per-row
+- the naive baseline of the first design: single BRPOPs from a Redis list, a per-row
   ``INSERT … ON CONFLICT`` through ``executemany``, a commit every 50 rows;
 - two consumer processes of one group at the default batch size (against one: the
   default batch size's own measurement).
@@ -117,7 +117,7 @@ def copy_ceiling(cfg: Config, payload: str, rows: int) -> float:
 
 
 def naive(cfg: Config, client: redis.Redis, rows: Sequence[Row]) -> float:
-    """The original design: BRPOP one JSON row at a time, executemany per 50, commit."""
+    """The first design (a Redis list): BRPOP one JSON row at a time, executemany per 50, commit."""
     key = PREFIX + "naive"
     client.delete(key)
     pipe = client.pipeline(transaction=False)

@@ -1,6 +1,6 @@
 """facusync-producer: every SYNC_INTERVAL, read what changed in the view and append it to Redis.
 
-Change detection (DESIGN.md): read ``version >= watermark - SYNC_OVERLAP`` ordered by
+Change detection (docs/DESIGN.md): read ``version >= watermark - SYNC_OVERLAP`` ordered by
 version, so rows committed late with an older timestamp, rows sharing the boundary timestamp
 and datetime rounding are all re-read; a per-key fingerprint drops the re-read rows that did
 not change, so the overlap costs reads, not writes.
