@@ -135,8 +135,10 @@ def applied_versions(conn: psycopg2.extensions.connection) -> set[int]:
             return {int(r[0]) for r in cur.fetchall()}
     except psycopg2.errors.InsufficientPrivilege:
         conn.rollback()
-        raise AccessError("cannot read schema_migrations: PG_USER may not; run migrate as the "
-                          f"superuser: `{ADMIN}`") from None
+        # SchemaError, not AccessError: a daemon meeting this exits 78, which systemd does
+        # not restart in a loop.
+        raise SchemaError("cannot read schema_migrations: PG_USER may not; grant it with "
+                          f"`{ADMIN} --refresh-grants`, or run migrate as the superuser") from None
 
 
 def pending(conn: psycopg2.extensions.connection, sql_dir: Path | None = None) -> list[Migration]:
