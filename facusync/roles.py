@@ -167,8 +167,8 @@ def _require_schema(cur: psycopg2.extensions.cursor, cfg: Config) -> None:
         if not row or not row[0]:
             missing.append(name)
     if missing:
-        raise SchemaError(f"cannot grant on missing {', '.join(missing)}: run `facusync migrate` "
-                          "first (without --dry-run)")
+        raise SchemaError(f"cannot grant on missing {', '.join(missing)}: run "
+                          "`sudo facusync migrate --admin` first (without --dry-run)")
 
 
 def _check_names(cur: psycopg2.extensions.cursor, cfg: Config, specs: list[RoleSpec]) -> None:
@@ -393,7 +393,7 @@ def apply_roles(conn: psycopg2.extensions.connection, cfg: Config, *,
                     done.append(f"{what} {spec.name}: exists, password kept")
                 else:
                     raise SchemaError(f"role {spec.name!r} does not exist: create it with "
-                                      "`facusync migrate --create-roles`")
+                                      "`sudo facusync migrate --admin --create-roles`")
                 _warn_memberships(cur, spec)
             done.extend(_grant(cur, cfg, specs[0].name, specs[1].name))
             done.append(f"privileges granted on database objects to {specs[0].name} and "

@@ -98,12 +98,4 @@ def box(image: Path, deb_path: Path) -> Iterator[Container]:
         container.boot(timeout=120)
         yield container
     finally:
-        try:
-            if container.pid and container.nspawn and container.nspawn.poll() is None:
-                logs = container.run("journalctl", "--no-pager", "-n", "150", "-u", "facusync*",
-                                     check=False, timeout=20)
-                print("--- journal of the facusync units ---\n" + logs.stdout)
-        except Exception as exc:  # diagnostics only; the teardown below matters
-            print(f"(journal not available: {exc})")
-        finally:
-            container.destroy()
+        container.destroy_showing_journal()

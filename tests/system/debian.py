@@ -73,14 +73,8 @@ def debian_host(image: Path, deb_dir: Path, more_ro: dict[Path, str] | None = No
         yield box, standin
     finally:
         try:
-            if box.pid and box.nspawn and box.nspawn.poll() is None:
-                logs = box.run("journalctl", "--no-pager", "-n", "150", "-u", "facusync*",
-                               check=False, timeout=20)
-                print("--- journal of the facusync units ---\n" + logs.stdout)
-        except Exception as exc:  # diagnostics only
-            print(f"(journal not available: {exc})")
+            box.destroy_showing_journal()
         finally:
-            box.destroy()
             shutil.rmtree(data, ignore_errors=True)
 
 

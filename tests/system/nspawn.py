@@ -229,6 +229,18 @@ class Container:
         out = self.run("systemctl", "show", unit, "-p", ",".join(props)).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
+    def destroy_showing_journal(self) -> None:
+        """destroy(), after printing the facusync units' journal (what a failure needs)."""
+        try:
+            if self.pid and self.nspawn and self.nspawn.poll() is None:
+                logs = self.run("journalctl", "--no-pager", "-n", "150", "-u", "facusync*",
+                                check=False, timeout=20)
+                print("--- journal of the facusync units ---\n" + logs.stdout)
+        except Exception as exc:  # diagnostics only; the teardown below matters
+            print(f"(journal not available: {exc})")
+        finally:
+            self.destroy()
+
     def console_tail(self, lines: int = 40) -> str:
         with contextlib.suppress(OSError):
             return "\n".join(self.console.read_text(errors="replace").splitlines()[-lines:])
