@@ -133,6 +133,7 @@ def test_admin_by_peer_authentication_creates_schema_and_roles(
     it is a permission problem that names the command to run."""
     folder = Path(tempfile.mkdtemp(prefix="facusync-peer-"))
     folder.chmod(0o755)
+    private = Path(tempfile.mkdtemp(prefix="facusync-home-"))  # mode 0700
     sync_password = secrets.token_urlsafe(18)
     values = {**env, "PG_HOST": peer_server.host, "PG_PORT": str(peer_server.port),
               "PG_DATABASE": "syncdb", "PG_USER": "facusync_sync", "PG_PASSWORD": sync_password,
@@ -144,8 +145,9 @@ def test_admin_by_peer_authentication_creates_schema_and_roles(
                "--admin", "--create-roles"]
     plain = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
     try:
-        out = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO,
-                             env=plain)
+        # From root's home (0700), where the user postgres may not look, as an admin would.
+        out = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                             cwd=private, env=plain)
         assert out.returncode == 0, out.stderr
         assert "schema is up to date" in out.stdout
         assert "sync role facusync_sync: created" in out.stdout
@@ -164,5 +166,6 @@ def test_admin_by_peer_authentication_creates_schema_and_roles(
         assert "sudo facusync migrate --admin" in other.stderr
     finally:
         shutil.rmtree(folder)
+        shutil.rmtree(private)
         peer_server.psql("DROP DATABASE syncdb")
         peer_server.psql("DROP ROLE IF EXISTS facusync_sync; DROP ROLE IF EXISTS facusync_nocodb")
