@@ -66,8 +66,11 @@ clean:
 deb: deps
 	scripts/build-deb dist
 
-# The .deb installed and run in a booted Debian 12 container (root; the container's root is
-# built once by scripts/nspawn-root and cached in /var/cache/facusync-test).
+# The .deb installed and run in booted Debian 12 containers (root; the containers' root is
+# built once by scripts/nspawn-root and cached in /var/cache/facusync-test): the package's
+# behaviour on systemd, the README's Administration commands typed as written (Debian's
+# PostgreSQL and Redis), and the upgrade from the previous release's tag (its .deb built once
+# by scripts/release-deb).
 test-system: deb
 	scripts/nspawn-root
 	FACUSYNC_SYSTEM_TEST=1 FACUSYNC_DEB=$(CURDIR)/dist/facusync_$$(dpkg-parsechangelog -S Version)_all.deb \

@@ -15,7 +15,7 @@ import sys
 
 from facusync import __version__
 from facusync.config import DEFAULT_ENV_FILE, load_config
-from facusync.errors import EX_CONFIG, EX_SOFTWARE, ConfigError, FacusyncError
+from facusync.errors import EX_CONFIG, EX_SOFTWARE, AccessError, ConfigError, FacusyncError
 from facusync.logsetup import setup_logging
 
 COMMAND_MODULES = (
@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"facusync: {exc}", file=sys.stderr)
         return EX_CONFIG
+    except AccessError as exc:  # not a wrong setting: the wrong user
+        print(f"facusync: {exc}", file=sys.stderr)
+        return exc.exit_code
     # The admin command talks to people: text on a terminal, JSON when asked or piped.
     setup_logging("WARNING" if cfg.log_level == "INFO" else cfg.log_level, cfg.log_format,
                   sys.stderr)

@@ -8,6 +8,7 @@ else in facusync reads ``os.environ``.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import os
 import re
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from facusync.errors import ConfigError
+from facusync.errors import AccessError, ConfigError
 
 PLACEHOLDER = "CHANGE_ME"
 DEFAULT_ENV_FILE = "/etc/facusync/facusync.env"
@@ -83,6 +84,9 @@ class Config:
     pg_sync_role_password: Secret = field(repr=False)
     pg_nocodb_role: str
     pg_nocodb_role_password: Secret = field(repr=False)
+    pg_admin_user: str
+    pg_admin_host: str
+    pg_admin_password: Secret = field(repr=False)
     redis_host: str
     redis_port: int
     redis_password: Secret = field(repr=False)
@@ -299,12 +303,25 @@ def load_config(
     if env_file is not None:
         try:
             env.update(parse_env_file(Path(env_file).read_text(encoding="utf-8")))
+        except PermissionError:
+            raise AccessError(_unreadable(Path(env_file))) from None
         except OSError as exc:
             raise ConfigError([f"cannot read env file {env_file}: {exc.strerror}"], source) from None
     real = os.environ if environ is None else environ
     env.update(real)
     source = source or real.get("FACUSYNC_ENV_FILE") or None
     return config_from_mapping(env, source)
+
+
+def _unreadable(path: Path) -> str:
+    """Why the env file cannot be read, and who can: it holds passwords, so not everyone."""
+    try:
+        group = grp.getgrgid(path.stat().st_gid).gr_name
+    except (OSError, KeyError):
+        group = ""
+    who = f" or as a member of group {group}" if group and group != "root" else ""
+    return (f"cannot read {path}: permission denied (it holds passwords): run the command as "
+            f"root (sudo facusync ...){who}")
 
 
 def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Config:
@@ -340,6 +357,10 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
         pg_sync_role_password=r.secret("PG_SYNC_ROLE_PASSWORD", required=False),
         pg_nocodb_role=r.identifier("PG_NOCODB_ROLE", "facusync_nocodb"),
         pg_nocodb_role_password=r.secret("PG_NOCODB_ROLE_PASSWORD", required=False),
+        # Only `facusync migrate --admin` uses these (see facusync.adminconn).
+        pg_admin_user=r.identifier("PG_ADMIN_USER", "postgres"),
+        pg_admin_host=r.text("PG_ADMIN_HOST", "/var/run/postgresql"),
+        pg_admin_password=r.secret("PG_ADMIN_PASSWORD", required=False),
         redis_host=r.text("REDIS_HOST", "127.0.0.1"),
         redis_port=r.number("REDIS_PORT", "6379", 1, 65535),
         redis_password=r.secret("REDIS_PASSWORD", required=False),

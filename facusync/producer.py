@@ -79,7 +79,7 @@ def table_columns(cfg: Config) -> list[str]:
     if not cols:
         raise SchemaError(
             f"PostgreSQL table {cfg.pg_table_vista} does not exist in {cfg.pg_database}: "
-            "run `facusync migrate` first"
+            "run `sudo facusync migrate --admin` first"
         )
     return cols
 

@@ -20,7 +20,7 @@ from types import FrameType
 
 from facusync import metrics
 from facusync.config import Config, load_config
-from facusync.errors import EX_CONFIG, EX_SOFTWARE, ConfigError, FacusyncError, SchemaError
+from facusync.errors import EX_CONFIG, EX_SOFTWARE, AccessError, ConfigError, FacusyncError, SchemaError
 from facusync.logsetup import setup_logging
 
 log = logging.getLogger("facusync.service")
@@ -153,10 +153,10 @@ def daemon_main(
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.env_file)
-    except ConfigError as exc:
+    except (ConfigError, AccessError) as exc:
+        # Once: as a JSON line under journald, as text on a terminal.
         setup_logging("INFO", "auto", sys.stderr)
-        log.error("%s", exc, extra={"problems": exc.problems})
-        print(f"{prog}: {exc}", file=sys.stderr)
+        log.error("%s", exc, extra={"problems": getattr(exc, "problems", [str(exc)])})
         return EX_CONFIG
     setup_logging(cfg.log_level, cfg.log_format)
     service = Service(prog)
@@ -166,7 +166,6 @@ def daemon_main(
         return run(cfg, service, args)
     except SchemaError as exc:
         log.error("%s", exc)
-        print(f"{prog}: {exc}", file=sys.stderr)
         return EX_CONFIG
     except FacusyncError as exc:
         log.error("%s", exc)

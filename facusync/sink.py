@@ -215,7 +215,7 @@ class Sink:
         if not needed <= found.keys() or not has_control:
             raise SchemaError(
                 f"PostgreSQL table {self.cfg.pg_table_vista} or sync_control is missing or "
-                "incomplete: run `facusync migrate`"
+                "incomplete: run `sudo facusync migrate --admin`"
             )
         return {n: c for n, c in found.items() if n not in BOOKKEEPING}
 

@@ -111,6 +111,7 @@ def test_env_file_is_a_protected_conffile(box: Container) -> None:
     for page in ("facusync.1.gz", "facusync-producer.1.gz", "facusync-consumer.1.gz"):
         assert f"/usr/share/man/man1/{page}" in files
     assert "/usr/share/facusync/sql/001_schema.sql" in files
+    assert "/usr/share/doc/facusync/README.md.gz" in files
 
 
 def test_units_pass_systemd_analyze_verify(box: Container) -> None:
@@ -290,8 +291,9 @@ def test_purge_removes_everything(box: Container) -> None:
     start(box, *SERVICES)  # running: the removal must stop them
     for drop_unit in DROPINS:  # ours, not the package's
         box.run("rm", "-r", f"/etc/systemd/system/{drop_unit}.d")
-    box.run("apt-get", "purge", "-y", "facusync", env={"DEBIAN_FRONTEND": "noninteractive"},
-            timeout=300)
+    purge = box.run("apt-get", "purge", "-y", "facusync",
+                    env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=300)
+    assert "crontab" not in purge.stdout + purge.stderr  # deluser's warning without cron
     for unit in UNITS:
         assert box.run("systemctl", "is-active", unit, check=False).stdout.strip() != "active"
     assert box.run("getent", "passwd", "_facusync", check=False).returncode == 2
