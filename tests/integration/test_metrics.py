@@ -3,6 +3,9 @@ checked against what PostgreSQL and Redis hold."""
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -15,13 +18,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import facusync
+from facusync import metrics
 from facusync.config import config_from_mapping
 from facusync.enqueue import read_watermark
 from facusync.redisconn import Keys, connect_redis
 from tests.integration.test_operator_commands import cli, pg_rows, wait_for
 from tests.poison import insert_too_long
 from tests.processes import Daemon
-from tests.servers import free_port
+from tests.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -211,3 +215,45 @@ def _listening(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_a_hung_redis_does_not_make_the_producer_look_down(env: dict[str, str]) -> None:
+    """Redis stopped dead (SIGSTOP: it accepts connections and never answers) must not turn
+    the producer's endpoint into a timeout, which Prometheus reads as up == 0 (daemon down):
+    each scrape answers within Prometheus' default 10 s scrape timeout, with the queue series
+    left out; successive scrapes do not queue up behind each other."""
+    hung = RedisServer().start()
+    assert hung.proc is not None
+    cfg = config_from_mapping({**env, "REDIS_PORT": str(hung.port), "REDIS_PASSWORD": hung.password,
+                               "METRICS_PRODUCER_PORT": str(free_port())})
+    assert cfg.metrics_producer_port is not None
+    server = metrics.serve(metrics.Metrics(cfg, "producer"), "127.0.0.1", cfg.metrics_producer_port)
+    try:
+        assert ("facusync_queue_length", frozenset()) in scrape(cfg.metrics_producer_port)
+        os.kill(hung.proc.pid, signal.SIGSTOP)
+        took: list[float] = []
+        errors: list[BaseException] = []
+
+        def one() -> None:
+            began = time.monotonic()
+            try:
+                samples = scrape(cfg.metrics_producer_port)
+                assert ("facusync_queue_length", frozenset()) not in samples
+                assert value(samples, "facusync_ready", daemon="producer") == 0
+            except BaseException as exc:
+                errors.append(exc)
+            took.append(time.monotonic() - began)
+
+        scrapers = [threading.Thread(target=one) for _ in range(3)]  # overlapping scrapes
+        for scraper in scrapers:
+            scraper.start()
+            time.sleep(1)
+        for scraper in scrapers:
+            scraper.join(60)
+        assert not errors, (errors, took)
+        assert max(took) < 10, took
+    finally:
+        os.kill(hung.proc.pid, signal.SIGCONT)
+        server.shutdown()
+        server.server_close()
+        hung.destroy()
