@@ -6,8 +6,11 @@ All keys share REDIS_PREFIX so several installations can share one Redis.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from facusync.config import Config
 from facusync.errors import QueueError
@@ -89,16 +92,23 @@ def describe_redis_error(exc: Exception) -> str:
     return text
 
 
-def connect_redis(cfg: Config, *, check: bool = True) -> redis.Redis:
-    """A client with timeouts, so a dead server can never hang a loop."""
+def connect_redis(cfg: Config, *, check: bool = True, timeout: float | None = None) -> redis.Redis:
+    """A client with timeouts, so a dead server can never hang a loop.
+
+    `timeout` bounds every connect and reply instead, for a caller that must answer sooner
+    (a metrics scrape) than a command that may legitimately take a while, and without the
+    retries redis-py 6 and later add by default (Debian 12's 4.3 has none), which would
+    multiply it."""
+    bounded: dict[str, Any] = {"retry": Retry(NoBackoff(), 0)} if timeout else {}
     client = redis.Redis(
         host=cfg.redis_host,
         port=cfg.redis_port,
         db=cfg.redis_db,
         password=cfg.redis_password.reveal() or None,
-        socket_connect_timeout=cfg.redis_connect_timeout,
-        socket_timeout=max(30.0, cfg.redis_connect_timeout),
+        socket_connect_timeout=timeout or cfg.redis_connect_timeout,
+        socket_timeout=timeout or max(30.0, cfg.redis_connect_timeout),
         health_check_interval=30,
+        **bounded,
     )
     if check:
         try:
