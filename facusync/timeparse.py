@@ -65,7 +65,11 @@ def parse_moment(text: str, now: datetime, option: str) -> datetime:
     typed = text.strip()
     age = parse_age(typed)
     if age is not None:
-        return now - timedelta(seconds=age)
+        try:
+            return now - timedelta(seconds=age)
+        except OverflowError:
+            raise UsageError(f"{option} {typed!r} reaches back past the calendar: give a shorter "
+                             f"age, {EXAMPLES}") from None
     if not typed:
         raise UsageError(f"{option} is empty: give a date, {EXAMPLES}")
     if not any(ch.isdigit() for ch in typed):
