@@ -74,8 +74,8 @@ def _own_freetds_conf(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def start_standin(tmp_path: Path, encryption: str, pair: KeyPair | None,
-                  versions: tuple[str, str] = ("1.2", "1.2")) -> StandIn:
-    server = StandIn(tmp_path / f"standin-{encryption}", encryption=encryption,
+                  versions: tuple[str, str] = ("1.2", "1.2"), host: str = "127.0.0.1") -> StandIn:
+    server = StandIn(tmp_path / f"standin-{encryption}", encryption=encryption, host=host,
                      certificate=(pair.cert, pair.key) if pair else None, tls_versions=versions)
     server.start()
     server.seed(40, seed=3)
@@ -432,5 +432,31 @@ def test_private_conf_comes_back_when_tmp_is_cleaned(tmp_path: Path, ca: TestCA,
             assert cur.fetchone()[0] == "TRUE"
         finally:
             conn.close()
+    finally:
+        server.stop()
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback (::1) on this host")
+@pytest.mark.parametrize("python", BUILDS)
+def test_an_ipv6_literal_host_connects_with_its_settings(tmp_path: Path, ca: TestCA,
+                                                        server_cert: KeyPair, python: str) -> None:
+    """MSSQL_HOST=::1 (an IPv6 literal, full of colons FreeTDS cannot tell from the port's)
+    reaches the server, and the private freetds.conf's settings apply to it (require: the whole
+    session encrypted, which the default `request` would not ask for)."""
+    server = start_standin(tmp_path, "off", server_cert, host="::1")
+    try:
+        result = run_client(python, mssql_env(server, MSSQL_ENCRYPT="require",
+                                              MSSQL_CA_FILE=str(ca.ca.cert),
+                                              MSSQL_CHECK_HOSTNAME="no"))
+        assert result.get("encrypt_option") == "TRUE", result
+        assert result["rows"] == 40
     finally:
         server.stop()

@@ -598,7 +598,8 @@ class Server:
     def __init__(self, config: ServerConfig, host: str = "127.0.0.1", port: int = 0) -> None:
         self.config = config
         self.faults = FaultFile(config.control)
-        self.listener = socket.create_server((host, port), backlog=128, reuse_port=False)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET  # an IPv6 literal too
+        self.listener = socket.create_server((host, port), family=family, backlog=128, reuse_port=False)
         self.host, self.port = self.listener.getsockname()[:2]
         self.tls = tls_context(config)
         self._spid = 50
