@@ -392,6 +392,10 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
     )
     if not cfg.redis_prefix or any(c.isspace() for c in cfg.redis_prefix):
         r.problems.append(f"REDIS_PREFIX={cfg.redis_prefix!r} must be non-empty, without spaces")
+    if any(c in "#;[]=" or c.isspace() for c in cfg.mssql_host):  # see facusync.freetdsconf
+        r.problems.append(f"MSSQL_HOST={cfg.mssql_host!r} is not a host name or IP address: give "
+                          "it alone (no comment after it, an IPv6 address without brackets); "
+                          "freetds.conf cannot carry # ; [ ] = or spaces")
     if cfg.mssql_ca_file and cfg.mssql_encrypt == "off":
         r.problems.append("MSSQL_CA_FILE is set but MSSQL_ENCRYPT=off: set MSSQL_ENCRYPT=request or "
                           "require to verify SQL Server's certificate, or remove MSSQL_CA_FILE")

@@ -9,7 +9,7 @@ import pymssql
 
 from facusync.config import Config
 from facusync.errors import SourceError
-from facusync.freetdsconf import use_freetds_conf
+from facusync.freetdsconf import server_name, use_freetds_conf
 from facusync.mssqltls import probe_tls
 
 
@@ -81,7 +81,7 @@ def _explain(cfg: Config, exc: Exception) -> str:
 
 def _connect(cfg: Config, tds_version: str | None) -> Any:
     return pymssql.connect(
-        server=cfg.mssql_host,
+        server=server_name(cfg),  # MSSQL_HOST, or an alias for an IPv6 literal (freetdsconf)
         port=str(cfg.mssql_port),
         user=cfg.mssql_user,
         password=cfg.mssql_password.reveal(),
