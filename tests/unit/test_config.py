@@ -169,3 +169,21 @@ def test_unreadable_env_file_is_a_permission_problem() -> None:
     assert f"cannot read {f}: permission denied" in out.stderr
     assert "sudo facusync" in out.stderr and "member of group adm" in out.stderr
     shutil.rmtree(folder)
+
+
+def test_env_file_backslashes_read_as_systemd_reads_them() -> None:
+    """What systemd 252 (Debian 12) hands the daemons from these lines, as recorded by
+    tests/system/test_env_file_syntax.py: the admin commands must read the same passwords."""
+    from tests.system.test_env_file_syntax import LINES
+
+    assert parse_env_file("".join(line + "\n" for line in LINES)) == {
+        "FX_PLAIN": "Pa;ss#w}rd ñ",
+        "FX_BACKSLASH": "abcd",  # unquoted: a backslash escapes the next character
+        "FX_TWO_BACKSLASHES": "x\\y",
+        "FX_DOUBLE_QUOTED_BACKSLASH": "a\\b",  # in "": only \" \\ \` \$ are escapes
+        "FX_SINGLE_QUOTED": 'a\\b "c',
+        "FX_ESCAPED_QUOTES": 'with "q" and # hash',
+        "FX_DOLLAR": "cost $5",
+        "FX_SPACES": "spaced value",
+        "FX_CONTINUED": "firstsecond",
+    }
