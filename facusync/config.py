@@ -258,39 +258,76 @@ class _Reader:
 
 
 def parse_env_file(text: str) -> dict[str, str]:
-    """Parse systemd EnvironmentFile syntax: comments, blank lines, optional quotes."""
+    r"""Parse an env file as systemd 252 (Debian 12) parses an EnvironmentFile, character by
+    character, so the admin commands read the very values the daemons get: whole-line
+    comments (# or ;); KEY=value with blanks around = ignored; unquoted, a backslash escapes
+    the next character (and joins a line to the next) and trailing blanks are dropped; in
+    single quotes nothing is special; in double quotes only \" \\ \` \$ are escapes."""
     result: dict[str, str] = {}
-    logical: list[str] = []
-    pending = ""
-    for line in text.splitlines():
-        if pending:
-            line = pending + line
-            pending = ""
-        if line.endswith("\\") and not line.endswith("\\\\"):
-            pending = line[:-1]
-            continue
-        logical.append(line)
-    if pending:
-        logical.append(pending)
-    for line in logical:
-        stripped = line.strip()
-        if not stripped or stripped[0] in "#;":
-            continue
-        key, sep, value = stripped.partition("=")
-        key = key.strip()
-        if not sep or not _IDENT.match(key):
-            continue
-        result[key] = _unquote(value.strip())
+    key, value = "", ""
+    state = "pre_key"
+    trailing = 0  # unquoted blanks at the end of the value so far (dropped)
+
+    def push() -> None:
+        name = key.strip()
+        if _IDENT.match(name):
+            result[name] = value[: len(value) - trailing] if trailing else value
+
+    for c in text:
+        if state == "pre_key":
+            if c in "#;":
+                state = "comment"
+            elif not c.isspace():
+                state, key, value, trailing = "key", c, "", 0
+        elif state == "key":
+            if c in "\n\r":
+                state = "pre_key"
+            elif c == "=":
+                state = "pre_value"
+            else:
+                key += c
+        elif state in ("pre_value", "value"):
+            if c in "\n\r":
+                push()
+                state = "pre_key"
+            elif state == "pre_value" and c in "'\"":
+                state = "single" if c == "'" else "double"
+            elif c == "\\":
+                state, trailing = "value_escape", 0
+            elif state == "pre_value" and c.isspace():
+                pass
+            else:
+                state, value = "value", value + c
+                trailing = trailing + 1 if c.isspace() else 0
+        elif state == "value_escape":
+            state = "value"
+            if c not in "\n\r":  # an escaped newline joins the lines
+                value += c
+        elif state == "single":
+            state, value = ("pre_value", value) if c == "'" else ("single", value + c)
+        elif state == "double":
+            if c == '"':
+                state = "pre_value"
+            elif c == "\\":
+                state = "double_escape"
+            else:
+                value += c
+        elif state == "double_escape":
+            state = "double"
+            if c in '"\\`$':
+                value += c
+            elif c != "\n":
+                value += "\\" + c
+        elif state == "comment":
+            if c == "\\":
+                state = "comment_escape"  # systemd 252 continues a comment after a backslash
+            elif c in "\n\r":
+                state = "pre_key"
+        elif state == "comment_escape":
+            state = "comment"
+    if state not in ("pre_key", "key", "comment", "comment_escape"):
+        push()
     return result
-
-
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        inner = value[1:-1]
-        if value[0] == '"':
-            inner = re.sub(r"\\(.)", r"\1", inner)
-        return inner
-    return value
 
 
 def load_config(
