@@ -200,3 +200,10 @@ def test_purge_older_than_an_age_beyond_the_calendar_is_a_usage_error(env: dict[
         out = cli(env, "dead-letter", "purge", "--older-than", typed, "--yes")
         assert out.returncode == 64, out.stderr
         assert "--older-than" in out.stderr and "unexpected" not in out.stderr
+
+
+def test_purge_older_than_the_first_year_east_of_greenwich(env: dict[str, str]) -> None:
+    """0001-01-01 in a zone ahead of UTC is before the calendar's first instant: nothing is
+    older, and saying so is no crash."""
+    out = cli({**env, "TZ": "Asia/Tokyo"}, "dead-letter", "purge", "--older-than", "0001-01-01", "--yes")
+    assert out.returncode == 0 and "nothing to purge" in out.stdout, out.stderr
