@@ -106,7 +106,10 @@ def _cutoff_ms(typed: str) -> int:
     age = parse_age(typed)
     if age is not None:
         return max(0, int((time.time() - age) * 1000))
-    return max(0, int(cutoff.timestamp() * 1000))
+    try:
+        return max(0, int(cutoff.timestamp() * 1000))
+    except (OverflowError, ValueError):  # before the first instant the calendar has here
+        return 0
 
 
 def cmd_purge(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> int:
