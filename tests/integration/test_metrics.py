@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
 import time
 import urllib.request
@@ -257,3 +258,24 @@ def test_a_hung_redis_does_not_make_the_producer_look_down(env: dict[str, str]) 
         server.shutdown()
         server.server_close()
         hung.destroy()
+
+
+def test_an_idle_connection_does_not_hold_a_thread_forever(env: dict[str, str]) -> None:
+    """A scraper that connects and never sends its request (its network died, a port scan
+    that stops half-way) is dropped after a while: each connection holds a thread of the
+    daemon, and without a timeout they would pile up for as long as the daemon runs."""
+    port = free_port()
+    cfg = config_from_mapping({**env, "METRICS_CONSUMER_PORT": str(port)})
+    server = metrics.serve(metrics.Metrics(cfg, "consumer"), "127.0.0.1", port)
+    try:
+        idle = socket.create_connection(("127.0.0.1", port), timeout=60)
+        began = time.monotonic()
+        try:
+            assert idle.recv(1) == b""  # closed by the server
+        finally:
+            idle.close()
+        assert time.monotonic() - began < 30
+        assert ("facusync_ready", frozenset({("daemon", "consumer")})) in scrape(port)
+    finally:
+        server.shutdown()
+        server.server_close()
