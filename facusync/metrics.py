@@ -320,6 +320,10 @@ def _number(value: str | None) -> float:
         return 0.0
 
 
+# A connection silent this long is closed: each one holds a thread of the daemon.
+REQUEST_TIMEOUT = 10.0
+
+
 class MetricsServer(ThreadingHTTPServer):
     """The HTTP endpoint, in daemon threads: any path answers with the metrics."""
 
@@ -328,7 +332,9 @@ class MetricsServer(ThreadingHTTPServer):
     def __init__(self, address: str, port: int, registry: CollectorRegistry) -> None:
         if ":" in address:
             self.address_family = socket.AF_INET6
-        super().__init__((address, port), MetricsHandler.factory(registry))
+        handler = type("MetricsHandler", (MetricsHandler.factory(registry),),
+                       {"timeout": REQUEST_TIMEOUT})
+        super().__init__((address, port), handler)
 
 
 def serve(metrics: Metrics, address: str, port: int) -> MetricsServer:
