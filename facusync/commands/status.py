@@ -266,7 +266,7 @@ def assess(cfg: Config, data: dict[str, Any], now: float) -> Health:
 
 def collect(cfg: Config) -> tuple[dict[str, Any], Health]:
     now = time.time()
-    data: dict[str, Any] = {"time": datetime.now().isoformat(timespec="seconds")}
+    data: dict[str, Any] = {"time": datetime.now().astimezone().isoformat(timespec="seconds")}
     try:
         client = connect_redis(cfg)
         try:
