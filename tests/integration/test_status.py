@@ -178,3 +178,20 @@ def test_json_time_carries_its_offset(env: dict[str, str], zone: str) -> None:
     stamp = datetime.fromisoformat(data["time"])
     assert stamp.tzinfo is not None, data["time"]
     assert abs(stamp.timestamp() - time.time()) < 60
+
+
+def test_a_prefix_with_glob_characters_still_finds_its_consumers(env: dict[str, str]) -> None:
+    """REDIS_PREFIX is any text without spaces; status finds consumers with a SCAN pattern, in
+    which * ? [ ] are wildcards: a prefix holding them must match itself, not other keys."""
+    prefix = f"fs[{time.time_ns() % 1000}]*?:"
+    cfg = config_from_mapping({**env, "REDIS_PREFIX": prefix})
+    keys = Keys(prefix)
+    client = connect_redis(cfg)
+    try:
+        client.hset(keys.consumer_stats("c1"), mapping={"heartbeat": f"{time.time():.3f}",
+                                                        "state": "idle"})
+        _code, data, _text = status({**env, "REDIS_PREFIX": prefix})
+        assert list(data["consumers"]) == ["c1"]
+    finally:
+        client.delete(keys.consumer_stats("c1"))
+        client.close()
