@@ -63,7 +63,9 @@ class Keys:
 
     @property
     def consumer_stats_pattern(self) -> str:
-        return self.prefix + "stats:consumer:*"
+        """A SCAN MATCH pattern; the prefix's own * ? [ ] \\ match only themselves."""
+        literal = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix)
+        return literal + "stats:consumer:*"
 
     @property
     def reconcile_stats(self) -> str:
