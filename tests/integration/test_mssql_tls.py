@@ -460,3 +460,22 @@ def test_an_ipv6_literal_host_connects_with_its_settings(tmp_path: Path, ca: Tes
         assert result["rows"] == 40
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("python", BUILDS)
+def test_a_password_with_odd_characters_logs_in_and_stays_out_of_the_conf(
+        tmp_path: Path, python: str) -> None:
+    """The characters freetds.conf and ODBC connection strings treat specially (; # { } = and
+    quotes, blanks, non-ASCII) travel in the LOGIN7 packet only: the login succeeds and the
+    private freetds.conf never holds the password."""
+    password = "Pa;ss#w}r{d= 'q' \"d\" \\ ñé"
+    server = StandIn(tmp_path / "standin-odd", password=password)
+    server.start()
+    server.seed(40, seed=3)
+    try:
+        result = run_client(python, mssql_env(server))
+        assert result.get("error") is None and result["rows"] == 40, result
+        cfg = config_from_mapping(mssql_env(server))
+        assert password not in use_freetds_conf(cfg).read_text()
+    finally:
+        server.stop()
