@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from facusync.config import Config, config_from_mapping
+from facusync.config import Config, ConfigError, config_from_mapping
 from facusync.errors import SourceError
 from facusync.freetdsconf import use_freetds_conf
 from facusync.mssqlconn import connect_mssql
@@ -477,5 +477,28 @@ def test_a_password_with_odd_characters_logs_in_and_stays_out_of_the_conf(
         assert result.get("error") is None and result["rows"] == 40, result
         cfg = config_from_mapping(mssql_env(server))
         assert password not in use_freetds_conf(cfg).read_text()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("folder", ["one blank", "two  blanks", "tab\there"])
+def test_a_ca_file_path_with_blanks_verifies_or_is_refused_at_start(
+        tmp_path: Path, ca: TestCA, server_cert: KeyPair, folder: str) -> None:
+    """freetds.conf has no quoting and folds runs of blanks into one space: a CA path that
+    FreeTDS would read differently must be a configuration error naming MSSQL_CA_FILE, never
+    a TLS failure at connect time; any other path must work."""
+    server = start_standin(tmp_path, "on", server_cert)
+    (tmp_path / folder).mkdir()
+    path = tmp_path / folder / "ca.pem"
+    shutil.copy(ca.ca.cert, path)
+    try:
+        env = mssql_env(server, MSSQL_ENCRYPT="require", MSSQL_CA_FILE=str(path))
+        try:
+            config_from_mapping(env)
+        except ConfigError as exc:
+            assert "MSSQL_CA_FILE" in str(exc) and folder != "one blank"
+            return
+        result = run_client(sys.executable, env)
+        assert result.get("encrypt_option") == "TRUE", result
     finally:
         server.stop()
