@@ -231,6 +231,10 @@ class _Reader:
             self.problems.append(f"{name}={path!r} contains ; or # (a comment in freetds.conf): "
                                  "move the file to a plain path")
             return path
+        if re.search(r"\s\s|[^\S ]", path):
+            self.problems.append(f"{name}={path!r} holds a tab or blanks in a row, which "
+                                 "freetds.conf reads as one space: move the file to a plain path")
+            return path
         try:
             text = Path(path).read_text(encoding="ascii", errors="replace")
         except OSError as exc:
