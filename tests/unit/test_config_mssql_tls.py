@@ -115,3 +115,10 @@ def test_a_host_freetds_conf_cannot_carry_is_refused(host: str) -> None:
                                   "SQL-01"])
 def test_host_names_and_ip_addresses_are_accepted(host: str) -> None:
     assert config_from_mapping({**GOOD, "MSSQL_HOST": host}).mssql_host == host
+
+
+def test_a_named_instance_says_to_use_its_port() -> None:
+    r"""SERVER\SQLEXPRESS is how SQL Server people name an instance; facusync connects by TCP
+    port (no SQL Browser), so the message says which port to set."""
+    message = problems(MSSQL_HOST="sqlserver.example.invalid\\SQLEXPRESS")
+    assert "MSSQL_HOST" in message and "MSSQL_PORT" in message and "instance" in message
