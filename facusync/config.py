@@ -433,7 +433,12 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
     )
     if not cfg.redis_prefix or any(c.isspace() for c in cfg.redis_prefix):
         r.problems.append(f"REDIS_PREFIX={cfg.redis_prefix!r} must be non-empty, without spaces")
-    if any(c in "#;[]=" or c.isspace() for c in cfg.mssql_host):  # see facusync.freetdsconf
+    if "\\" in cfg.mssql_host:
+        r.problems.append(f"MSSQL_HOST={cfg.mssql_host!r} names an instance: facusync connects by "
+                          "TCP port, without SQL Browser; set MSSQL_HOST to the server alone and "
+                          "MSSQL_PORT to the instance's port (SQL Server Configuration Manager, "
+                          "TCP/IP, IPAll)")
+    elif any(c in "#;[]=" or c.isspace() for c in cfg.mssql_host):  # see facusync.freetdsconf
         r.problems.append(f"MSSQL_HOST={cfg.mssql_host!r} is not a host name or IP address: give "
                           "it alone (no comment after it, an IPv6 address without brackets); "
                           "freetds.conf cannot carry # ; [ ] = or spaces")
