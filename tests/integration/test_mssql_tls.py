@@ -502,3 +502,32 @@ def test_a_ca_file_path_with_blanks_verifies_or_is_refused_at_start(
         assert result.get("encrypt_option") == "TRUE", result
     finally:
         server.stop()
+
+
+def test_a_port_that_closes_at_once_is_one_clear_line(tmp_path: Path) -> None:
+    """MSSQL_PORT on something that accepts and hangs up (another service, a proxy without a
+    backend, a server out of connections): FreeTDS says only "connection failed" (20002) and
+    the probe cannot get further; the operator still gets one line naming what to check, not
+    the driver's tuple with its byte strings."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def hang_up() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                listener.accept()[0].close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        cfg = config_from_mapping({"MSSQL_HOST": "127.0.0.1", "MSSQL_PORT": str(port),
+                                   "MSSQL_USER": "u", "MSSQL_PASSWORD": "pw-not-shown",
+                                   "PG_HOST": "127.0.0.1", "PG_USER": "u", "PG_PASSWORD": "p",
+                                   "MSSQL_LOGIN_TIMEOUT": "3"})
+        with pytest.raises(SourceError) as failure:
+            connect_mssql(cfg)
+        message = str(failure.value)
+        assert "MSSQL_HOST" in message and "MSSQL_PORT" in message, message
+        assert "DB-Lib" not in message and "b'" not in message and "\n" not in message
+        assert "pw-not-shown" not in message
+    finally:
+        listener.close()
