@@ -30,6 +30,9 @@ def describe_mssql_error(exc: Exception) -> str:
     if ("unexpected eof" in low or "write to the server failed" in low
             or "read from the server failed" in low or "20047" in low or "dbprocess is dead" in low):
         return "the connection was dropped by the server or the network"
+    if "20002" in low or "connection failed" in low:
+        return ("the server hung up during the login: is MSSQL_HOST:MSSQL_PORT a SQL Server with "
+                "connections to spare, and do MSSQL_ENCRYPT and MSSQL_TDS_VERSION suit it?")
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return first[:300]
 
