@@ -145,11 +145,14 @@ def normal(value: Any) -> Any:
 
 
 def show_columns(api: NocoDB, view_id: str, columns: dict[str, dict[str, Any]]) -> list[str]:
-    """Only the columns planners need, in COLUMN_ORDER; ids, timestamps and the link hidden."""
-    title_of = {c["id"]: title for title, c in columns.items()}
+    """Only the columns planners need, in COLUMN_ORDER; ids, timestamps and the link hidden.
+    System columns (the raw foreign key conduce) are never shown in a grid: left alone."""
+    title_of = {c["id"]: title for title, c in columns.items() if not c.get("system")}
     changes = []
     for view_column in api.listed(f"/api/v1/db/meta/views/{view_id}/columns"):
         title = title_of.get(view_column["fk_column_id"])
+        if title is None:
+            continue
         show = title in COLUMN_ORDER
         order = COLUMN_ORDER.index(title) + 1 if show else len(COLUMN_ORDER) + 1
         if bool(view_column.get("show")) == show and (not show or view_column.get("order") == order):

@@ -20,9 +20,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from facusync.nocodb_workspace import COLUMN_ORDER, CONDUCE_LOOKUP, LOOKUPS, VIEW_TITLES
 from tests.nocodb.conftest import MEASUREMENTS
 from tests.nocodb.stack import (
     DATABASE,
+    NOCODB_ROLE_PASSWORD,
     REPO,
     TZ_ROWS,
     Stack,
@@ -260,3 +262,112 @@ def test_soft_deleted_conduce_keeps_its_tracking_row(stack: Stack) -> None:
     _, linked = stack.api("GET", f"/api/v2/tables/{stack.table('datos_seguimiento')}/links/"
                                  f"{stack.link_field}/records/{row_id}")
     assert linked["conduce"] == conduce, linked
+
+
+# --- the planners' workspace ------------------------------------------------------------------
+
+
+def view_rows(stack: Stack, view: str) -> list[dict[str, Any]]:
+    """The rows a view shows, in its order, as NocoDB's grid loads them."""
+    seg = stack.table("datos_seguimiento")
+    view_id = stack.setup_report["views"][view]
+    _, answer = stack.api("GET", f"/api/v1/db/data/noco/{stack.base_id}/{seg}/views/{view_id}"
+                                 "?limit=1000")
+    return list(answer["list"])
+
+
+def workspace_state(stack: Stack) -> dict[str, Any]:
+    """What the views are: lock, visible columns in order, filters, sorts, grouping."""
+    seg = stack.table("datos_seguimiento")
+    _, meta = stack.api("GET", f"/api/v1/db/meta/tables/{seg}")
+    title_of = {c["id"]: c["title"] for c in meta["columns"]}
+    system = {c["id"] for c in meta["columns"] if c.get("system")}
+    _, views = stack.api("GET", f"/api/v1/db/meta/tables/{seg}/views")
+    state: dict[str, Any] = {}
+    for view in views["list"]:
+        if view["title"] not in VIEW_TITLES:
+            continue
+        vid = view["id"]
+        _, columns = stack.api("GET", f"/api/v1/db/meta/views/{vid}/columns")
+        _, filters = stack.api("GET", f"/api/v1/db/meta/views/{vid}/filters")
+        _, sorts = stack.api("GET", f"/api/v1/db/meta/views/{vid}/sorts")
+        _, grid = stack.api("GET", f"/api/v1/db/meta/grids/{vid}/grid-columns")
+        # System columns (the raw foreign key) never show in a grid, whatever their flag.
+        shown = sorted((c for c in columns["list"] if c["show"] and c["fk_column_id"] not in system),
+                       key=lambda c: c["order"])
+        state[view["title"]] = {
+            "lock": view["lock_type"],
+            "columns": [title_of[c["fk_column_id"]] for c in shown],
+            "filters": sorted((title_of[f["fk_column_id"]], f["comparison_op"], str(f["value"]))
+                              for f in filters["list"]),
+            "sorts": [(title_of[s["fk_column_id"]], s["direction"]) for s in sorts["list"]],
+            "group_by": [title_of[g["fk_column_id"]] for g in grid if g.get("group_by")],
+        }
+    return state
+
+
+def test_setup_builds_the_planners_workspace(stack: Stack) -> None:
+    vista, seg = stack.table("datos_vista"), stack.table("datos_seguimiento")
+    _, vista_meta = stack.api("GET", f"/api/v1/db/meta/tables/{vista}")
+    assert [c["title"] for c in vista_meta["columns"] if c.get("pv")] == ["conduce"]
+    _, seg_meta = stack.api("GET", f"/api/v1/db/meta/tables/{seg}")
+    lookups = {c["title"] for c in seg_meta["columns"] if c["uidt"] == "Lookup"}
+    assert lookups == {CONDUCE_LOOKUP, *LOOKUPS}
+    state = workspace_state(stack)
+    assert set(state) == set(VIEW_TITLES), state
+    for title, view in state.items():
+        assert view["lock"] == "locked", title
+        assert view["columns"] == list(COLUMN_ORDER), (title, view["columns"])
+    assert state["Pendientes"]["filters"] == [("eliminado_en_origen", "eq", "false"),
+                                              ("trabajado", "eq", "false")], state["Pendientes"]
+    assert state["Pendientes"]["sorts"] == [("fecha_emision", "desc")]
+    assert state["Por ruta"]["group_by"] == ["ruta"]
+    assert state["Eliminados en origen"]["filters"] == [("eliminado_en_origen", "eq", "true")]
+    # "Pendientes" shows exactly the open, live conduces, newest first (PostgreSQL decides).
+    expected = [r[0] for r in stack.query(
+        "SELECT s.conduce FROM datos_seguimiento s JOIN datos_vista v USING (conduce) "
+        "WHERE NOT s.trabajado AND NOT v.eliminado_en_origen "
+        "ORDER BY v.fecha_emision DESC NULLS LAST, s.id")]
+    shown = [row[CONDUCE_LOOKUP] for row in view_rows(stack, "Pendientes")]
+    assert sorted(shown) == sorted(expected) and len(expected) >= 20, (shown, expected)
+    emitted = dict(stack.query("SELECT conduce, fecha_emision FROM datos_vista WHERE conduce = "
+                               "ANY(%s)", (shown,)))
+    assert [emitted[c] for c in shown] == sorted((emitted[c] for c in shown), reverse=True)
+    # Editors see neither datos_vista nor the default views (NocoDB's UI only).
+    _, rules = stack.nocodb.call("GET", f"/api/v1/db/meta/projects/{stack.base_id}/visibility-rules")
+    hidden = {(r["fk_model_id"], r["title"]) for r in rules if r["disabled"].get("editor")}
+    shown_views = {(r["fk_model_id"], r["title"]) for r in rules if not r["disabled"].get("editor")}
+    assert shown_views == {(seg, title) for title in VIEW_TITLES}, shown_views
+    assert any(model == vista for model, _ in hidden)
+
+
+def test_rerun_repairs_a_changed_view_and_is_idempotent(stack: Stack) -> None:
+    before = workspace_state(stack)
+    seg = stack.table("datos_seguimiento")
+    view_id = stack.setup_report["views"]["Pendientes"]
+    # An admin (or a planner with a lock-free view) changes "Pendientes".
+    stack.nocodb.call("PATCH", f"/api/v1/db/meta/views/{view_id}", {"lock_type": "collaborative"})
+    _, filters = stack.nocodb.call("GET", f"/api/v1/db/meta/views/{view_id}/filters")
+    for item in filters["list"]:
+        stack.nocodb.call("DELETE", f"/api/v1/db/meta/filters/{item['id']}")
+    _, meta = stack.nocodb.call("GET", f"/api/v1/db/meta/tables/{seg}")
+    id_column = next(c["id"] for c in meta["columns"] if c["title"] == "id")
+    _, columns = stack.nocodb.call("GET", f"/api/v1/db/meta/views/{view_id}/columns")
+    for column in columns["list"]:
+        if column["fk_column_id"] == id_column:
+            stack.nocodb.call("PATCH", f"/api/v1/db/meta/views/{view_id}/columns/{column['id']}",
+                              {"show": True})
+    changed = workspace_state(stack)
+    assert changed["Pendientes"] != before["Pendientes"]
+
+    settings = {"NOCODB_EMAIL": stack.nocodb.admin_email,
+                "NOCODB_PASSWORD": stack.nocodb.admin_password,
+                "PG_NOCODB_ROLE_PASSWORD": NOCODB_ROLE_PASSWORD}
+    repair = run_setup(stack.nocodb, stack.pg, **settings)
+    assert repair.returncode == 0, repair.stderr + repair.stdout
+    assert "view 'Pendientes' repaired" in repair.stdout, repair.stdout
+    assert workspace_state(stack) == before
+    again = run_setup(stack.nocodb, stack.pg, **settings)
+    assert again.returncode == 0, again.stderr + again.stdout
+    assert "done " not in again.stdout, again.stdout
+    assert workspace_state(stack) == before
