@@ -18,10 +18,10 @@ from facusync.nocodb_api import NocoDB
 # The ERP columns planners see beside their own, as lookups through the link.
 LOOKUPS = ("fecha_emision", "numero_factura", "codigo_cliente", "cliente", "facturado",
            "eliminado_en_origen")
-# The conduce itself, as a lookup (the link column's own cell would invite editing the link).
-CONDUCE_LOOKUP = "Conduce"
 PLANNER_COLUMNS = ("nota", "ruta", "trabajado", "preparador")
-COLUMN_ORDER = (CONDUCE_LOOKUP, "fecha_emision", "cliente", "codigo_cliente", "numero_factura",
+# After the display value (conduce, which NocoDB's grid always shows first): the ERP's columns,
+# the planners' four, then the soft-delete flag.
+COLUMN_ORDER = ("fecha_emision", "cliente", "codigo_cliente", "numero_factura",
                 "facturado", *PLANNER_COLUMNS, "eliminado_en_origen")
 # Roles that must not see datos_vista or the default views; owners and creators still do.
 HIDDEN_FROM = ("editor", "commenter", "viewer")
@@ -59,7 +59,8 @@ def build(api: NocoDB, base_id: str, vista_id: str, seguimiento_id: str, link: d
           invite: list[str]) -> Workspace:
     """Display value, lookups, the four views, what editors see, invitations."""
     work = Workspace()
-    set_display_value(api, vista_id, work)
+    set_display_value(api, vista_id, "datos_vista", work)
+    set_display_value(api, seguimiento_id, "datos_seguimiento", work)
     columns = add_lookups(api, seguimiento_id, vista_id, link, work)
     for spec in VIEWS:
         work.views[spec.title] = build_view(api, seguimiento_id, spec, columns, work)
@@ -74,21 +75,21 @@ def columns_by_title(api: NocoDB, table_id: str) -> dict[str, dict[str, Any]]:
     return {str(c["title"]): dict(c) for c in meta["columns"]}
 
 
-def set_display_value(api: NocoDB, vista_id: str, work: Workspace) -> None:
-    """The link and its lookups name a row of datos_vista by its conduce."""
-    conduce = columns_by_title(api, vista_id)["conduce"]
+def set_display_value(api: NocoDB, table_id: str, table: str, work: Workspace) -> None:
+    """Both tables name a row by its conduce: the link shows it, and the planners' grid
+    starts with it."""
+    conduce = columns_by_title(api, table_id)["conduce"]
     if not conduce.get("pv"):
         api.call("POST", f"/api/v1/db/meta/columns/{conduce['id']}/primary", {})
-        work.actions.append("datos_vista: display value set to conduce")
+        work.actions.append(f"{table}: display value set to conduce")
 
 
 def add_lookups(api: NocoDB, seguimiento_id: str, vista_id: str, link: dict[str, Any],
                 work: Workspace) -> dict[str, dict[str, Any]]:
-    """One lookup per ERP column (and the conduce), through the link; returns all columns."""
+    """One lookup per ERP column, through the link; returns all of the table's columns."""
     vista = columns_by_title(api, vista_id)
     columns = columns_by_title(api, seguimiento_id)
-    wanted = {CONDUCE_LOOKUP: "conduce", **{name: name for name in LOOKUPS}}
-    for title, source in wanted.items():
+    for title in LOOKUPS:
         existing = columns.get(title)
         if existing is not None:
             if existing.get("uidt") != "Lookup":
@@ -97,7 +98,7 @@ def add_lookups(api: NocoDB, seguimiento_id: str, vista_id: str, link: dict[str,
             continue
         api.call("POST", f"/api/v1/db/meta/tables/{seguimiento_id}/columns", {
             "title": title, "column_name": title, "uidt": "Lookup",
-            "fk_relation_column_id": link["id"], "fk_lookup_column_id": vista[source]["id"],
+            "fk_relation_column_id": link["id"], "fk_lookup_column_id": vista[title]["id"],
         })
         work.actions.append(f"datos_seguimiento: lookup {title} added")
     return columns_by_title(api, seguimiento_id)
@@ -210,16 +211,26 @@ def hide_from_editors(api: NocoDB, base_id: str, vista_id: str, work: Workspace)
 
 
 def invite_editor(api: NocoDB, base_id: str, email: str) -> str:
-    """Add a planner to the base as an editor; returns what happened (with a sign-up link
-    when NocoDB has no account for that address yet)."""
-    users = api.call("GET", f"/api/v1/db/meta/projects/{base_id}/users")
-    listed = users.get("users", {}).get("list", []) if isinstance(users, dict) else []
-    for user in listed:
-        if str(user.get("email", "")).lower() == email.lower() and user.get("roles"):
-            return f"already in the base as {user['roles']}"
-    answer = api.call("POST", f"/api/v1/db/meta/projects/{base_id}/users",
-                      {"email": email, "roles": "editor"})
-    token = answer.get("invite_token") if isinstance(answer, dict) else None
+    """Add a planner to the base as an editor; returns what happened, with the sign-up link
+    (NocoDB's invitation) while the planner has not signed up yet."""
+    path = f"/api/v1/db/meta/projects/{base_id}/users"
+    done = "already in the base"
+    user = base_user(api, path, email)
+    if user is None or not user.get("roles"):
+        api.call("POST", path, {"email": email, "roles": "editor"})
+        user, done = base_user(api, path, email), "invited as editor"
+    elif user.get("roles") != "editor":
+        return f"already in the base as {user['roles']} (left alone)"
+    token = (user or {}).get("invite_token")
     if token:
-        return f"invited as editor; sign-up link {api.url}/#/signup/{token}"
-    return "added as editor"
+        return f"{done}; sign-up link {api.url}/dashboard/#/signup/{token}"
+    return f"{done} as editor"
+
+
+def base_user(api: NocoDB, path: str, email: str) -> dict[str, Any] | None:
+    answer = api.call("GET", path)
+    listed = answer.get("users", {}).get("list", []) if isinstance(answer, dict) else []
+    for user in listed:
+        if str(user.get("email", "")).lower() == email.lower():
+            return dict(user)
+    return None

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from facusync.nocodb_workspace import COLUMN_ORDER, CONDUCE_LOOKUP, LOOKUPS, VIEW_TITLES
+from facusync.nocodb_workspace import COLUMN_ORDER, LOOKUPS, VIEW_TITLES
 from tests.nocodb.conftest import MEASUREMENTS
 from tests.nocodb.stack import (
     DATABASE,
@@ -311,8 +311,9 @@ def test_setup_builds_the_planners_workspace(stack: Stack) -> None:
     _, vista_meta = stack.api("GET", f"/api/v1/db/meta/tables/{vista}")
     assert [c["title"] for c in vista_meta["columns"] if c.get("pv")] == ["conduce"]
     _, seg_meta = stack.api("GET", f"/api/v1/db/meta/tables/{seg}")
+    assert [c["title"] for c in seg_meta["columns"] if c.get("pv")] == ["conduce"]
     lookups = {c["title"] for c in seg_meta["columns"] if c["uidt"] == "Lookup"}
-    assert lookups == {CONDUCE_LOOKUP, *LOOKUPS}
+    assert lookups == set(LOOKUPS)
     state = workspace_state(stack)
     assert set(state) == set(VIEW_TITLES), state
     for title, view in state.items():
@@ -328,7 +329,7 @@ def test_setup_builds_the_planners_workspace(stack: Stack) -> None:
         "SELECT s.conduce FROM datos_seguimiento s JOIN datos_vista v USING (conduce) "
         "WHERE NOT s.trabajado AND NOT v.eliminado_en_origen "
         "ORDER BY v.fecha_emision DESC NULLS LAST, s.id")]
-    shown = [row[CONDUCE_LOOKUP] for row in view_rows(stack, "Pendientes")]
+    shown = [row["conduce"] for row in view_rows(stack, "Pendientes")]
     assert sorted(shown) == sorted(expected) and len(expected) >= 20, (shown, expected)
     emitted = dict(stack.query("SELECT conduce, fecha_emision FROM datos_vista WHERE conduce = "
                                "ANY(%s)", (shown,)))
