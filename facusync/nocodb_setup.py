@@ -382,7 +382,7 @@ def run(s: Settings) -> Report:
     if link is not None:
         try:
             work = build(api, report.base_id, report.tables[s.vista], report.tables[s.seguimiento],
-                         link, list(s.invite))
+                         set(report.tables.values()), link, list(s.invite))
         except ValueError as exc:
             report.checks.append(Check(False, "workspace", str(exc)))
         else:

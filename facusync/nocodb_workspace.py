@@ -55,16 +55,21 @@ class Workspace:
     invites: dict[str, str] = field(default_factory=dict)  # e-mail -> what happened
 
 
-def build(api: NocoDB, base_id: str, vista_id: str, seguimiento_id: str, link: dict[str, Any],
-          invite: list[str]) -> Workspace:
-    """Display value, lookups, the four views, what editors see, invitations."""
+def build(api: NocoDB, base_id: str, vista_id: str, seguimiento_id: str, source_tables: set[str],
+          link: dict[str, Any], invite: list[str]) -> Workspace:
+    """Display value, lookups, the four views, what editors see, invitations. `source_tables`
+    holds the ids of every table NocoDB lists in our source."""
     work = Workspace()
     set_display_value(api, vista_id, "datos_vista", work)
     set_display_value(api, seguimiento_id, "datos_seguimiento", work)
     columns = add_lookups(api, seguimiento_id, vista_id, link, work)
     for spec in VIEWS:
         work.views[spec.title] = build_view(api, seguimiento_id, spec, columns, work)
-    hide_from_editors(api, base_id, vista_id, work)
+    # NocoDB 0.301.3 still lists the default view to editors: make it a locked "Todos".
+    for view in api.listed(f"/api/v1/db/meta/tables/{seguimiento_id}/views"):
+        if view.get("is_default"):
+            build_view(api, seguimiento_id, ViewSpec(str(view["title"])), columns, work)
+    hide_from_editors(api, base_id, vista_id, source_tables, work)
     for email in invite:
         work.invites[email] = invite_editor(api, base_id, email)
     return work
@@ -193,14 +198,17 @@ def group_by(api: NocoDB, view_id: str, columns: dict[str, dict[str, Any]],
     return changes
 
 
-def hide_from_editors(api: NocoDB, base_id: str, vista_id: str, work: Workspace) -> None:
+def hide_from_editors(api: NocoDB, base_id: str, vista_id: str, source_tables: set[str],
+                      work: Workspace) -> None:
     """Editors see only the planners' views: every view of datos_vista and every default view
-    is hidden from them in NocoDB's UI (the API still answers; PostgreSQL is the guard)."""
+    of the source is hidden from them in NocoDB's UI (the API still answers; PostgreSQL is the
+    guard). Another source (the data-read-only one) is left as it is."""
     path = f"/api/v1/db/meta/projects/{base_id}/visibility-rules"
     rules = api.call("GET", path)
     changed = []
     for rule in rules if isinstance(rules, list) else []:
-        hide = rule.get("fk_model_id") == vista_id or bool(rule.get("is_default"))
+        model = rule.get("fk_model_id")
+        hide = model in source_tables and (model == vista_id or bool(rule.get("is_default")))
         disabled = rule.setdefault("disabled", {})
         if hide and not all(disabled.get(role) for role in HIDDEN_FROM):
             disabled.update({role: True for role in HIDDEN_FROM})

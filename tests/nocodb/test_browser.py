@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from facusync.nocodb_workspace import COLUMN_ORDER
+from facusync.nocodb_workspace import COLUMN_ORDER, VIEW_TITLES
 from tests.nocodb.conftest import MEASUREMENTS
 from tests.nocodb.stack import NOCODB_ROLE_PASSWORD, Stack, run_setup, tracking_row, wait_for
 
@@ -246,6 +246,12 @@ def test_planner_works_in_the_grid(stack: Stack, planner: tuple[str, str],
 def work_in_the_grid(stack: Stack, person: Planner, planner: tuple[str, str]) -> None:
     person.sign_in(*planner)
     person.open_view("Pendientes")
+    sidebar = person.driver.execute_script(
+        "return Array.from(document.querySelectorAll('[data-testid^=\"view-sidebar-view-\"]'))"
+        ".map(e => e.getAttribute('data-testid').slice('view-sidebar-view-'.length))")
+    MEASUREMENTS[f"{stack.version}: views the planner's sidebar lists"] = ", ".join(sidebar)
+    # NocoDB 0.301.3 lists the (locked) default view to editors too; 0.262.5 hides it.
+    assert set(sidebar) - {"datos_seguimiento"} == set(VIEW_TITLES), sidebar
     first = person.loaded_rows()
     assert first, "the grid loaded no rows"
     conduce, second = first[0]["conduce"], first[1]["conduce"]

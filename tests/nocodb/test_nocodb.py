@@ -8,6 +8,7 @@ NocoDB's HTTP status alone.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -372,3 +373,37 @@ def test_rerun_repairs_a_changed_view_and_is_idempotent(stack: Stack) -> None:
     assert again.returncode == 0, again.stderr + again.stdout
     assert "done " not in again.stdout, again.stdout
     assert workspace_state(stack) == before
+
+
+def test_read_only_source_refuses_edits_in_nocodb(stack: Stack) -> None:
+    result = run_setup(stack.nocodb, stack.pg, "--json", "--read-only-source",
+                       NOCODB_EMAIL=stack.nocodb.admin_email,
+                       NOCODB_PASSWORD=stack.nocodb.admin_password,
+                       PG_NOCODB_ROLE_PASSWORD=NOCODB_ROLE_PASSWORD)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert json.loads(result.stdout)["read_only_source"] == "added"
+    _, base = stack.nocodb.call("GET", f"/api/v2/meta/bases/{stack.base_id}")
+    (source,) = [s for s in base["sources"] if s["alias"] == "facusync (solo lectura)"]
+    assert source["is_data_readonly"] and source["is_schema_readonly"]
+    _, tables = stack.nocodb.call("GET", f"/api/v2/meta/bases/{stack.base_id}/tables")
+    (vista,) = [t["id"] for t in tables["list"]
+                if t["source_id"] == source["id"] and t["table_name"] == "datos_vista"]
+    conduce = stack.standin.rows()[2]["CONDUCE"]
+    before = stack.query("SELECT * FROM datos_vista WHERE conduce = %s", (conduce,))
+    offset = stack.pg_log_offset()
+    status, answer = stack.api("PATCH", f"/api/v1/db/data/noco/{stack.base_id}/{vista}/{conduce}",
+                               {"cliente": "Cambiado en la fuente de solo lectura"})
+    status_bulk, _ = stack.api("PATCH", f"/api/v2/tables/{vista}/records",
+                               [{"conduce": conduce, "cliente": "Pegado"}])
+    MEASUREMENTS[f"{stack.version}: edit datos_vista in the read-only source (v1 row, v2 bulk)"] = \
+        f"HTTP {status}, {status_bulk}"
+    # NocoDB itself refuses: PostgreSQL never sees the statement.
+    assert status >= 400 and status_bulk >= 400, (status, answer)
+    assert stack.query("SELECT * FROM datos_vista WHERE conduce = %s", (conduce,)) == before
+    assert 'update "datos_vista"' not in stack.pg_log_since(offset)
+    # Re-running reuses it.
+    again = run_setup(stack.nocodb, stack.pg, "--read-only-source", "--json",
+                      NOCODB_EMAIL=stack.nocodb.admin_email,
+                      NOCODB_PASSWORD=stack.nocodb.admin_password,
+                      PG_NOCODB_ROLE_PASSWORD=NOCODB_ROLE_PASSWORD)
+    assert json.loads(again.stdout)["read_only_source"].startswith("exists")
