@@ -65,14 +65,20 @@ def build(api: NocoDB, base_id: str, vista_id: str, seguimiento_id: str, source_
     columns = add_lookups(api, seguimiento_id, vista_id, link, work)
     for spec in VIEWS:
         work.views[spec.title] = build_view(api, seguimiento_id, spec, columns, work)
-    # NocoDB 0.301.3 still lists the default view to editors: make it a locked "Todos".
+    # Should an editor reach the default view anyway, it is a locked "Todos".
     for view in api.listed(f"/api/v1/db/meta/tables/{seguimiento_id}/views"):
-        if view.get("is_default"):
+        if is_default_view(view, "datos_seguimiento"):
             build_view(api, seguimiento_id, ViewSpec(str(view["title"])), columns, work)
     hide_from_editors(api, base_id, vista_id, source_tables, work)
     for email in invite:
         work.invites[email] = invite_editor(api, base_id, email)
     return work
+
+
+def is_default_view(view: dict[str, Any], table_title: Any) -> bool:
+    """NocoDB 0.262.5 flags a table's default view; 0.301.3 does not, but it still carries
+    the table's title (our views have Spanish titles of their own)."""
+    return bool(view.get("is_default")) or view.get("title") == table_title
 
 
 def columns_by_title(api: NocoDB, table_id: str) -> dict[str, dict[str, Any]]:
@@ -208,7 +214,7 @@ def hide_from_editors(api: NocoDB, base_id: str, vista_id: str, source_tables: s
     changed = []
     for rule in rules if isinstance(rules, list) else []:
         model = rule.get("fk_model_id")
-        hide = model in source_tables and (model == vista_id or bool(rule.get("is_default")))
+        hide = model in source_tables and (model == vista_id or is_default_view(rule, rule.get("ptn")))
         disabled = rule.setdefault("disabled", {})
         if hide and not all(disabled.get(role) for role in HIDDEN_FROM):
             disabled.update({role: True for role in HIDDEN_FROM})
