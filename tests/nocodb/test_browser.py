@@ -144,6 +144,20 @@ class Planner:
         self.driver.save_screenshot(str(path))
         return path
 
+    def picture_of_grid(self, name: str) -> Path:
+        """A screenshot wide enough to show every column of the view (for the guide)."""
+        size = self.driver.get_window_size()
+        self.driver.set_window_size(2700, 900)
+        time.sleep(1.0)
+        self.focus(GRID_COLUMNS[1])  # scrolls the grid back to its first columns
+        ActionChains(self.driver).send_keys(Keys.ESCAPE).perform()
+        ActionChains(self.driver).move_to_element(self.grid()).perform()  # no tooltip
+        time.sleep(1.5)
+        path = self.screenshot(name)
+        self.driver.set_window_size(size["width"], size["height"])
+        time.sleep(1.0)
+        return path
+
     def testid(self, testid: str) -> WebElement:
         return self.until(f"data-testid {testid}", lambda: self.driver.find_elements(
             By.CSS_SELECTOR, f'[data-testid="{testid}"]'))[0]
@@ -285,7 +299,7 @@ def work_in_the_grid(stack: Stack, person: Planner, planner: tuple[str, str]) ->
         # NocoDB 0.301.3 redraws an edited row of a filtered view as "Row filtered" until
         # the view is reloaded; a planner reloads too.
         assert person.reload_view()[0]["conduce"] == conduce
-    picture = person.screenshot("pendientes")
+    picture = person.picture_of_grid("pendientes")
 
     # An ERP cell (a lookup) opens no editor, and typing into it changes nothing anywhere.
     erp_before = stack.query("SELECT * FROM datos_vista WHERE conduce = %s", (conduce,))
