@@ -381,8 +381,8 @@ def run(s: Settings) -> Report:
         return report
     if link is not None:
         try:
-            work = build(api, report.base_id, report.tables[s.vista], report.tables[s.seguimiento],
-                         set(report.tables.values()), link, list(s.invite))
+            work = build(api, report.base_id, report.tables, s.vista, s.seguimiento, link,
+                         list(s.invite))
         except ValueError as exc:
             report.checks.append(Check(False, "workspace", str(exc)))
         else:

@@ -55,21 +55,23 @@ class Workspace:
     invites: dict[str, str] = field(default_factory=dict)  # e-mail -> what happened
 
 
-def build(api: NocoDB, base_id: str, vista_id: str, seguimiento_id: str, source_tables: set[str],
+def build(api: NocoDB, base_id: str, tables: dict[str, str], vista: str, seguimiento: str,
           link: dict[str, Any], invite: list[str]) -> Workspace:
-    """Display value, lookups, the four views, what editors see, invitations. `source_tables`
-    holds the ids of every table NocoDB lists in our source."""
+    """Display value, lookups, the four views, what editors see, invitations. `tables` maps
+    the name of every table NocoDB lists in our source to its id; `vista` and `seguimiento`
+    name ours (PG_TABLE_VISTA, PG_TABLE_SEGUIMIENTO)."""
     work = Workspace()
-    set_display_value(api, vista_id, "datos_vista", work)
-    set_display_value(api, seguimiento_id, "datos_seguimiento", work)
+    vista_id, seguimiento_id = tables[vista], tables[seguimiento]
+    set_display_value(api, vista_id, vista, work)
+    set_display_value(api, seguimiento_id, seguimiento, work)
     columns = add_lookups(api, seguimiento_id, vista_id, link, work)
     for spec in VIEWS:
         work.views[spec.title] = build_view(api, seguimiento_id, spec, columns, work)
     # Should an editor reach the default view anyway, it is a locked "Todos".
     for view in api.listed(f"/api/v1/db/meta/tables/{seguimiento_id}/views"):
-        if is_default_view(view, "datos_seguimiento"):
+        if is_default_view(view, seguimiento):
             build_view(api, seguimiento_id, ViewSpec(str(view["title"])), columns, work)
-    hide_from_editors(api, base_id, vista_id, source_tables, work)
+    hide_from_editors(api, base_id, vista_id, set(tables.values()), work)
     for email in invite:
         work.invites[email] = invite_editor(api, base_id, email)
     return work
@@ -104,14 +106,14 @@ def add_lookups(api: NocoDB, seguimiento_id: str, vista_id: str, link: dict[str,
         existing = columns.get(title)
         if existing is not None:
             if existing.get("uidt") != "Lookup":
-                raise ValueError(f"datos_seguimiento already has a column {title!r} that is not "
+                raise ValueError(f"the tracking table already has a column {title!r} that is not "
                                  "a lookup")
             continue
         api.call("POST", f"/api/v1/db/meta/tables/{seguimiento_id}/columns", {
             "title": title, "column_name": title, "uidt": "Lookup",
             "fk_relation_column_id": link["id"], "fk_lookup_column_id": vista[title]["id"],
         })
-        work.actions.append(f"datos_seguimiento: lookup {title} added")
+        work.actions.append(f"lookup {title} added")
     return columns_by_title(api, seguimiento_id)
 
 
