@@ -1,0 +1,112 @@
+"""TLS on each hop: what a connection negotiated, and one actionable line when a handshake fails.
+
+Every hop (SQL Server, PostgreSQL, Redis) names its settings once in a `TlsSettings`; a
+failed handshake is sorted into one of a few causes an operator can fix (untrusted or expired
+certificate, host-name mismatch, no TLS version in common, no TLS at all) and worded with those
+names, so the message says which setting to change. Never includes a password: only driver
+messages about certificates and protocols reach these functions.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from dataclasses import dataclass
+
+# OpenSSL's X509_V_ERR_* codes that mean "the certificate is outside its validity period".
+_EXPIRED_CODES = {9, 10}  # not yet valid, has expired
+_HOSTNAME_CODES = {62, 64}  # host name mismatch, IP address mismatch
+
+
+@dataclass(frozen=True, slots=True)
+class TlsState:
+    """How one established connection is protected, as `facusync check` shows it."""
+
+    encrypted: bool
+    version: str | None = None  # e.g. "TLSv1.3"
+    verified: bool = False  # the server's certificate chains to a trusted CA
+    hostname_checked: bool = False  # ...and names the host we dialled
+
+    def describe(self) -> str:
+        """One phrase: "TLSv1.3, certificate and host name verified" or "not encrypted"."""
+        if not self.encrypted:
+            return "not encrypted"
+        if not self.verified:
+            return f"{self.version}, certificate NOT verified"
+        what = "certificate and host name" if self.hostname_checked else "certificate (not host name)"
+        return f"{self.version}, {what} verified"
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """The names an operator edits for one hop, used to word its TLS failures."""
+
+    mode: str  # the setting that turns TLS on or off, e.g. "PG_SSLMODE=verify-full"
+    ca: str  # the CA-file setting, e.g. "PG_SSLROOTCERT"
+    host: str  # e.g. "PG_HOST=db1.example.invalid"
+    server_cert: str  # where the server's certificate is configured
+    server_versions: str  # where the server's TLS versions are configured
+
+
+def failure_kind(text: str) -> str | None:
+    """untrusted / expired / hostname / version / no-tls / handshake, or None if not about TLS."""
+    low = text.lower()
+    if "has expired" in low or "not yet valid" in low:
+        return "expired"
+    if "does not match host name" in low or "hostname mismatch" in low or "address mismatch" in low:
+        return "hostname"
+    if any(s in low for s in ("protocol version", "unsupported protocol", "no protocols available",
+                              "alert internal error")):
+        return "version"
+    if "certificate verify failed" in low or "self-signed" in low or "self signed" in low:
+        return "untrusted"
+    if "does not support ssl" in low or "wrong version number" in low:
+        return "no-tls"
+    if "ssl" in low or "tls" in low:
+        return "handshake"
+    return None
+
+
+def describe_failure(kind: str, names: TlsSettings, detail: str = "") -> str:
+    """The one line for a failed handshake: what is wrong and which setting to change."""
+    if kind == "expired":
+        return (f"TLS: the server's certificate has expired or is not yet valid: renew it "
+                f"({names.server_cert}); {names.ca} is fine")
+    if kind == "hostname":
+        return (f"TLS: the server's certificate does not name {names.host}: set it to a name the "
+                f"certificate lists, or reissue the certificate ({names.server_cert})")
+    if kind == "version":
+        return (f"TLS: no TLS version in common with the server (facusync needs TLS 1.2 or "
+                f"later): allow TLSv1.2/TLSv1.3 in {names.server_versions}")
+    if kind == "untrusted":
+        return (f"TLS: the server's certificate is not signed by a CA in {names.ca}: set {names.ca} "
+                f"to the CA that signed it ({detail or 'certificate verify failed'})")
+    if kind == "no-tls":
+        return (f"TLS: the server does not speak TLS on this port: enable TLS on the server, "
+                f"or change {names.mode}")
+    return f"TLS handshake failed ({detail}): check {names.mode} and {names.ca}"
+
+
+def verify_failure(host: str, port: int, cafile: str, *, check_hostname: bool, timeout: float,
+                   preamble: bytes = b"", accept: bytes = b"") -> str:
+    """Handshake once with Python's ssl to learn why verification failed (libpq only says
+    "certificate verify failed"). Sends `preamble` first and expects `accept` (PostgreSQL's
+    SSLRequest). Returns OpenSSL's reason, or "" when this handshake succeeds."""
+    context = ssl.create_default_context(cafile=cafile)
+    context.check_hostname = check_hostname
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            if preamble:
+                raw.sendall(preamble)
+                if raw.recv(1) != accept:
+                    return "the server refused TLS"
+            with context.wrap_socket(raw, server_hostname=host):
+                return ""
+    except ssl.SSLCertVerificationError as exc:
+        if exc.verify_code in _EXPIRED_CODES:
+            return "certificate has expired"
+        if exc.verify_code in _HOSTNAME_CODES:
+            return "hostname mismatch"
+        return str(exc.verify_message or exc.reason)
+    except (ssl.SSLError, OSError) as exc:
+        return str(exc)
