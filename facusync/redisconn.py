@@ -109,6 +109,21 @@ def describe_redis_error(exc: Exception, cfg: Config | None = None) -> str:
     return text
 
 
+class _HandshakeTimedSSLConnection(redis.SSLConnection):
+    """redis-py runs the TLS handshake under the 30 s read timeout; a TLS client dialling a
+    plaintext port would wait that long. Bound the handshake by the connect timeout instead."""
+
+    def _connect(self) -> Any:
+        read_timeout = self.socket_timeout
+        self.socket_timeout = self.socket_connect_timeout
+        try:
+            sock = super()._connect()  # type: ignore[misc]
+        finally:
+            self.socket_timeout = read_timeout
+        sock.settimeout(read_timeout)
+        return sock
+
+
 def _tls_arguments(cfg: Config) -> dict[str, Any]:
     """redis-py's TLS arguments (all present in Debian 12's python3-redis 4.3.4)."""
     if not cfg.redis_tls:
@@ -148,6 +163,8 @@ def connect_redis(cfg: Config, *, check: bool = True) -> redis.Redis:
         health_check_interval=30,
         **_tls_arguments(cfg),
     )
+    if cfg.redis_tls:
+        client.connection_pool.connection_class = _HandshakeTimedSSLConnection
     if check:
         try:
             client.ping()
