@@ -55,13 +55,16 @@ class PostgresServer:
     """A private PostgreSQL cluster: password (scram) auth on 127.0.0.1 only.
 
     With `tls` it also speaks TLS (ssl=on, that certificate); `settings` adds server settings
-    (ssl_min_protocol_version...); `client_ca` demands a client certificate signed by that CA.
+    (ssl_min_protocol_version...); `client_ca` demands a client certificate signed by that CA;
+    `tls_only` refuses every TCP connection that is not encrypted (pg_hba hostssl).
     """
 
     def __init__(self, *, durable: bool = False, port: int | None = None, tls: KeyPair | None = None,
-                 settings: Mapping[str, str] | None = None, client_ca: Path | None = None) -> None:
+                 settings: Mapping[str, str] | None = None, client_ca: Path | None = None,
+                 tls_only: bool = False) -> None:
         self.durable = durable
         self.tls = tls
+        self.tls_only = tls_only
         self.settings = dict(settings or {})
         self.client_ca = client_ca
         self.port = port or free_port()
@@ -116,10 +119,10 @@ class PostgresServer:
             target.chmod(0o600)
             if self._prefix:
                 shutil.chown(target, "postgres", "postgres")
-        if self.client_ca is not None:
+        if self.client_ca is not None or self.tls_only:
+            client_cert = " clientcert=verify-full" if self.client_ca is not None else ""
             hba = self.datadir / "pg_hba.conf"
-            hba.write_text("local all all trust\n"
-                           "hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-full\n")
+            hba.write_text(f"local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256{client_cert}\n")
 
     def _tls_options(self) -> list[str]:
         if self.tls is None:
@@ -174,12 +177,14 @@ class RedisServer:
     """A private redis-server with requirepass; restartable with or without its data.
 
     With `tls` it also listens on `tls_port` with that certificate (plaintext stays on `port`
-    for the fixtures' housekeeping); `tls_args` adds tls-* options, e.g. tls-protocols.
+    for the fixtures' housekeeping unless `tls_only`); `tls_args` adds tls-* options, e.g.
+    tls-protocols; `client_ca` demands client certificates signed by that CA.
     """
 
     def __init__(self, *, port: int | None = None, tls: KeyPair | None = None,
-                 tls_args: tuple[str, ...] = (), client_ca: Path | None = None) -> None:
-        self.port = port or free_port()
+                 tls_args: tuple[str, ...] = (), client_ca: Path | None = None,
+                 tls_only: bool = False) -> None:
+        self.port = 0 if tls_only else port or free_port()
         self.tls = tls
         self.tls_port = free_port() if tls else None
         self.tls_args = tls_args
@@ -203,7 +208,8 @@ class RedisServer:
         # Own session: a Ctrl+C meant for the demo (or pytest) must not kill the server.
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
-        wait_port(self.port, proc=self.proc)
+        if self.port:
+            wait_port(self.port, proc=self.proc)
         if self.tls_port is not None:
             wait_port(self.tls_port, proc=self.proc)
         return self
