@@ -34,8 +34,8 @@ def describe_pg_error(exc: Exception) -> str:
     if "pg_hba.conf" in low and "no encryption" in low:
         return ("the server accepts only encrypted connections: set PG_SSLMODE=verify-full "
                 "(with PG_SSLROOTCERT) or require")
-    if "certificate" in low and ("required" in low or "requires a valid client" in low):
-        return "the server demands a client certificate: set PG_SSLCERT and PG_SSLKEY"
+    if "requires a valid client certificate" in low:
+        return "TLS: the server wants a client certificate it trusts: set PG_SSLCERT and PG_SSLKEY"
     if "private key file" in low:
         return ("PG_SSLKEY is readable by others: make it mode 0600, owned by the facusync user "
                 "(or 0640 owned by root)")
@@ -46,7 +46,8 @@ def tls_settings(cfg: Config) -> TlsSettings:
     """The PostgreSQL settings named by a TLS failure."""
     return TlsSettings(mode=f"PG_SSLMODE={cfg.pg_sslmode}", ca="PG_SSLROOTCERT",
                        host=f"PG_HOST={cfg.pg_host}", server_cert="the server's ssl_cert_file",
-                       server_versions="the server's ssl_min/max_protocol_version")
+                       server_versions="the server's ssl_min/max_protocol_version",
+                       client_cert="PG_SSLCERT and PG_SSLKEY")
 
 
 def describe_pg_connect_error(exc: Exception, cfg: Config) -> str:

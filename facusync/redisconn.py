@@ -80,7 +80,8 @@ def tls_settings(cfg: Config) -> TlsSettings:
     return TlsSettings(mode=f"REDIS_TLS={'on' if cfg.redis_tls else 'off'}", ca="REDIS_CA_FILE",
                        host=f"REDIS_HOST={cfg.redis_host}",
                        server_cert="the server's tls-cert-file",
-                       server_versions="the server's tls-protocols")
+                       server_versions="the server's tls-protocols",
+                       client_cert="REDIS_CERT_FILE and REDIS_KEY_FILE")
 
 
 def describe_redis_error(exc: Exception, cfg: Config | None = None) -> str:

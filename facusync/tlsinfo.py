@@ -46,11 +46,15 @@ class TlsSettings:
     host: str  # e.g. "PG_HOST=db1.example.invalid"
     server_cert: str  # where the server's certificate is configured
     server_versions: str  # where the server's TLS versions are configured
+    client_cert: str  # the client-certificate settings, e.g. "PG_SSLCERT and PG_SSLKEY"
 
 
 def failure_kind(text: str) -> str | None:
-    """untrusted / expired / hostname / version / no-tls / handshake, or None if not about TLS."""
+    """untrusted / expired / hostname / version / client-cert / no-tls / handshake, or None if
+    the text is not about TLS."""
     low = text.lower()
+    if "certificate required" in low or "certificate unknown" in low or "unknown ca" in low:
+        return "client-cert"
     if "has expired" in low or "not yet valid" in low:
         return "expired"
     if "does not match host name" in low or "hostname mismatch" in low or "address mismatch" in low:
@@ -81,6 +85,9 @@ def describe_failure(kind: str, names: TlsSettings, detail: str = "") -> str:
     if kind == "untrusted":
         return (f"TLS: the server's certificate is not signed by a CA in {names.ca}: set {names.ca} "
                 f"to the CA that signed it ({detail or 'certificate verify failed'})")
+    if kind == "client-cert":
+        return (f"TLS: the server wants a client certificate it trusts: set {names.client_cert} "
+                f"({detail})")
     if kind == "no-tls":
         return (f"TLS: the server does not speak TLS on this port: enable TLS on the server, "
                 f"or change {names.mode}")

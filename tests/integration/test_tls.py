@@ -185,3 +185,27 @@ def test_tls_demanded_of_a_plaintext_server_names_the_mode(
     assert ("TLS: the server does not speak TLS on this port: enable TLS on the server, or change "
             "PG_SSLMODE=verify-full") in lines["PostgreSQL"]
     assert "timed out during the TLS handshake: is REDIS_PORT the server's tls-port" in lines["Redis"]
+
+
+def test_client_certificates_are_presented_when_the_server_demands_them(ca: TestCA) -> None:
+    client_ca = TestCA(name="client CA")
+    pg = PostgresServer(tls=ca.issue("pg-mtls"), client_ca=client_ca.ca.cert).start()
+    rds = RedisServer(tls=ca.issue("redis-mtls"), client_ca=client_ca.ca.cert)
+    try:
+        rds.start()
+        env = tls_env(pg, rds, ca.ca.cert)
+        code, lines, _ = check(env)
+        assert code == 69
+        assert "TLS: the server wants a client certificate it trusts: set PG_SSLCERT and PG_SSLKEY" \
+            in lines["PostgreSQL"]
+        assert "TLS: the server wants a client certificate it trusts: set REDIS_CERT_FILE and " \
+            "REDIS_KEY_FILE" in lines["Redis"]
+        mine = client_ca.issue("client", ("postgres",), client=True)  # CN = the PostgreSQL role
+        env.update(PG_SSLCERT=str(mine.cert), PG_SSLKEY=str(mine.key),
+                   REDIS_CERT_FILE=str(mine.cert), REDIS_KEY_FILE=str(mine.key))
+        code, lines, _ = check(env)
+        assert lines["PostgreSQL"].startswith("OK"), lines["PostgreSQL"]
+        assert lines["Redis"].startswith("OK"), lines["Redis"]
+    finally:
+        rds.destroy()
+        pg.destroy()
