@@ -13,7 +13,7 @@ import redis
 
 from facusync.config import Config, ca_bundle
 from facusync.errors import QueueError
-from facusync.tlsinfo import TlsSettings, TlsState, describe_failure, failure_kind
+from facusync.tlsinfo import TlsSettings, TlsState, describe_failure, failure_kind, verify_failure
 
 GROUP = "facusync"
 
@@ -125,6 +125,20 @@ class _HandshakeTimedSSLConnection(redis.SSLConnection):
         return sock
 
 
+def describe_redis_connect_error(exc: Exception, cfg: Config) -> str:
+    """describe_redis_error, plus why a TLS session broke right after the handshake (a TLS 1.3
+    server that refuses our client certificate may show the driver only a bare EOF)."""
+    if cfg.redis_tls and failure_kind(str(exc)) == "handshake":
+        client = (cfg.redis_cert_file, cfg.redis_key_file) if cfg.redis_cert_file else None
+        reason = verify_failure(cfg.redis_host, cfg.redis_port, ca_bundle(cfg.redis_ca_file),
+                                check_hostname=True, timeout=cfg.redis_connect_timeout,
+                                client_cert=client)
+        kind = failure_kind(reason)
+        if kind is not None and kind != "handshake":
+            return describe_failure(kind, tls_settings(cfg), reason)
+    return describe_redis_error(exc, cfg)
+
+
 def _tls_arguments(cfg: Config) -> dict[str, Any]:
     """redis-py's TLS arguments (all present in Debian 12's python3-redis 4.3.4)."""
     if not cfg.redis_tls:
@@ -171,5 +185,5 @@ def connect_redis(cfg: Config, *, check: bool = True) -> redis.Redis:
             client.ping()
         except (redis.RedisError, OSError) as exc:
             client.close()
-            raise QueueError(describe_redis_error(exc, cfg)) from None
+            raise QueueError(describe_redis_connect_error(exc, cfg)) from None
     return client

@@ -95,19 +95,25 @@ def describe_failure(kind: str, names: TlsSettings, detail: str = "") -> str:
 
 
 def verify_failure(host: str, port: int, cafile: str, *, check_hostname: bool, timeout: float,
-                   preamble: bytes = b"", accept: bytes = b"") -> str:
-    """Handshake once with Python's ssl to learn why verification failed (libpq only says
-    "certificate verify failed"). Sends `preamble` first and expects `accept` (PostgreSQL's
-    SSLRequest). Returns OpenSSL's reason, or "" when this handshake succeeds."""
+                   client_cert: tuple[str, str] | None = None, preamble: bytes = b"",
+                   accept: bytes = b"") -> str:
+    """Handshake once with Python's ssl to learn why a driver's handshake failed (libpq says
+    only "certificate verify failed"; with TLS 1.3 a refused client certificate surfaces as a
+    bare EOF). Sends `preamble` first and expects `accept` (PostgreSQL's SSLRequest). Returns
+    OpenSSL's reason, or "" when this handshake succeeds and the server stays quiet."""
     context = ssl.create_default_context(cafile=cafile)
     context.check_hostname = check_hostname
+    if client_cert:
+        context.load_cert_chain(*client_cert)
     try:
         with socket.create_connection((host, port), timeout=timeout) as raw:
             if preamble:
                 raw.sendall(preamble)
                 if raw.recv(1) != accept:
                     return "the server refused TLS"
-            with context.wrap_socket(raw, server_hostname=host):
+            with context.wrap_socket(raw, server_hostname=host) as tls:
+                tls.settimeout(min(timeout, 1.0))
+                tls.recv(1)  # a server refusing our certificate says so right after the handshake
                 return ""
     except ssl.SSLCertVerificationError as exc:
         if exc.verify_code in _EXPIRED_CODES:
@@ -115,5 +121,7 @@ def verify_failure(host: str, port: int, cafile: str, *, check_hostname: bool, t
         if exc.verify_code in _HOSTNAME_CODES:
             return "hostname mismatch"
         return str(exc.verify_message or exc.reason)
+    except TimeoutError:
+        return ""
     except (ssl.SSLError, OSError) as exc:
         return str(exc)
