@@ -92,3 +92,9 @@ test-chaos: deps
 # 9 minutes. BENCH_ARGS="--quick" is the seconds-long smoke mode (numbers meaningless).
 bench: deps
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# The cost of TLS (PostgreSQL verify-full, Redis tls-port) on the consumer write path and the
+# backfill, next to plaintext in one run (bench/tls.py; bench/README.md).
+.PHONY: bench-tls
+bench-tls: deps
+	$(PY) bench/tls.py $(BENCH_ARGS)
