@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -70,6 +71,9 @@ class Config:
     mssql_login_timeout: int
     mssql_query_timeout: int
     mssql_tds_version: str
+    mssql_encrypt: str
+    mssql_ca_file: str
+    mssql_check_hostname: bool
     pg_host: str
     pg_port: int
     pg_database: str
@@ -214,6 +218,35 @@ class _Reader:
             return datetime.fromisoformat(default)
         return parsed
 
+    def boolean(self, name: str, default: str) -> bool:
+        return self.choice(name, default, ("yes", "no", "true", "false", "1", "0")) in (
+            "yes", "true", "1")
+
+    def ca_file(self, name: str) -> str:
+        """A readable PEM file of CA certificates, or "" when unset."""
+        path = self.text(name, "")
+        if not path:
+            return ""
+        if any(c in path for c in ";#\n"):
+            self.problems.append(f"{name}={path!r} contains ; or # (a comment in freetds.conf): "
+                                 "move the file to a plain path")
+            return path
+        try:
+            text = Path(path).read_text(encoding="ascii", errors="replace")
+        except OSError as exc:
+            self.problems.append(f"{name}={path!r} cannot be read ({exc.strerror}): give the path of "
+                                 "a PEM file the service user can read")
+            return path
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            self.problems.append(f"{name}={path!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+                                 ": give the CA certificate that signed the server's certificate")
+            return path
+        try:
+            ssl.create_default_context(cafile=path)
+        except (ssl.SSLError, ValueError) as exc:
+            self.problems.append(f"{name}={path!r} is not a valid PEM certificate file ({exc})")
+        return path
+
     def timezone(self, name: str, default: str) -> str:
         value = self.text(name, default)
         try:
@@ -294,6 +327,10 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
         mssql_login_timeout=r.number("MSSQL_LOGIN_TIMEOUT", "5", 1, 300),
         mssql_query_timeout=r.number("MSSQL_QUERY_TIMEOUT", "120", 1, 3600),
         mssql_tds_version=r.choice("MSSQL_TDS_VERSION", "auto", ("auto", "7.1", "7.2", "7.3", "7.4")),
+        # FreeTDS's `encryption`: request encrypts whenever the server has a certificate.
+        mssql_encrypt=r.choice("MSSQL_ENCRYPT", "request", ("off", "request", "require")),
+        mssql_ca_file=r.ca_file("MSSQL_CA_FILE"),
+        mssql_check_hostname=r.boolean("MSSQL_CHECK_HOSTNAME", "yes"),
         pg_host=r.text("PG_HOST"),
         pg_port=r.number("PG_PORT", "5432", 1, 65535),
         pg_database=r.identifier("PG_DATABASE", "syncdb"),
@@ -339,6 +376,9 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
     )
     if not cfg.redis_prefix or any(c.isspace() for c in cfg.redis_prefix):
         r.problems.append(f"REDIS_PREFIX={cfg.redis_prefix!r} must be non-empty, without spaces")
+    if cfg.mssql_ca_file and cfg.mssql_encrypt == "off":
+        r.problems.append("MSSQL_CA_FILE is set but MSSQL_ENCRYPT=off: set MSSQL_ENCRYPT=request or "
+                          "require to verify SQL Server's certificate, or remove MSSQL_CA_FILE")
     r.problems += _pg_tls_problems(cfg) + _redis_tls_problems(cfg)
     if r.problems:
         raise ConfigError(r.problems, source)

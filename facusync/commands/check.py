@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from facusync.config import Config
 from facusync.errors import EX_OK, EX_UNAVAILABLE, FacusyncError
 from facusync.mssqlconn import connect_mssql, describe_mssql_error
+from facusync.mssqltls import session_tls
 from facusync.pgconn import connect_pg, describe_pg_error, pg_tls_state
 from facusync.redisconn import connect_redis, describe_redis_error, redis_tls_state
 from facusync.tlsinfo import TlsState
@@ -57,7 +58,8 @@ def probe_mssql(cfg: Config) -> Probe:
             cur = conn.cursor()
             cur.execute("SELECT @@VERSION")
             row = cur.fetchone()
-            return str(row[0]).splitlines()[0].strip() if row else "?"
+            version = str(row[0]).splitlines()[0].strip() if row else "?"
+            return f"{version}; {session_tls(cfg, conn).describe()}"
         finally:
             conn.close()
 
