@@ -1,9 +1,11 @@
-"""The whole pipeline with the PostgreSQL and Redis hops encrypted and verified, end to end.
+"""The whole pipeline with all three hops encrypted and verified, end to end.
 
-The servers accept nothing else: PostgreSQL allows only `hostssl` logins and Redis listens
+The servers accept nothing else: the SQL Server stand-in forces encryption (the whole session
+over TLS, like "Force Encryption"), PostgreSQL allows only `hostssl` logins and Redis listens
 only on its tls-port, so every connection the daemons and commands make (migrate, producer,
-consumer, reconcile, verify, status, check) must use TLS with the test CA, or the run fails.
-Run on Debian 12's own python3-psycopg2 and python3-redis, as the .deb does.
+consumer, reconcile, verify, status, check) must use TLS, verified against the test CA, or the
+run fails. Run on Debian 12's own python3-pymssql (FreeTDS + GnuTLS), python3-psycopg2 and
+python3-redis, as the .deb does.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg2
 import pytest
@@ -20,6 +21,7 @@ import redis
 from tests.conftest import base_env
 from tests.integration.test_debian_runtime import debian
 from tests.servers import PostgresServer, RedisServer
+from tests.standin.harness import StandIn
 from tests.tlsca import TestCA
 
 pytestmark = [
@@ -48,12 +50,25 @@ def tls_servers(ca: TestCA) -> Iterator[tuple[PostgresServer, RedisServer]]:
 
 
 @pytest.fixture()
+def standin(ca: TestCA, tmp_path: Path) -> Iterator[StandIn]:
+    """The SQL Server stand-in with Force Encryption (TLS 1.2, as SQL Server 2016 offers)."""
+    pair = ca.issue("sqlserver")
+    server = StandIn(tmp_path / "standin", encryption="on", certificate=(pair.cert, pair.key))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture()
 def tls_env(tls_servers: tuple[PostgresServer, RedisServer], ca: TestCA,
-            standin: Any) -> dict[str, str]:
+            standin: StandIn) -> dict[str, str]:
     pg, rds = tls_servers
     env = base_env(pg, rds, "facusync", "tlspipe:")
     env.update(standin.env())
-    env.update({"PG_SSLMODE": "verify-full", "PG_SSLROOTCERT": str(ca.ca.cert),
+    env.update({"MSSQL_ENCRYPT": "require", "MSSQL_CA_FILE": str(ca.ca.cert),
+                "PG_SSLMODE": "verify-full", "PG_SSLROOTCERT": str(ca.ca.cert),
                 "REDIS_TLS": "on", "REDIS_CA_FILE": str(ca.ca.cert), "REDIS_PORT": str(rds.tls_port),
                 "SYNC_INTERVAL": "0.5", "SYNC_OVERLAP": "60", "LOG_FORMAT": "json"})
     return env
@@ -71,7 +86,7 @@ def test_plaintext_is_refused_by_these_servers(tls_servers: tuple[PostgresServer
         plain.ping()
 
 
-def test_pipeline_syncs_over_verified_tls(tls_env: dict[str, str], standin: Any) -> None:
+def test_pipeline_syncs_over_verified_tls(tls_env: dict[str, str], standin: StandIn) -> None:
     standin.seed(800, seed=19)
 
     def run(*args: str) -> str:
@@ -91,8 +106,21 @@ def test_pipeline_syncs_over_verified_tls(tls_env: dict[str, str], standin: Any)
     assert status["postgresql"]["rows"] == 800
 
     check = debian(tls_env, "-m", "facusync.cli", "check")
+    assert check.returncode == 0, check.stdout + check.stderr
     lines = {hop: next(row for row in check.stdout.splitlines() if hop in row)
-             for hop in ("PostgreSQL", "Redis")}
+             for hop in ("SQL Server", "PostgreSQL", "Redis")}
+    assert lines["SQL Server"].endswith("; encrypted (whole session), TLSv1.2, certificate verified")
     for hop in ("PostgreSQL", "Redis"):
-        assert lines[hop].startswith("OK"), check.stdout + check.stderr
         assert lines[hop].endswith("; TLSv1.3, certificate and host name verified"), lines[hop]
+    # Every login the run made to SQL Server was a TLS session (the stand-in logs each one).
+    log = standin.log_path.read_text()
+    assert log.count("TLS up") >= 5 and "TLS up" in log
+
+
+def test_plaintext_login_is_refused_by_the_forced_encryption_stand_in(
+        tls_env: dict[str, str]) -> None:
+    out = debian({**tls_env, "MSSQL_ENCRYPT": "off", "MSSQL_CA_FILE": ""}, "-m", "facusync.cli",
+                 "check")
+    assert out.returncode == 69
+    sql = next(row for row in out.stdout.splitlines() if "SQL Server" in row)
+    assert sql.startswith("FAIL") and "MSSQL_ENCRYPT" in sql, sql
