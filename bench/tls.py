@@ -2,9 +2,11 @@
 """The cost of TLS: the consumer write path and the backfill, plaintext and TLS in one run.
 
 The same servers serve both: PostgreSQL 15 (durable) with ssl=on and a certificate from a
-throwaway CA, and Redis 7 with a plaintext port and a tls-port. Only the client settings
-differ: plaintext is PG_SSLMODE=disable and the plain port; TLS is PG_SSLMODE=verify-full and
-REDIS_TLS=on, verified against the CA. Each repetition measures both back to back (the order
+throwaway CA, Redis 7 with a plaintext port and a tls-port, and the SQL Server stand-in with a
+certificate but without Force Encryption (SQL Server's default). Only the client settings
+differ: plaintext is MSSQL_ENCRYPT=off, PG_SSLMODE=disable and Redis's plain port; TLS is
+MSSQL_ENCRYPT=require, PG_SSLMODE=verify-full and REDIS_TLS=on, all verified against the CA
+(the write path has no SQL Server hop). Each repetition measures both back to back (the order
 alternates), and the ratio is the median of the per-repetition ratios. See bench/README.md.
 
     .venv/bin/python bench/tls.py [--quick] [--reps 3] [--rows 50000] [--backfill-rows 200000]
@@ -42,6 +44,7 @@ from bench.pipeline import Pipeline  # noqa: E402
 from facusync.logsetup import setup_logging  # noqa: E402
 from facusync.redisconn import Keys, connect_redis  # noqa: E402
 from tests.servers import PostgresServer, RedisServer  # noqa: E402
+from tests.standin.harness import StandIn  # noqa: E402
 from tests.tlsca import TestCA  # noqa: E402
 
 MODES = ("plaintext", "tls")
@@ -50,9 +53,10 @@ MODES = ("plaintext", "tls")
 def mode_settings(mode: str, ca: TestCA, rds: RedisServer) -> dict[str, str]:
     """The client settings of one mode; everything else is identical."""
     if mode == "plaintext":
-        return {"PG_SSLMODE": "disable", "REDIS_PORT": str(rds.port)}
+        return {"MSSQL_ENCRYPT": "off", "PG_SSLMODE": "disable", "REDIS_PORT": str(rds.port)}
     ca_file = str(ca.ca.cert)
-    return {"PG_SSLMODE": "verify-full", "PG_SSLROOTCERT": ca_file, "REDIS_TLS": "on",
+    return {"MSSQL_ENCRYPT": "require", "MSSQL_CA_FILE": ca_file,
+            "PG_SSLMODE": "verify-full", "PG_SSLROOTCERT": ca_file, "REDIS_TLS": "on",
             "REDIS_CA_FILE": ca_file, "REDIS_PORT": str(rds.tls_port)}
 
 
@@ -92,6 +96,9 @@ def backfill(pg: PostgresServer, rds: RedisServer, ca: TestCA, workdir: Path, *,
              reps: int, log: Callable[[str], None]) -> dict[str, Any]:
     """Seconds for the two daemons to copy `rows` from the stand-in into PostgreSQL, per mode."""
     pipe = Pipeline(pg, rds, workdir, mode_settings("plaintext", ca, rds), log)
+    cert = ca.issue("sqlserver")
+    pipe.standin = StandIn(workdir / "standin", log_level="WARNING", encryption="off",
+                           certificate=(cert.cert, cert.key))
     out: dict[str, Any] = {m: [] for m in MODES}
     try:
         pipe.setup(rows)
@@ -112,7 +119,7 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
     lines = []
     series = {f"consumer write path, {op}": {m: results["write_path"][m][op] for m in MODES}
               for op in ("insert", "update")}
-    series["backfill (producer + consumer)"] = {
+    series["backfill (producer + consumer), all three hops"] = {
         m: [b["rows_per_s"] for b in results["backfill"][m]] for m in MODES}
     for label, by_mode in series.items():
         ratio = median(t / p for p, t in zip(by_mode["plaintext"], by_mode["tls"], strict=True))
@@ -150,7 +157,8 @@ def main() -> int:
     rds = RedisServer(tls=ca.issue("redis"))
     code = 0
     try:
-        log(f"servers: PostgreSQL 15 (durable, ssl=on) and Redis 7 (port and tls-port) in {workdir}")
+        log(f"servers: PostgreSQL 15 (durable, ssl=on), Redis 7 (port and tls-port) and the SQL "
+            f"Server stand-in (certificate, encryption not forced) in {workdir}")
         pg.start()
         rds.start()
         log(f"1. consumer write path: {rows:,} rows, plaintext and TLS, {reps} repetitions")

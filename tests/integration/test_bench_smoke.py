@@ -87,9 +87,10 @@ def test_quick_tls_benchmark_compares_both_modes_and_cleans_up(bench_tmp: Path) 
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(out_file.read_text())
     assert [line["measure"] for line in data["summary"]] == [
-        "consumer write path, insert", "consumer write path, update", "backfill (producer + consumer)"]
+        "consumer write path, insert", "consumer write path, update",
+        "backfill (producer + consumer), all three hops"]
     assert all(line["plaintext_rows_per_s"] > 0 and line["tls_rows_per_s"] > 0
                for line in data["summary"])
-    assert "| backfill (producer + consumer) |" in result.stdout
+    assert "| backfill (producer + consumer), all three hops |" in result.stdout
     assert processes_under(bench_tmp) == []
     assert [p.name for p in bench_tmp.iterdir()] == ["results-tls.json"]
