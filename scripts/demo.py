@@ -17,7 +17,8 @@ environment:
     DEMO_RATE=25       changes per second made by the workload
     DEMO_PAUSE=auto    keep the stack up until Enter at the end: auto = when on a terminal
     DEMO_TLS=0         1: every hop over TLS, verified against a throwaway CA; the servers
-                       refuse plaintext (PostgreSQL hostssl only, Redis on its tls-port only)
+                       refuse plaintext (the stand-in forces encryption, PostgreSQL allows
+                       hostssl only, Redis listens on its tls-port only)
 
 Ctrl+C during the backfill or the live phase ends it early and still drains, reconciles and
 verifies; a second Ctrl+C aborts. Whatever happens, every process the demo started is
@@ -312,7 +313,11 @@ class Stack:
             self.redis = RedisServer()
         self.pg.start()
         self.redis.start()
-        self.standin = StandIn(self.dir / "standin", password=secrets.token_urlsafe(12))
+        tls: dict[str, Any] = {}
+        if self.ca is not None:  # like SQL Server with "Force Encryption": TLS or nothing
+            pair = self.ca.issue("sqlserver")
+            tls = {"encryption": "on", "certificate": (pair.cert, pair.key)}
+        self.standin = StandIn(self.dir / "standin", password=secrets.token_urlsafe(12), **tls)
         self.standin.start()
         with self.pg_admin() as cur:
             cur.execute(f"CREATE DATABASE {DATABASE}")
@@ -363,7 +368,8 @@ class Stack:
         if self.ca is None:
             return {}
         ca = str(self.ca.ca.cert)
-        return {"PG_SSLMODE": "verify-full", "PG_SSLROOTCERT": ca,
+        return {"MSSQL_ENCRYPT": "require", "MSSQL_CA_FILE": ca,
+                "PG_SSLMODE": "verify-full", "PG_SSLROOTCERT": ca,
                 "REDIS_TLS": "on", "REDIS_CA_FILE": ca}
 
     def facusync(self, *args: str, superuser: bool = False, check: bool = True,

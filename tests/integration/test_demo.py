@@ -143,6 +143,8 @@ def test_demo_with_tls_on_every_hop(demo_tmp: Path) -> None:
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "over TLS (throwaway CA; plaintext refused)" in out
+    sql = next(row for row in out.splitlines() if row.strip().startswith("OK   SQL Server"))
+    assert sql.endswith("; encrypted (whole session), TLSv1.2, certificate verified"), sql
     for hop in ("PostgreSQL", "Redis"):
         line = next(row for row in out.splitlines() if row.strip().startswith(f"OK   {hop}"))
         assert line.endswith("; TLSv1.3, certificate and host name verified"), line
