@@ -1,11 +1,13 @@
-"""The packaged services over TLS: CA file and client key under /etc/facusync, read by the
-sandboxed units (ProtectSystem=strict, PrivateUsers=yes) as the _facusync user.
+"""The packaged services over TLS on all three hops: CA file and client key under
+/etc/facusync, read by the sandboxed units (ProtectSystem=strict, PrivateUsers=yes,
+PrivateTmp=yes) as the _facusync user.
 
-The host's PostgreSQL accepts only `hostssl` logins with a client certificate
-(clientcert=verify-full) and Redis listens only on its tls-port and demands client
-certificates too, so rows reach PostgreSQL only if both daemons read the CA file and the
-client key where the README says to put them, and verify the servers. Its own container
-(module-scoped `box`), so it never disturbs the ordered steps of test_package.py.
+The SQL Server stand-in forces encryption, the host's PostgreSQL accepts only `hostssl`
+logins with a client certificate (clientcert=verify-full), and Redis listens only on its
+tls-port and demands client certificates too, so rows reach PostgreSQL only if the daemons
+read the CA file and the client key where the README says to put them, and verify the
+servers. Its own container (module-scoped `box`) and its own stand-in, so it never disturbs
+the ordered steps of test_package.py.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg2
 import pytest
 
 from tests.servers import PostgresServer, RedisServer
+from tests.standin.harness import StandIn
 from tests.system.conftest import DEB_DIR_IN_CONTAINER, REPO
 from tests.system.nspawn import Container, wait_for
 from tests.system.test_package import DROPINS, ENV_FILE, SERVICES, env_values, render_env, start, wait_active
@@ -66,6 +68,18 @@ def tls_rds(ca: TestCA, client_ca: TestCA) -> Iterator[RedisServer]:
         server.destroy()
 
 
+@pytest.fixture(scope="module")
+def tls_standin(ca: TestCA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
+    pair = ca.issue("sqlserver")
+    server = StandIn(tmp_path_factory.mktemp("standin-tls"), encryption="on",
+                     certificate=(pair.cert, pair.key))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def synced_rows(box: Container) -> int:
     """Rows in datos_vista, as `facusync status` (over the same TLS settings) reports them."""
     out = box.run("facusync", "status", "--json", check=False, timeout=60).stdout
@@ -74,7 +88,7 @@ def synced_rows(box: Container) -> int:
 
 def test_services_sync_over_verified_tls_with_client_certificates(
         box: Container, deb_path: Path, tls_pg: PostgresServer, tls_rds: RedisServer,
-        ca: TestCA, client: KeyPair, standin: Any) -> None:
+        ca: TestCA, client: KeyPair, tls_standin: StandIn) -> None:
     box.run("apt-get", "install", "-y", f"{DEB_DIR_IN_CONTAINER}/{deb_path.name}",
             env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=300)
     for drop_unit, text in DROPINS.items():
@@ -85,7 +99,8 @@ def test_services_sync_over_verified_tls_with_client_certificates(
         box.write(path, source.read_text())
         box.run("chown", "root:_facusync", path)
         box.run("chmod", mode, path)
-    values = {**env_values(tls_pg, tls_rds, standin), "REDIS_PORT": str(tls_rds.tls_port),
+    values = {**env_values(tls_pg, tls_rds, tls_standin), "REDIS_PORT": str(tls_rds.tls_port),
+              "MSSQL_ENCRYPT": "require", "MSSQL_CA_FILE": CA_FILE,
               "PG_SSLMODE": "verify-full", "PG_SSLROOTCERT": CA_FILE, "PG_SSLCERT": CERT_FILE,
               "PG_SSLKEY": KEY_FILE, "REDIS_TLS": "on", "REDIS_CA_FILE": CA_FILE,
               "REDIS_CERT_FILE": CERT_FILE, "REDIS_KEY_FILE": KEY_FILE}
@@ -93,11 +108,13 @@ def test_services_sync_over_verified_tls_with_client_certificates(
     box.run("facusync", "migrate", timeout=120)
     # The service user (not root) reads the key and verifies both servers.
     check = box.run("runuser", "-u", "_facusync", "--", "facusync", "check", timeout=60).stdout
+    sql = next(row for row in check.splitlines() if row.startswith("OK   SQL Server"))
+    assert sql.endswith("; encrypted (whole session), TLSv1.2, certificate verified"), check
     for hop in ("PostgreSQL", "Redis"):
         line = next(row for row in check.splitlines() if row.startswith(f"OK   {hop}"))
         assert line.endswith("; TLSv1.3, certificate and host name verified"), check
 
-    standin.seed(ROWS)
+    tls_standin.seed(ROWS)
     start(box, *SERVICES)
     for unit in SERVICES:
         wait_active(box, unit)
