@@ -192,19 +192,31 @@ class _Reader:
         return value.lower()
 
     def pem_file(self, name: str, marker: str, *, system_ok: bool = False) -> str:
-        """An optional PEM file the service user must be able to read ("" when unset)."""
+        """An optional PEM file the service user must be able to read ("" when unset); a
+        CERTIFICATE file is checked as a CA bundle, as the TLS libraries will load it."""
         value = self.text(name, "")
-        if not value or (system_ok and value == SYSTEM_CA):
-            return value
-        try:
-            text = Path(value).read_text(encoding="ascii", errors="replace")
-        except OSError as exc:
-            self.problems.append(f"{name}={value} cannot be read ({exc.strerror}): give the path of "
-                                 "a PEM file the facusync user can read (e.g. under /etc/facusync)")
-            return value
-        if f"{marker}-----" not in text:
-            self.problems.append(f"{name}={value} holds no PEM {marker.lower()}: give the right file")
+        if value and not (system_ok and value == SYSTEM_CA):
+            self._check_pem(name, value, marker)
         return value
+
+    def _check_pem(self, name: str, path: str, marker: str) -> None:
+        try:
+            text = Path(path).read_text(encoding="ascii", errors="replace")
+        except OSError as exc:
+            self.problems.append(f"{name}={path!r} cannot be read ({exc.strerror}): give the path of "
+                                 "a PEM file the service user can read (e.g. under /etc/facusync)")
+            return
+        if f"{marker}-----" not in text:
+            what = ("the CA certificate that signed the server's certificate"
+                    if marker == "CERTIFICATE" else "the right file")
+            self.problems.append(f"{name}={path!r} holds no PEM {marker.lower()} "
+                                 f"(-----BEGIN {marker}-----): give {what}")
+            return
+        if marker == "CERTIFICATE":
+            try:
+                ssl.create_default_context(cafile=path)
+            except (ssl.SSLError, ValueError) as exc:
+                self.problems.append(f"{name}={path!r} is not a valid PEM certificate file ({exc})")
 
     def timestamp(self, name: str, default: str) -> datetime:
         value = self.text(name, default)
@@ -223,7 +235,7 @@ class _Reader:
             "yes", "true", "1")
 
     def ca_file(self, name: str) -> str:
-        """A readable PEM file of CA certificates, or "" when unset."""
+        """A readable PEM file of CA certificates, or "" when unset (written into freetds.conf)."""
         path = self.text(name, "")
         if not path:
             return ""
@@ -231,20 +243,7 @@ class _Reader:
             self.problems.append(f"{name}={path!r} contains ; or # (a comment in freetds.conf): "
                                  "move the file to a plain path")
             return path
-        try:
-            text = Path(path).read_text(encoding="ascii", errors="replace")
-        except OSError as exc:
-            self.problems.append(f"{name}={path!r} cannot be read ({exc.strerror}): give the path of "
-                                 "a PEM file the service user can read")
-            return path
-        if "-----BEGIN CERTIFICATE-----" not in text:
-            self.problems.append(f"{name}={path!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
-                                 ": give the CA certificate that signed the server's certificate")
-            return path
-        try:
-            ssl.create_default_context(cafile=path)
-        except (ssl.SSLError, ValueError) as exc:
-            self.problems.append(f"{name}={path!r} is not a valid PEM certificate file ({exc})")
+        self._check_pem(name, path, "CERTIFICATE")
         return path
 
     def timezone(self, name: str, default: str) -> str:

@@ -9,16 +9,17 @@ from pathlib import Path
 import pytest
 
 from facusync.config import SYSTEM_CA_BUNDLE, ConfigError, ca_bundle, config_from_mapping
+from tests.tlsca import TestCA
 from tests.unit.test_config import GOOD, SECRETS
 
-CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
 
 
 @pytest.fixture()
 def pem(tmp_path: Path) -> dict[str, str]:
-    (tmp_path / "ca.crt").write_text(CERT)
-    (tmp_path / "client.crt").write_text(CERT)
+    cert = TestCA(tmp_path / "ca").ca.cert.read_text()  # real: CA files are parsed at start-up
+    (tmp_path / "ca.crt").write_text(cert)
+    (tmp_path / "client.crt").write_text(cert)
     (tmp_path / "client.key").write_text(KEY)
     return {name: str(tmp_path / f"{name}") for name in ("ca.crt", "client.crt", "client.key")}
 
@@ -61,9 +62,16 @@ def test_verification_needs_a_ca_file() -> None:
 def test_unreadable_or_wrong_files_are_named(pem: dict[str, str], tmp_path: Path) -> None:
     found = problems(PG_SSLMODE="verify-ca", PG_SSLROOTCERT=str(tmp_path / "nope.crt"),
                      REDIS_TLS="on", REDIS_CA_FILE=pem["client.key"])
-    assert any(p.startswith(f"PG_SSLROOTCERT={tmp_path / 'nope.crt'} cannot be read (No such file")
+    assert any(p.startswith(f"PG_SSLROOTCERT='{tmp_path / 'nope.crt'}' cannot be read (No such file")
                for p in found)
     assert any(p.startswith("REDIS_CA_FILE=") and "holds no PEM certificate" in p for p in found)
+
+
+def test_a_damaged_ca_file_is_refused_at_start_up(tmp_path: Path) -> None:
+    damaged = tmp_path / "damaged.crt"
+    damaged.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    found = problems(PG_SSLMODE="verify-full", PG_SSLROOTCERT=str(damaged))
+    assert found[0].startswith(f"PG_SSLROOTCERT='{damaged}' is not a valid PEM certificate file")
 
 
 def test_incoherent_combinations_are_refused(pem: dict[str, str]) -> None:
@@ -84,5 +92,5 @@ def test_cli_exits_78_naming_the_tls_variable(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "facusync.cli", "--env-file", str(f), "check"],
                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
     assert out.returncode == 78, out.stderr
-    assert f"PG_SSLROOTCERT={tmp_path}/missing-ca.crt cannot be read" in out.stderr
+    assert f"PG_SSLROOTCERT='{tmp_path}/missing-ca.crt' cannot be read" in out.stderr
     assert not any(s in out.stdout + out.stderr for s in SECRETS)
