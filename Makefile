@@ -9,7 +9,7 @@ APT_PACKAGES := postgresql redis-server freetds-bin python3-venv python3-dev \
 	python3-pymssql python3-psycopg2 python3-redis python3-hiredis python3-dateutil \
 	python3-sdnotify python3-pythonjsonlogger \
 	dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
-	lintian systemd-container debootstrap iproute2 procps
+	lintian systemd-container debootstrap iproute2 procps openssl
 
 .PHONY: deps test test-suite test-fast lint demo bench clean deb test-system
 

@@ -195,7 +195,11 @@ class _Reader:
         """An optional PEM file the service user must be able to read ("" when unset); a
         CERTIFICATE file is checked as a CA bundle, as the TLS libraries will load it."""
         value = self.text(name, "")
-        if value and not (system_ok and value == SYSTEM_CA):
+        if system_ok and value == SYSTEM_CA:
+            if not Path(SYSTEM_CA_BUNDLE).is_file():
+                self.problems.append(f"{name}={SYSTEM_CA} needs {SYSTEM_CA_BUNDLE}: install the "
+                                     "ca-certificates package, or give the CA file's path")
+        elif value:
             self._check_pem(name, value, marker)
         return value
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from facusync.config import SYSTEM_CA_BUNDLE, ConfigError, ca_bundle, config_from_mapping
+from facusync import config
+from facusync.config import ConfigError, ca_bundle, config_from_mapping
 from tests.tlsca import TestCA
 from tests.unit.test_config import GOOD, SECRETS
 
@@ -36,14 +37,23 @@ def test_defaults_keep_todays_behaviour() -> None:
     assert cfg.redis_tls is False and cfg.redis_ca_file == ""
 
 
-def test_verified_settings_are_accepted(pem: dict[str, str]) -> None:
+def test_verified_settings_are_accepted(pem: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "SYSTEM_CA_BUNDLE", pem["ca.crt"])  # whatever this host has
     cfg = config_from_mapping(dict(
         GOOD, PG_SSLMODE="VERIFY-FULL", PG_SSLROOTCERT=pem["ca.crt"], PG_SSLCERT=pem["client.crt"],
         PG_SSLKEY=pem["client.key"], REDIS_TLS="on", REDIS_CA_FILE="system",
         REDIS_CERT_FILE=pem["client.crt"], REDIS_KEY_FILE=pem["client.key"]))
     assert cfg.pg_sslmode == "verify-full" and cfg.redis_tls
-    assert ca_bundle(cfg.redis_ca_file) == SYSTEM_CA_BUNDLE
+    assert ca_bundle(cfg.redis_ca_file) == pem["ca.crt"]
     assert ca_bundle(cfg.pg_sslrootcert) == pem["ca.crt"]
+
+
+def test_system_needs_the_ca_certificates_bundle(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "SYSTEM_CA_BUNDLE", str(tmp_path / "absent.crt"))
+    found = problems(REDIS_TLS="on", REDIS_CA_FILE="system")
+    assert found == [f"REDIS_CA_FILE=system needs {tmp_path / 'absent.crt'}: install the "
+                     "ca-certificates package, or give the CA file's path"]
 
 
 def test_unknown_modes_are_named() -> None:
