@@ -54,10 +54,11 @@ def describe_pg_connect_error(exc: Exception, cfg: Config) -> str:
     """describe_pg_error, plus why a TLS handshake failed (libpq alone says only
     "certificate verify failed" for an untrusted and for an expired certificate)."""
     plain = describe_pg_error(exc)
-    kind = failure_kind(plain)
+    raw = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    kind = failure_kind(raw) if plain == raw else None  # not one describe_pg_error knew
     if kind is None:
         return plain
-    reason = plain
+    reason = raw.split("failed: ", 1)[-1]
     if kind == "untrusted" and cfg.pg_sslrootcert:
         reason = verify_failure(cfg.pg_host, cfg.pg_port, ca_bundle(cfg.pg_sslrootcert),
                                 check_hostname=cfg.pg_sslmode == "verify-full",

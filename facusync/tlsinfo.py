@@ -1,10 +1,11 @@
-"""TLS on each hop: what a connection negotiated, and one actionable line when a handshake fails.
+"""TLS on a hop: what a connection negotiated, and one actionable line when a handshake fails.
 
-Every hop (SQL Server, PostgreSQL, Redis) names its settings once in a `TlsSettings`; a
-failed handshake is sorted into one of a few causes an operator can fix (untrusted or expired
-certificate, host-name mismatch, no TLS version in common, no TLS at all) and worded with those
-names, so the message says which setting to change. Never includes a password: only driver
-messages about certificates and protocols reach these functions.
+The PostgreSQL and Redis hops name their settings once in a `TlsSettings` (SQL Server's
+handshake is diagnosed inside TDS by facusync.mssqltls); a failed handshake is sorted into one
+of a few causes an operator can fix (untrusted or expired certificate, host-name mismatch, no
+TLS version in common, client certificate wanted, no TLS at all) and worded with those names,
+so the message says which setting to change. Never includes a password: only driver messages
+about certificates and protocols reach these functions.
 """
 
 from __future__ import annotations

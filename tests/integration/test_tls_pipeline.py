@@ -18,6 +18,9 @@ import psycopg2
 import pytest
 import redis
 
+from facusync.config import config_from_mapping
+from facusync.errors import SinkError
+from facusync.pgconn import connect_pg
 from tests.conftest import base_env
 from tests.integration.test_debian_runtime import debian
 from tests.servers import PostgresServer, RedisServer
@@ -74,11 +77,17 @@ def tls_env(tls_servers: tuple[PostgresServer, RedisServer], ca: TestCA,
     return env
 
 
-def test_plaintext_is_refused_by_these_servers(tls_servers: tuple[PostgresServer, RedisServer]) -> None:
+def test_plaintext_is_refused_by_these_servers(tls_servers: tuple[PostgresServer, RedisServer],
+                                               tls_env: dict[str, str]) -> None:
     """What makes the pipeline test below mean something: no connection gets in unencrypted."""
     pg, rds = tls_servers
     with pytest.raises(psycopg2.OperationalError, match="no encryption"):
         psycopg2.connect(pg.dsn("facusync"), sslmode="disable", connect_timeout=5)
+    plaintext = config_from_mapping({**tls_env, "PG_SSLMODE": "disable", "PG_SSLROOTCERT": ""})
+    with pytest.raises(SinkError) as refused:
+        connect_pg(plaintext)
+    assert str(refused.value) == ("PostgreSQL: the server accepts only encrypted connections: "
+                                  "set PG_SSLMODE=verify-full (with PG_SSLROOTCERT) or require")
     assert rds.port == 0 and rds.tls_port
     plain = redis.Redis(host=rds.host, port=rds.tls_port, password=rds.password,
                         socket_timeout=3, socket_connect_timeout=3)
