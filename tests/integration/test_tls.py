@@ -31,13 +31,13 @@ KINDS = ("good", "expired", "wrongname", "oldtls")
 
 
 @pytest.fixture(scope="module")
-def ca() -> TestCA:
-    return TestCA()
+def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA(tmp_path_factory.mktemp("ca"))
 
 
 @pytest.fixture(scope="module")
-def other_ca() -> TestCA:
-    return TestCA(name="some other CA")
+def other_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA(tmp_path_factory.mktemp("other_ca"), name="some other CA")
 
 
 def _cert(ca: TestCA, kind: str) -> KeyPair:
@@ -187,8 +187,9 @@ def test_tls_demanded_of_a_plaintext_server_names_the_mode(
     assert "timed out during the TLS handshake: is REDIS_PORT the server's tls-port" in lines["Redis"]
 
 
-def test_client_certificates_are_presented_when_the_server_demands_them(ca: TestCA) -> None:
-    client_ca = TestCA(name="client CA")
+def test_client_certificates_are_presented_when_the_server_demands_them(ca: TestCA,
+                                                                        tmp_path: Path) -> None:
+    client_ca = TestCA(tmp_path / "client-ca", name="client CA")
     pg = PostgresServer(tls=ca.issue("pg-mtls"), client_ca=client_ca.ca.cert).start()
     rds = RedisServer(tls=ca.issue("redis-mtls"), client_ca=client_ca.ca.cert)
     try:

@@ -35,8 +35,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def ca() -> TestCA:
-    return TestCA()
+def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA(tmp_path_factory.mktemp("ca"))
 
 
 @pytest.fixture()

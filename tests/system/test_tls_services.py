@@ -31,13 +31,13 @@ CA_FILE, CERT_FILE, KEY_FILE = "/etc/facusync/ca.crt", "/etc/facusync/client.crt
 
 
 @pytest.fixture(scope="module")
-def ca() -> TestCA:
-    return TestCA()
+def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA(tmp_path_factory.mktemp("ca"))
 
 
 @pytest.fixture(scope="module")
-def client_ca() -> TestCA:
-    return TestCA(name="facusync clients CA")
+def client_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA(tmp_path_factory.mktemp("client_ca"), name="facusync clients CA")
 
 
 @pytest.fixture(scope="module")
