@@ -9,7 +9,8 @@ APT_PACKAGES := postgresql redis-server freetds-bin python3-venv python3-dev \
 	python3-pymssql python3-psycopg2 python3-redis python3-hiredis python3-dateutil \
 	python3-sdnotify python3-pythonjsonlogger python3-prometheus-client \
 	dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
-	lintian systemd-container debootstrap iproute2 procps
+	lintian systemd-container debootstrap iproute2 procps openssl \
+	chromium chromium-driver python3-selenium
 # Installed without their Recommends: prometheus for promtool (make test-rules) alone, not
 # node_exporter and its hardware collectors.
 APT_PACKAGES_LEAN := prometheus
@@ -83,13 +84,17 @@ test-system: deb
 demo: deps
 	scripts/demo
 
-# NocoDB acceptance: planners edit tracking rows through a real NocoDB 0.262.5 (installed once,
-# keyed by version and lock, into /var/cache/facusync-test/nocodb by tests/nocodb/install.sh;
-# about 4 minutes the first time, nothing afterwards) while the real daemons sync.
+# NocoDB acceptance: planners edit tracking rows through each real NocoDB in NOCODB_VERSIONS
+# (installed once each, keyed by version and lock, into /var/cache/facusync-test/nocodb by
+# tests/nocodb/install.sh; about 4 minutes each the first time, nothing afterwards) while the
+# real daemons sync, and through a headless chromium (tests/nocodb/test_browser.py).
+NOCODB_VERSIONS ?= 0.262.5 0.301.3
 .PHONY: test-nocodb
 test-nocodb: deps
-	set -o pipefail; home=$$(tests/nocodb/install.sh | tail -n 1) && \
-	FACUSYNC_NOCODB_TEST=1 FACUSYNC_NOCODB_HOME="$$home" \
+	set -o pipefail; homes=""; for version in $(NOCODB_VERSIONS); do \
+		home=$$(tests/nocodb/install.sh $$version | tail -n 1) || exit 1; homes="$$homes $$home"; \
+	done; \
+	FACUSYNC_NOCODB_TEST=1 FACUSYNC_NOCODB_HOMES="$$homes" \
 		$(PY) -m pytest -q -p no:cacheprovider -rs tests/nocodb
 
 # The chaos suite (tests/chaos): both daemons as real processes against private servers, with
@@ -109,3 +114,9 @@ test-chaos: deps
 # 9 minutes. BENCH_ARGS="--quick" is the seconds-long smoke mode (numbers meaningless).
 bench: deps
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# The cost of TLS (PostgreSQL verify-full, Redis tls-port) on the consumer write path and the
+# backfill, next to plaintext in one run (bench/tls.py; bench/README.md).
+.PHONY: bench-tls
+bench-tls: deps
+	$(PY) bench/tls.py $(BENCH_ARGS)
