@@ -33,7 +33,7 @@ from facusync.lock import LockLost, RedisLock
 from facusync.pgconn import connect_pg, describe_pg_error
 from facusync.redisconn import Keys, connect_redis, describe_redis_error
 from facusync.service import Backoff, Service, StateLog, daemon_main
-from facusync.source import ColumnMap, ViewSource, map_columns
+from facusync.source import ColumnMap, ViewColumnsChanged, ViewSource, map_columns
 
 log = logging.getLogger("facusync.producer")
 
@@ -82,10 +82,21 @@ def table_columns(cfg: Config) -> list[str]:
     return cols
 
 
-def discover_columns(cfg: Config, source: ViewSource) -> ColumnMap:
+def discover_columns(cfg: Config, source: ViewSource,
+                     table: list[str] | None = None) -> ColumnMap:
     """The synced columns: the view's and datos_vista's, matched case-insensitively."""
-    return map_columns(source.view_columns(), table_columns(cfg), cfg.mssql_key_column,
+    return map_columns(source.view_columns(), table or table_columns(cfg), cfg.mssql_key_column,
                        cfg.mssql_version_column)
+
+
+def missing_columns_advice(cfg: Config, missing: tuple[str, ...]) -> str:
+    """What an operator reads when the view lost columns that datos_vista expects."""
+    names = ", ".join(missing)
+    return (f"the view {cfg.mssql_view} has no column {names} that {cfg.pg_table_vista} expects: "
+            "it is no longer synced (PostgreSQL keeps its last values; the other columns are "
+            "synced). If the ERP team renamed or dropped it on purpose, rename or drop "
+            f"{cfg.pg_table_vista}.{missing[0]} to match (a migration) and restart "
+            "facusync-producer; otherwise ask them to restore it (it is picked up again at once)")
 
 
 def committed_watermark(cfg: Config) -> datetime | None:
@@ -159,6 +170,11 @@ class Producer:
         self.source = ViewSource(cfg)
         self.redis: redis.Redis | None = None
         self.cols: ColumnMap | None = None
+        self.table_cols: list[str] | None = None
+        # The watermark when expected columns went missing, and where to re-read from once
+        # they are back (rows changed meanwhile were synced without them).
+        self.columns_lost_at: datetime | None = None
+        self.reread_from: datetime | None = None
         self.state_log = StateLog(log)
         self.backoff = Backoff(cfg.backoff_max)
         self.owner = f"producer@{socket.gethostname()}:{os.getpid()}"
@@ -172,15 +188,34 @@ class Producer:
         return self.redis
 
     def discover(self) -> ColumnMap:
-        """Synced columns, found once at start (view ∩ table, case-insensitive)."""
-        if self.cols is None:
-            cols = discover_columns(self.cfg, self.source)
-            for name in cols.ignored:
+        """Synced columns (view ∩ table, case-insensitive): found at start, again after SQL
+        Server said a column is gone (error 207), and every cycle while a column datos_vista
+        expects is missing from the view, so that it is synced again as soon as it is back."""
+        old = self.cols
+        if old is not None and not old.missing:
+            return old
+        if self.table_cols is None:
+            self.table_cols = table_columns(self.cfg)
+        cols = discover_columns(self.cfg, self.source, self.table_cols)
+        if cols == old:
+            return cols
+        for name in cols.ignored:
+            if old is None or name not in old.ignored:
                 log.warning("view column %s has no column in %s; it is not synced", name,
                             self.cfg.pg_table_vista, extra={"column": name})
-            log.info("synced columns: %s", ", ".join(cols.names), extra={"columns": cols.names})
-            self.cols = cols
-        return self.cols
+        if cols.missing:
+            log.error("%s", missing_columns_advice(self.cfg, cols.missing),
+                      extra={"missing_columns": list(cols.missing)})
+        back = [n for n in cols.names if old is not None and n not in old.names]
+        if back:
+            log.warning("view column(s) %s are back; re-reading the rows changed meanwhile",
+                        ", ".join(back), extra={"columns": back})
+            self.reread_from = self.columns_lost_at
+        if not cols.missing:
+            self.columns_lost_at = None
+        log.info("synced columns: %s", ", ".join(cols.names), extra={"columns": cols.names})
+        self.cols = cols
+        return cols
 
     def start_watermark(self, client: redis.Redis) -> tuple[datetime, str]:
         """Where to read from, and which of the three sources said so."""
@@ -246,6 +281,11 @@ class Producer:
                 return stats
             read_started = self.source.now()
             since = self.window_start(watermark, origin)
+            if cols.missing and self.columns_lost_at is None:
+                self.columns_lost_at = watermark
+            if self.reread_from is not None and since is not None:
+                since = max(DATETIME_MIN, min(
+                    since, self.reread_from - timedelta(seconds=self.cfg.sync_overlap)))
             stats.since = since
             writer = _ChunkWriter(client, self.keys, stats)
             try:
@@ -276,6 +316,7 @@ class Producer:
             stats.backlog = self.backlog(client)
             stats.complete = True
             self.last_full_read = read_started
+            self.reread_from = None
             return stats
         finally:
             lock.release()
@@ -293,10 +334,14 @@ class Producer:
         else:
             line = (f"cycle {when}: {stats.queued} changed, watermark {wm}, "
                     f"backlog {stats.backlog}")
+        missing = self.cols.missing if self.cols is not None else ()
+        if missing:
+            line += f"; NOT SYNCED, gone from the view: {', '.join(missing)}"
         self.service.status(line)
         fields = {
             "state": state,
             "cause": cause,
+            "missing_columns": ",".join(missing),
             "heartbeat": f"{time.time():.3f}",
             "interval": str(self.cfg.sync_interval),
             "status_line": line,
@@ -346,6 +391,14 @@ class Producer:
                 stats = self.run_once()
             except SchemaError:
                 raise
+            except ViewColumnsChanged as exc:
+                # Not an outage: find the columns again and go on with the ones that remain.
+                log.warning("SQL Server: %s; looking at the view's columns again", exc.cause,
+                            extra={"column": exc.column})
+                self.cols = None
+                self.table_cols = None
+                self.service.sleep(self.backoff.next_delay())
+                continue
             except UnavailableError as exc:
                 self._failed(exc.target, exc.cause)
                 continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,6 +43,9 @@ class ColumnMap:
     key_index: int
     version_index: int
     ignored: tuple[str, ...]  # view columns the table lacks
+    # Table columns the view lacks (renamed or dropped in the view): not synced; PostgreSQL
+    # keeps their last values until the view has them again.
+    missing: tuple[str, ...] = ()
 
 
 def map_columns(
@@ -62,13 +66,36 @@ def map_columns(
     synced = [c for c in view_columns if c.lower() in table]
     ignored = tuple(c for c in view_columns if c.lower() not in table)
     names = tuple(c.lower() for c in synced)
+    missing = tuple(c for c in table_columns
+                    if c.lower() in table and c.lower() not in set(lower_view))
     return ColumnMap(
         view_names=tuple(synced),
         names=names,
         key_index=names.index(key.lower()),
         version_index=names.index(version.lower()),
         ignored=ignored,
+        missing=missing,
     )
+
+
+class ViewColumnsChanged(SourceError):
+    """SQL Server error 207: a column the query names is no longer in the view."""
+
+    def __init__(self, column: str) -> None:
+        self.column = column
+        super().__init__(f"the view has no column {column!r} any more (renamed or dropped?)")
+
+
+_INVALID_COLUMN = re.compile(r"invalid column name '([^']*)'", re.I)
+
+
+def _source_error(exc: Exception) -> SourceError:
+    """Our error for a failed query; a vanished column is told apart from an outage."""
+    text = " ".join(str(a) for a in getattr(exc, "args", ())) or str(exc)
+    found = _INVALID_COLUMN.search(text)
+    if found and "207" in text:
+        return ViewColumnsChanged(found.group(1))
+    return SourceError(describe_mssql_error(exc))
 
 
 class ViewSource:
@@ -139,7 +166,7 @@ class ViewSource:
                 yield rows
         except pymssql.Error as exc:
             self.close()
-            raise SourceError(describe_mssql_error(exc)) from None
+            raise _source_error(exc) from None
         except GeneratorExit:
             # The caller stopped early (shutdown, backpressure): drop the connection rather
             # than draining the rest of the result.

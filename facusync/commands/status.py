@@ -179,6 +179,10 @@ def assess(cfg: Config, data: dict[str, Any], now: float) -> Health:
         elif state == "paused":
             health.worse(DEGRADED, "the producer is paused by backpressure (queue above "
                                    "QUEUE_MAX_PENDING): are the consumers keeping up?")
+        if producer.get("missing_columns"):
+            health.worse(DEGRADED, f"column(s) {producer['missing_columns']} of "
+                                   f"{cfg.pg_table_vista} are gone from the view {cfg.mssql_view} "
+                                   "and not synced: see the producer's log for what to do")
     alive = [n for n, c in data["consumers"].items()
              if (_f(c, "heartbeat") or 0) > now - CONSUMER_SILENT_S]
     if not alive:

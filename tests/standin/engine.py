@@ -256,26 +256,36 @@ class Planner:
         self.conn = conn
         self.tables: dict[str, list[schema.Column]] = {}
         self._versions: tuple[int, int] = (-1, -1)
+        self._renamed: tuple[tuple[str, str], ...] = ()
+        self._stored_as: dict[str, str] = {}  # upper-case shown name -> stored column name
         self._cache: OrderedDict[str, Query] = OrderedDict()
         self._lock = threading.Lock()
 
-    def refresh(self) -> None:
+    def refresh(self, renamed: tuple[tuple[str, str], ...] = ()) -> None:
         """Reload declared types after another connection committed (two cheap pragmas otherwise).
 
-        Tests may re-declare a column (``StandIn.set_column_type``) while the server runs.
+        Tests may re-declare a column (``StandIn.set_column_type``) while the server runs, or
+        show a column under another name (``StandIn.rename_column``: the data stays put).
         """
         versions = (self.conn.execute("PRAGMA schema_version").fetchone()[0],
                     self.conn.execute("PRAGMA data_version").fetchone()[0])
-        if versions == self._versions:
+        if versions == self._versions and renamed == self._renamed:
             return
         tables = schema.load_metadata(self.conn)
-        if tables != self.tables or versions[0] != self._versions[0]:
+        shown = {old.upper(): new for old, new in renamed}
+        self._stored_as = {new.upper(): old for old, new in renamed}
+        for name, cols in tables.items():
+            tables[name] = [schema.Column(shown.get(c.name.upper(), c.name), c.type, c.nullable)
+                            for c in cols]
+        if tables != self.tables or versions[0] != self._versions[0] or renamed != self._renamed:
             self.tables = tables
             self._cache.clear()
         self._versions = versions
+        self._renamed = renamed
 
-    def plan(self, stmt: str, session: Session) -> Query:
-        self.refresh()
+    def plan(self, stmt: str, session: Session,
+             renamed: tuple[tuple[str, str], ...] = ()) -> Query:
+        self.refresh(renamed)
         cached = self._cache.get(stmt)
         if cached is not None:
             self._cache.move_to_end(stmt)
@@ -350,8 +360,25 @@ class Planner:
                     inner.meta["sqltype"] = target
                     cast_node.replace(inner)
         self._check_columns(tree)
+        self._store_names(tree)
         self._round_literals(tree)
         return volatile
+
+    def _store_names(self, tree: exp.Expression) -> None:
+        """Point renamed columns at the stored ones; a selected one keeps its shown name."""
+        if not self._stored_as:
+            return
+        for column in list(tree.find_all(exp.Column)):
+            stored = self._stored_as.get(column.name.upper())
+            if stored is None:
+                continue
+            sqltype = self._column_type(column, self._scope(tree))
+            replacement = exp.column(stored, table=column.table or None, quoted=True)
+            replacement.meta["sqltype"] = sqltype
+            if isinstance(column.parent, exp.Select) and column.arg_key == "expressions":
+                column.replace(exp.alias_(replacement, column.name, quoted=True))
+            else:
+                column.replace(replacement)
 
     def _check_columns(self, tree: exp.Expression) -> None:
         """Error 207 for unknown columns.

@@ -103,6 +103,7 @@ class StandIn:
         if self.process is not None and self.process.poll() is None:
             return
         self.port_file.unlink(missing_ok=True)
+        self.control_path.unlink(missing_ok=True)
         self.clear_faults()
         cmd = [
             sys.executable, "-m", "tests.standin", "serve",
@@ -190,14 +191,37 @@ class StandIn:
         - ``hang``: stop answering (the socket stays open); with ``drop_after_rows`` the
           stall starts after N rows instead of the reset. Clearing it resumes the answer.
         """
-        data = {"refuse_logins": refuse_logins, "delay": delay,
-                "drop_after_rows": drop_after_rows, "hang": hang}
+        data = self._control()
+        data.update({"refuse_logins": refuse_logins, "delay": delay,
+                     "drop_after_rows": drop_after_rows, "hang": hang})
+        self._write_control(data)
+
+    def _control(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.control_path.read_text() or "{}"))
+        except FileNotFoundError:
+            return {}
+
+    def _write_control(self, data: dict[str, Any]) -> None:
         tmp = self.control_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.control_path)  # a new inode: the server notices at once
 
     def clear_faults(self) -> None:
         self.set_fault()
+
+    def rename_column(self, column: str, shown_as: str | None) -> None:
+        """Show a view column under another name (the ERP team renamed it), or under its own
+        again with ``None``. Only the server's answers change: queries naming the old name get
+        SQL Server's error 207, and the data, the harness and the workload stay as they are."""
+        data = self._control()
+        renamed = dict(data.get("rename_columns") or {})
+        if shown_as is None:
+            renamed.pop(column.upper(), None)
+        else:
+            renamed[column.upper()] = shown_as
+        data["rename_columns"] = renamed
+        self._write_control(data)
 
     # -- data -----------------------------------------------------------------
 

@@ -46,6 +46,8 @@ class Faults:
     delay: float = 0.0
     drop_after_rows: int | None = None
     hang: bool = False
+    # (column, shown as): the ERP team renamed a view column; the data stays where it is.
+    rename_columns: tuple[tuple[str, str], ...] = ()
 
 
 class FaultFile:
@@ -84,6 +86,8 @@ class FaultFile:
             delay=float(data.get("delay", 0.0) or 0.0),
             drop_after_rows=None if drop is None else int(drop),
             hang=bool(data.get("hang", False)),
+            rename_columns=tuple((str(old), str(new))
+                                 for old, new in (data.get("rename_columns") or {}).items()),
         )
 
 
@@ -382,7 +386,7 @@ class Connection:
                             severity=0, state=1, info=True)
                     self.out += tds.token_done(more, 0, v)
                     continue
-                query = self.planner.plan(statement, self.session)
+                query = self.planner.plan(statement, self.session, faults.rename_columns)
                 if not self.select(query, more, faults):
                     return  # cancelled: DONE_ATTN already sent
             except TdsError as exc:
