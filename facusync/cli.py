@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "facusync.commands.status",
     "facusync.commands.resync",
     "facusync.commands.deadletter",
+    "facusync.commands.convert_timezone",
 )
 
 log = logging.getLogger("facusync.cli")

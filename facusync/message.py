@@ -7,7 +7,9 @@ One stream entry per row change. Fields (all strings, as Redis stores them):
 - ``key``     the conduce.
 - ``version`` ULTIMA_MODIFICACION as ISO 8601, the source's local wall time, no offset.
 - ``row``     upserts only: JSON object of the synced columns, lower-case names, datetimes as
-              ISO 8601 without offset, decimals as strings (nothing is rounded).
+              ISO 8601 without offset (a datetimeoffset as its UTC instant, ``+00:00``),
+              decimals as strings (nothing is rounded), times as ISO 8601, uniqueidentifiers
+              as lower-case text, binary as PostgreSQL's hex input ``\\x0a1b…``.
 - ``lw``      low-water mark: the producer's watermark *before* this entry was added. Every
               source row with a version at or below it was added to the stream in an earlier
               entry. When the oldest entry still in the stream carries ``lw = X``, everything
@@ -26,9 +28,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
+from datetime import time as time_of_day
 from decimal import Decimal
 from typing import Any
 
@@ -46,15 +50,19 @@ def _json_value(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float)):
         return value  # bool is an int subclass and stays a JSON boolean
     if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            raise MessageError(f"datetime with an offset ({value.isoformat()}): the source is naive")
+        if value.tzinfo is not None:  # a datetimeoffset: its instant, in UTC
+            return value.astimezone(UTC).isoformat(timespec="microseconds")
         return value.isoformat(timespec="microseconds")
     if isinstance(value, date):
         return value.isoformat()
+    if isinstance(value, time_of_day):
+        return value.isoformat(timespec="microseconds")
     if isinstance(value, Decimal):
         return format(value, "f")
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).hex()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "\\x" + bytes(value).hex()  # bytea's hex input: the same bytes, zeros included
+    if isinstance(value, uuid.UUID):
+        return str(value)
     raise MessageError(f"value of type {type(value).__name__} cannot travel in a message")
 
 

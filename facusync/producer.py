@@ -30,10 +30,13 @@ from facusync.config import Config
 from facusync.enqueue import ChunkResult, EncodedRow, append_upserts, encode, read_watermark
 from facusync.errors import EX_OK, EX_UNAVAILABLE, SchemaError, SinkError, UnavailableError
 from facusync.lock import LockLost, RedisLock
+from facusync.message import MessageError, encode_row
 from facusync.pgconn import connect_pg, describe_pg_error
 from facusync.redisconn import Keys, connect_redis, describe_redis_error
 from facusync.service import Backoff, Service, StateLog, daemon_main
 from facusync.source import ColumnMap, ViewColumnsChanged, ViewSource, map_columns
+from facusync.sourcetypes import type_problems
+from facusync.zone import ensure_zone
 
 log = logging.getLogger("facusync.producer")
 
@@ -59,17 +62,18 @@ class CycleStats:
     complete: bool = False
 
 
-def table_columns(cfg: Config) -> list[str]:
-    """Columns of datos_vista, so the synced set follows the schema without code changes."""
+def table_columns(cfg: Config) -> dict[str, str]:
+    """Columns of datos_vista and their types, so the synced set follows the schema."""
     conn = connect_pg(cfg, application="facusync-producer")
     try:
+        ensure_zone(conn, cfg)
         with conn.cursor() as cur:
             cur.execute(
-                "SELECT column_name FROM information_schema.columns"
-                " WHERE table_schema = current_schema() AND table_name = %s",
+                "SELECT column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = %s ORDER BY ordinal_position",
                 (cfg.pg_table_vista,),
             )
-            cols = [r[0] for r in cur.fetchall()]
+            cols = {str(name): str(data_type) for name, data_type in cur.fetchall()}
     except psycopg2.Error as exc:
         raise SinkError(describe_pg_error(exc)) from None
     finally:
@@ -83,10 +87,31 @@ def table_columns(cfg: Config) -> list[str]:
 
 
 def discover_columns(cfg: Config, source: ViewSource,
-                     table: list[str] | None = None) -> ColumnMap:
-    """The synced columns: the view's and datos_vista's, matched case-insensitively."""
-    return map_columns(source.view_columns(), table or table_columns(cfg), cfg.mssql_key_column,
-                       cfg.mssql_version_column)
+                     table: dict[str, str] | None = None) -> ColumnMap:
+    """The synced columns: the view's and datos_vista's, matched case-insensitively, with
+    their SQL Server types; SchemaError (exit 78) naming each column that cannot be synced."""
+    table = table or table_columns(cfg)
+    view_types = source.column_types()
+    cols = map_columns(source.view_columns(), list(table), cfg.mssql_key_column,
+                       cfg.mssql_version_column, view_types)
+    pg_types = {name.lower(): data_type for name, data_type in table.items()}
+    problems = type_problems({n: view_types.get(n, "") for n in cols.view_names}, pg_types,
+                             cfg.mssql_key_column, cfg.mssql_version_column, cfg.pg_table_vista)
+    if problems:
+        raise SchemaError("; ".join(problems))
+    return cols
+
+
+def unencodable(cfg: Config, cols: ColumnMap, row: tuple[object, ...]) -> str:
+    """Which column holds a value no message can carry (a type the start-up check missed)."""
+    bad = []
+    for name, value in zip(cols.view_names, row, strict=True):
+        try:
+            encode_row({name: value})
+        except MessageError:
+            bad.append(f"{name} ({type(value).__name__})")
+    return (f"view column(s) {', '.join(bad) or '?'} return values facusync cannot sync: leave "
+            f"them out of the view, or drop their columns from {cfg.pg_table_vista}")
 
 
 def missing_columns_advice(cfg: Config, missing: tuple[str, ...]) -> str:
@@ -170,7 +195,7 @@ class Producer:
         self.source = ViewSource(cfg)
         self.redis: redis.Redis | None = None
         self.cols: ColumnMap | None = None
-        self.table_cols: list[str] | None = None
+        self.table_cols: dict[str, str] | None = None
         # The watermark when expected columns went missing, and where to re-read from once
         # they are back (rows changed meanwhile were synced without them).
         self.columns_lost_at: datetime | None = None
@@ -294,7 +319,11 @@ class Producer:
                 for rows in self.source.read_since(cols, since):
                     self.service.alive()
                     for row in rows:
-                        pending.append(encode(cols.names, row, cols.key_index, cols.version_index))
+                        try:
+                            pending.append(encode(cols.names, row, cols.key_index,
+                                                  cols.version_index))
+                        except MessageError:
+                            raise SchemaError(unencodable(self.cfg, cols, row)) from None
                         if len(pending) >= self.cfg.chunk_size:
                             lock.extend()  # raises LockLost before writing if we lost it
                             watermark = writer.submit(pending, watermark)

@@ -48,6 +48,7 @@ from facusync.config import Config
 from facusync.errors import SchemaError, SinkError
 from facusync.message import OP_DELETE, OP_UPSERT, Change
 from facusync.pgconn import connect_pg, describe_pg_error
+from facusync.zone import ensure_zone, mismatch_advice, recorded_zone
 
 log = logging.getLogger("facusync.sink")
 
@@ -151,7 +152,9 @@ class Column:
         if self.type_name in _TEXT_TYPES:
             return source  # assignment coercion: "value too long" instead of truncation
         if self.type_name == "timestamp with time zone":
-            return sql.SQL("({}::timestamp AT TIME ZONE {})").format(source, sql.Literal(tz))
+            # A local time is in SOURCE_TIMEZONE; a datetimeoffset travels with its offset.
+            return sql.SQL("(CASE WHEN right({0}, 6) ~ '^[+-]\\d\\d:\\d\\d$' THEN {0}::timestamptz"
+                           " ELSE {0}::timestamp AT TIME ZONE {1} END)").format(source, sql.Literal(tz))
         return sql.SQL("{}::{}").format(source, sql.SQL(self.type_name))
 
 
@@ -182,6 +185,7 @@ class Sink:
         try:
             conn.autocommit = False
             self.columns = self._read_columns(conn)
+            ensure_zone(conn, self.cfg)
             if self.staging == "reuse":
                 self._create_stage(conn, "ON COMMIT DELETE ROWS")
             conn.commit()
@@ -410,11 +414,15 @@ class Sink:
             " newest_version = GREATEST(newest_version, (%s::timestamp AT TIME ZONE %s)),"
             " last_commit_at = now(), last_consumer = %s, last_batch_size = %s,"
             " last_inserted = %s, last_updated = %s, last_unchanged = %s, last_deleted = %s,"
-            " last_dead = %s WHERE id = 1",
+            " last_dead = %s WHERE id = 1 AND source_timezone = %s",
             (low_water, result.newest_version, self.cfg.source_timezone, self.consumer, size,
              result.inserted, result.updated, result.unchanged, result.deleted,
-             len(result.dead)),
+             len(result.dead), self.cfg.source_timezone),
         )
+        if cur.rowcount == 0:  # the stored times were moved to another zone meanwhile
+            recorded = recorded_zone(cur)
+            self._rollback()
+            raise SchemaError(mismatch_advice(self.cfg, recorded or "an unknown zone"))
 
     # -- idle watermark ---------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from facusync.config import Config
 from facusync.errors import FacusyncError
 from facusync.pgconn import connect_pg, describe_pg_error
 from facusync.redisconn import GROUP, Keys, connect_redis, describe_redis_error
+from facusync.zone import mismatch_advice
 
 HEALTHY, DEGRADED, DOWN = 0, 1, 2
 CONSUMER_SILENT_S = 60.0
@@ -134,6 +135,9 @@ def gather_pg(cfg: Config) -> dict[str, Any]:
                 " FROM sync_control WHERE id = 1"
             )
             row = cur.fetchone()
+            # to_jsonb: also before migration 004 added the column.
+            cur.execute("SELECT to_jsonb(s) ->> 'source_timezone' FROM sync_control s WHERE id = 1")
+            zone_row = cur.fetchone()
         conn.rollback()
     except psycopg2.Error as exc:
         raise FacusyncError(f"PostgreSQL: {describe_pg_error(exc)}") from None
@@ -149,6 +153,7 @@ def gather_pg(cfg: Config) -> dict[str, Any]:
         "last_commit_at": last_commit.isoformat() if isinstance(last_commit, datetime) else None,
         "last_commit_age_s": round(float(commit_age), 1) if commit_age is not None else None,
         "last_consumer": last_consumer,
+        "source_timezone": zone_row[0] if zone_row else None,
     }
 
 
@@ -160,6 +165,9 @@ def assess(cfg: Config, data: dict[str, Any], now: float) -> Health:
             health.worse(DOWN, data[target + "_error"]["error"])
     if health.code == DOWN:
         return health
+    zone = data.get("postgresql", {}).get("source_timezone")
+    if zone and zone != cfg.source_timezone:
+        health.worse(DOWN, mismatch_advice(cfg, zone))
     producer = data["producer"]
     queue = data["queue"]
     interval = _f(producer, "interval") or cfg.sync_interval

@@ -223,6 +223,9 @@ def session_statement(stmt: str, session: Session) -> Control | None:
 # SELECT planning
 
 _BINARY_COLLATIONS = re.compile(r"(_BIN2?$|_CS_)", re.I)
+_DESCRIBE = re.compile(
+    r"sys\.dm_exec_describe_first_result_set\s*\(\s*N?'((?:[^']|'')*)'\s*,\s*NULL\s*,\s*0\s*\)",
+    re.I)
 
 
 def _sqlite_error(exc: sqlite3.Error) -> TdsError:
@@ -286,6 +289,9 @@ class Planner:
     def plan(self, stmt: str, session: Session,
              renamed: tuple[tuple[str, str], ...] = ()) -> Query:
         self.refresh(renamed)
+        described = _DESCRIBE.search(stmt)
+        if described:
+            stmt = self._describe_first_result_set(stmt, described, session, renamed)
         cached = self._cache.get(stmt)
         if cached is not None:
             self._cache.move_to_end(stmt)
@@ -324,6 +330,24 @@ class Planner:
             if len(self._cache) > 256:
                 self._cache.popitem(last=False)
         return query
+
+    def _describe_first_result_set(self, stmt: str, found: re.Match[str], session: Session,
+                                   renamed: tuple[tuple[str, str], ...]) -> str:
+        """sys.dm_exec_describe_first_result_set(@tsql, NULL, 0): the columns a query would
+        return (name, system_type_name, column_ordinal, is_nullable), as a CTE over the
+        inner query's planned columns. Columns of unknown type are not described."""
+        inner = self.plan(found.group(1).replace("''", "'"), session, renamed)
+        rows = []
+        for ordinal, (name, sqltype) in enumerate(inner.columns, start=1):
+            if sqltype is None:
+                continue
+            quoted_name, quoted_type = name.replace("'", "''"), str(sqltype).replace("'", "''")
+            rows.append(f"SELECT {ordinal} AS column_ordinal, N'{quoted_name}' AS name, "
+                        f"N'{quoted_type}' AS system_type_name, 1 AS is_nullable")
+        if not rows:
+            rows.append("SELECT 0, N'', N'', 1 WHERE 1 = 0")
+        cte = "WITH standin_described AS (" + " UNION ALL ".join(rows) + ") "
+        return cte + stmt[:found.start()] + "standin_described" + stmt[found.end():]
 
     # -- rewriting ---------------------------------------------------------
 

@@ -210,6 +210,13 @@ class StandIn:
     def clear_faults(self) -> None:
         self.set_fault()
 
+    def set_slow_reads(self, seconds: float) -> None:
+        """Answer every batch that reads rows only after ``seconds`` (0: at once again);
+        independent of set_fault/clear_faults."""
+        data = self._control()
+        data["slow_reads"] = seconds
+        self._write_control(data)
+
     def rename_column(self, column: str, shown_as: str | None) -> None:
         """Show a view column under another name (the ERP team renamed it), or under its own
         again with ``None``. Only the server's answers change: queries naming the old name get
@@ -252,10 +259,12 @@ class StandIn:
     def _write_rows(self, records: list[list[Any]], *, upsert: bool = False) -> None:
         verb = "INSERT OR REPLACE" if upsert else "INSERT"
         placeholders = ", ".join("?" * len(schema.VIEW_COLUMNS))
+        names = ", ".join(f'"{c}"' for c in schema.VIEW_COLUMN_NAMES)  # added columns stay NULL
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(f"{verb} INTO {schema.VIEW} VALUES ({placeholders})", records)
+            conn.executemany(f"{verb} INTO {schema.VIEW} ({names}) VALUES ({placeholders})",
+                             records)
             conn.execute("COMMIT")
         finally:
             conn.close()
@@ -328,6 +337,43 @@ class StandIn:
                                "AND column_name = ?", (sql_type, table, column.upper()))
             if cur.rowcount == 0:
                 raise KeyError(f"{table}.{column}")
+        finally:
+            conn.close()
+
+    def add_view_column(self, column: str, sql_type: str) -> None:
+        """ALTER the view to return one more column (NULL in every row until set_values)."""
+        declared = sqltypes.parse_type(sql_type)
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(f'ALTER TABLE {schema.VIEW} ADD COLUMN "{column.upper()}" '
+                         f"{declared.sqlite_decl}")
+            conn.execute(
+                f"INSERT INTO {schema.META_TABLE} (table_name, ordinal, column_name, type, nullable)"
+                f" SELECT ?, max(ordinal) + 1, ?, ?, 1 FROM {schema.META_TABLE}"
+                " WHERE table_name = ?", (schema.VIEW, column.upper(), str(declared), schema.VIEW))
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def set_values(self, conduce: str, values: dict[str, Any]) -> None:
+        """Set columns of one row by their declared types (added columns too); no version bump."""
+        declared = {c.name: c.type for c in self.view_columns()}
+        sets = ", ".join(f'"{name.upper()}" = ?' for name in values)
+        params = [sqltypes.to_storage(declared[name.upper()], value) for name, value in values.items()]
+        conn = self._conn()
+        try:
+            cur = conn.execute(f"UPDATE {schema.VIEW} SET {sets} WHERE CONDUCE = ?", [*params, conduce])
+            if cur.rowcount == 0:
+                raise KeyError(conduce)
+        finally:
+            conn.close()
+
+    def view_columns(self) -> list[schema.Column]:
+        """The view's declared columns now (tests may have added some)."""
+        conn = self._conn()
+        try:
+            return schema.load_metadata(conn)[schema.VIEW.upper()]
         finally:
             conn.close()
 

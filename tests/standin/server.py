@@ -48,6 +48,9 @@ class Faults:
     hang: bool = False
     # (column, shown as): the ERP team renamed a view column; the data stays where it is.
     rename_columns: tuple[tuple[str, str], ...] = ()
+    # Seconds before answering a batch that reads rows (a loaded server, a slow link); logins,
+    # TOP 0 and metadata queries answer at once.
+    slow_reads: float = 0.0
 
 
 class FaultFile:
@@ -88,7 +91,14 @@ class FaultFile:
             hang=bool(data.get("hang", False)),
             rename_columns=tuple((str(old), str(new))
                                  for old, new in (data.get("rename_columns") or {}).items()),
+            slow_reads=float(data.get("slow_reads", 0.0) or 0.0),
         )
+
+
+def _reads_rows(batch: str) -> bool:
+    """A batch that reads rows of a table (what a slow server is slow at)."""
+    text = batch.upper()
+    return " FROM " in text and "TOP 0" not in text and "DM_EXEC_DESCRIBE" not in text
 
 
 @dataclass
@@ -366,7 +376,8 @@ class Connection:
         faults = self.faults.current()
         if faults.hang and faults.drop_after_rows is None:
             self.stall()
-        if faults.delay and self.wait_delay(faults.delay):
+        delay = faults.delay + (faults.slow_reads if _reads_rows(text) else 0.0)
+        if delay and self.wait_delay(delay):
             self.reply(tds.token_done(tds.DONE_ATTN, 0, v))
             return
         statements = engine.split_batch(text)
