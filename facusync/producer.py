@@ -200,6 +200,7 @@ class Producer:
         # they are back (rows changed meanwhile were synced without them).
         self.columns_lost_at: datetime | None = None
         self.reread_from: datetime | None = None
+        self.loss_recalled = False
         self.state_log = StateLog(log)
         self.backoff = Backoff(cfg.backoff_max)
         self.owner = f"producer@{socket.gethostname()}:{os.getpid()}"
@@ -278,6 +279,25 @@ class Producer:
         # SQL Server's datetime starts in 1753; a resync --all asks for "everything".
         return max(since, DATETIME_MIN)
 
+    def recall_loss(self, client: redis.Redis, cols: ColumnMap) -> None:
+        """Once per process: columns that went missing before a restart (kept with the stats
+        in Redis) still need their rows re-read once they are back."""
+        if self.loss_recalled:
+            return
+        self.loss_recalled = True
+        raw = client.hget(self.keys.producer_stats, "columns_lost_at")
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        if not text:
+            return
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            return
+        if cols.missing:
+            self.columns_lost_at = min(when, self.columns_lost_at or when)
+        else:
+            self.reread_from = min(when, self.reread_from or when)
+
     # -- one cycle --------------------------------------------------------------------
     def backlog(self, client: redis.Redis) -> int:
         """Unacknowledged entries: acknowledged ones are deleted, so the length is the backlog."""
@@ -306,6 +326,7 @@ class Producer:
                 return stats
             read_started = self.source.now()
             since = self.window_start(watermark, origin)
+            self.recall_loss(client, cols)
             if cols.missing and self.columns_lost_at is None:
                 self.columns_lost_at = watermark
             if self.reread_from is not None and since is not None:
@@ -375,6 +396,9 @@ class Producer:
             "interval": str(self.cfg.sync_interval),
             "status_line": line,
         }
+        if self.loss_recalled:  # never erase what a previous process left before reading it
+            lost = self.columns_lost_at or self.reread_from
+            fields["columns_lost_at"] = lost.isoformat() if lost else ""
         if state != "backing_off":
             fields.update({
                 "last_cycle_at": f"{stats.started:.3f}",

@@ -149,3 +149,31 @@ def test_renamed_key_column_stops_the_producer_with_a_configuration_error(
     assert isinstance(producer.error, SchemaError), producer.error
     assert "MSSQL_KEY_COLUMN=CONDUCE" in str(producer.error)
     assert "NUM_CONDUCE" in str(producer.error)
+
+
+def test_a_column_back_after_a_producer_restart_still_brings_the_changes_made_meanwhile(
+        pipeline_env: dict[str, str], standin: Any) -> None:
+    standin.seed(30, seed=7)
+    cfg = config_from_mapping({**pipeline_env, "SYNC_OVERLAP": "1"})
+    first = RunningProducer(cfg)
+    first.thread.start()
+    try:
+        assert until(cfg, lambda: pg_row(cfg, standin.rows()[-1]["CONDUCE"]) is not None)
+        target = standin.rows()[0]["CONDUCE"]
+        standin.rename_column("CLIENTE", "NOMBRE_CLIENTE")
+        standin.update(target, cliente="Cambiado sin la columna")
+        time.sleep(2.5)  # later changes carry the watermark past the overlap
+        standin.insert([{"CONDUCE": "N-0000002", "CLIENTE": "Otra"}])
+        assert until(cfg, lambda: pg_row(cfg, "N-0000002") is not None)
+    finally:
+        first.stop()
+    standin.rename_column("CLIENTE", None)
+    second = RunningProducer(cfg)
+    second.thread.start()
+    try:
+        # On main (and without remembering the loss across the restart) this change was left
+        # for reconcile: its version is far below the restarted producer's read window.
+        assert until(cfg, lambda: (pg_row(cfg, target) or {}).get("cliente")
+                     == "Cambiado sin la columna"), "the change made while the column was gone was lost"
+    finally:
+        second.stop()
