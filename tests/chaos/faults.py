@@ -321,10 +321,13 @@ class Injector:
         self._open[fault.kind] = finish
         self.note(fault.describe())
 
-    def overlapped(self, began: float, kinds: tuple[str, ...]) -> list[str]:
-        """Windows of `kinds` that were open at some point since `began` (still open included)."""
-        seen = [k for k, b, e in self.windows_seen if k in kinds and e >= began]
-        return seen + [k for k in self._open if k in kinds]
+    def quiet_since(self, began: float, kinds: tuple[str, ...]) -> float | None:
+        """When the last window of `kinds` open since `began` ended (`began` if none was);
+        None while one is still open."""
+        if any(k in kinds for k in self._open):
+            return None
+        ends = [e for k, _, e in self.windows_seen if k in kinds and e >= began]
+        return max([began, *ends])
 
     # -- issue 16's kinds ----------------------------------------------------------------------
 
@@ -381,10 +384,12 @@ class Injector:
 
         def end() -> None:
             s.standin.set_slow_reads(0.0)
-            disturbed = self.overlapped(began, ("pg_outage", "servers_down", "standin_hang",
-                                                "standin_drop"))
-            if disturbed:
-                self.note(f"{LABELS[fault.kind]}: not judged ({', '.join(disturbed)} meanwhile)")
+            quiet = self.quiet_since(began, ("pg_outage", "servers_down", "standin_hang",
+                                             "standin_drop"))
+            needed = 2 * fault.param + s.settings.restart_sec + 5
+            if quiet is None or self.now() - quiet < needed:
+                self.note(f"{LABELS[fault.kind]}: not judged (another outage left less than "
+                          f"{needed:.0f} s of it)")
                 return
             newest = newest_real_version(s)
             if newest is None or newest < wall:
@@ -466,6 +471,14 @@ class Injector:
         self.note(f"{fault.describe()}: {key}")
 
 
+    def finish(self) -> None:
+        """Stop injecting and repair whatever is still broken."""
+        self._stop.set()
+        self._thread.join(120)
+        for kind in list(self._open):
+            self._end(kind)
+
+
 ISSUE16_BEGIN: dict[str, Callable[[Injector, Fault], None]] = {
     "servers_down": Injector._servers_down,
     "writer_skew": Injector._writer_skew,
@@ -487,10 +500,3 @@ def newest_real_version(stack: Stack) -> datetime | None:
         return None
     newest = rows[0][0] if rows else None
     return newest.astimezone().replace(tzinfo=None) if newest is not None else None
-
-    def finish(self) -> None:
-        """Stop injecting and repair whatever is still broken."""
-        self._stop.set()
-        self._thread.join(120)
-        for kind in list(self._open):
-            self._end(kind)
