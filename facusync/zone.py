@@ -34,7 +34,7 @@ def mismatch_advice(cfg: Config, recorded: str) -> str:
 
 
 def recorded_zone(cur: psycopg2.extensions.cursor) -> str | None:
-    """sync_control.source_timezone; SchemaError when migration 004 is not applied yet."""
+    """sync_control.source_timezone; SchemaError when migration 005 is not applied yet."""
     try:
         cur.execute("SELECT source_timezone FROM sync_control WHERE id = 1")
     except psycopg2.errors.UndefinedColumn:

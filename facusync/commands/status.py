@@ -135,7 +135,7 @@ def gather_pg(cfg: Config) -> dict[str, Any]:
                 " FROM sync_control WHERE id = 1"
             )
             row = cur.fetchone()
-            # to_jsonb: also before migration 004 added the column.
+            # to_jsonb: also before migration 005 added the column.
             cur.execute("SELECT to_jsonb(s) ->> 'source_timezone' FROM sync_control s WHERE id = 1")
             zone_row = cur.fetchone()
         conn.rollback()
