@@ -448,9 +448,8 @@ class Producer:
                 # Not an outage: find the columns again and go on with the ones that remain.
                 log.warning("SQL Server: %s; looking at the view's columns again", exc.cause,
                             extra={"column": exc.column})
-                self.cols = None
-                self.table_cols = None
-                self.service.sleep(self.backoff.next_delay())
+                self.cols = None  # datos_vista did not change: its columns stay cached, so a
+                self.service.sleep(self.backoff.next_delay())  # PostgreSQL outage cannot stop this
                 continue
             except UnavailableError as exc:
                 self._failed(exc.target, exc.cause)
