@@ -147,14 +147,19 @@ class Column:
     name: str
     type_name: str  # format_type without modifiers: "numeric", "character varying", …
 
-    def expression(self, source: sql.Composable, tz: str) -> sql.Composable:
-        """How a staged text value becomes this column's type."""
+    def expression(self, source: sql.Composable, tz: str, *, offsets: bool = False) -> sql.Composable:
+        """How a staged text value becomes this column's type.
+
+        `offsets`: some values of a timestamptz column carry an offset (a datetimeoffset
+        travels as its UTC instant); the others are SOURCE_TIMEZONE local times.
+        """
         if self.type_name in _TEXT_TYPES:
             return source  # assignment coercion: "value too long" instead of truncation
-        if self.type_name == "timestamp with time zone":
-            # A local time is in SOURCE_TIMEZONE; a datetimeoffset travels with its offset.
-            return sql.SQL("(CASE WHEN right({0}, 6) ~ '^[+-]\\d\\d:\\d\\d$' THEN {0}::timestamptz"
+        if self.type_name == "timestamp with time zone" and offsets:
+            return sql.SQL("(CASE WHEN substr({0}, length({0}) - 2, 1) = ':' THEN {0}::timestamptz"
                            " ELSE {0}::timestamp AT TIME ZONE {1} END)").format(source, sql.Literal(tz))
+        if self.type_name == "timestamp with time zone":
+            return sql.SQL("({}::timestamp AT TIME ZONE {})").format(source, sql.Literal(tz))
         return sql.SQL("{}::{}").format(source, sql.SQL(self.type_name))
 
 
@@ -173,7 +178,7 @@ class Sink:
         self.table = sql.Identifier(cfg.pg_table_vista)
         self.conn: psycopg2.extensions.connection | None = None
         self.columns: dict[str, Column] = {}
-        self._insert_sql: dict[tuple[str, ...], sql.Composed] = {}
+        self._insert_sql: dict[tuple[tuple[str, ...], frozenset[str]], sql.Composed] = {}
         self._unknown_warned: set[str] = set()
 
     # -- connection -------------------------------------------------------------------------
@@ -322,7 +327,7 @@ class Sink:
                 ).as_string(cur),
                 io.StringIO(self._copy_payload(upserts, names)),
             )
-            cur.execute(self._insert_statement(names))
+            cur.execute(self._insert_statement(names, self._offset_columns(upserts, names)))
             inserted, updated = cur.fetchone()  # type: ignore[misc]
             result.inserted, result.updated = int(inserted), int(updated)
             result.unchanged = len(upserts) - result.inserted - result.updated
@@ -369,14 +374,29 @@ class Sink:
         lines.append("")
         return "\n".join(lines)
 
-    def _insert_statement(self, names: tuple[str, ...]) -> sql.Composed:
-        cached = self._insert_sql.get(names)
+    def _offset_columns(self, upserts: list[Change], names: tuple[str, ...]) -> frozenset[str]:
+        """timestamptz columns of which this batch carries a value with an offset ('+00:00')."""
+        found = set()
+        for name in names[2:]:
+            if self.columns[name].type_name != "timestamp with time zone":
+                continue
+            for change in upserts:
+                value = (change.row or {}).get(name)
+                if isinstance(value, str) and len(value) > 6 and value[-3] == ":":
+                    found.add(name)
+                    break
+        return frozenset(found)
+
+    def _insert_statement(self, names: tuple[str, ...],
+                          offsets: frozenset[str] = frozenset()) -> sql.Composed:
+        cached = self._insert_sql.get((names, offsets))
         if cached is not None:
             return cached
         tz = self.cfg.source_timezone
         targets = sql.SQL(", ").join(map(sql.Identifier, names))
         values = sql.SQL(", ").join(
-            self.columns[n].expression(sql.SQL("s.") + sql.Identifier(n), tz) for n in names
+            self.columns[n].expression(sql.SQL("s.") + sql.Identifier(n), tz, offsets=n in offsets)
+            for n in names
         )
         updates: list[sql.Composable] = [
             sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names[1:]
@@ -402,7 +422,7 @@ class Sink:
             table=self.table, targets=targets, values=values, stage=sql.Identifier(STAGE),
             updates=sql.SQL(", ").join(updates), differ=differ,
         )
-        self._insert_sql[names] = statement
+        self._insert_sql[(names, offsets)] = statement
         return statement
 
     def _record(self, cur: psycopg2.extensions.cursor, result: WriteResult, size: int,
