@@ -445,11 +445,13 @@ class Producer:
             except SchemaError:
                 raise
             except ViewColumnsChanged as exc:
-                # Not an outage: find the columns again and go on with the ones that remain.
+                # Not an outage: find the view's columns again and go on with the ones that
+                # remain. datos_vista did not change: its columns stay cached, so that a
+                # PostgreSQL outage at the same time cannot stop the producer.
                 log.warning("SQL Server: %s; looking at the view's columns again", exc.cause,
                             extra={"column": exc.column})
-                self.cols = None  # datos_vista did not change: its columns stay cached, so a
-                self.service.sleep(self.backoff.next_delay())  # PostgreSQL outage cannot stop this
+                self.cols = None
+                self.service.sleep(self.backoff.next_delay())
                 continue
             except UnavailableError as exc:
                 self._failed(exc.target, exc.cause)

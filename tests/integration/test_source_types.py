@@ -19,16 +19,15 @@ from datetime import UTC, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 
 from facusync.commands.verify import compare
 from facusync.config import Config, config_from_mapping
-from facusync.consumer import Consumer
 from facusync.errors import SchemaError
 from facusync.producer import Producer, discover_columns
 from facusync.service import Service
 from facusync.source import ViewSource
+from tests.steps import pg, sync
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -54,27 +53,6 @@ VALUES: list[dict[str, Any]] = [
      "FIRMA": b"", "HUELLA": b"\xde\xad\xbe\xef\xde\xad\xbe\xef"},
     {},  # all NULL
 ]
-
-
-def pg(cfg: Config, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(host=cfg.pg_host, port=cfg.pg_port, dbname=cfg.pg_database,
-                            user=cfg.pg_user, password=cfg.pg_password.reveal())
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
-
-
-def sync(cfg: Config) -> None:
-    producer = Producer(cfg, Service("test-producer"))
-    try:
-        while producer.run_once().skipped:
-            pass
-    finally:
-        producer.source.close()
-    Consumer(cfg, Service("test-consumer")).run(once=True)
 
 
 def add_columns(cfg: Config, standin: Any, columns: list[tuple[str, str, str]]) -> None:

@@ -16,18 +16,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 
 from facusync.commands.status import DOWN, collect
 from facusync.commands.verify import compare
 from facusync.config import Config, config_from_mapping
-from facusync.consumer import Consumer
 from facusync.errors import SchemaError
 from facusync.message import decode, upsert_fields
 from facusync.producer import Producer
 from facusync.service import Service
 from facusync.sink import connect_sink
+from tests.steps import pg, sync
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -35,27 +34,10 @@ REPO = Path(__file__).resolve().parents[2]
 OLD, NEW = "America/Santo_Domingo", "Europe/Madrid"
 
 
-def sync(cfg: Config) -> None:
-    producer = Producer(cfg, Service("test-producer"))
-    try:
-        while producer.run_once().skipped:
-            pass
-    finally:
-        producer.source.close()
-    Consumer(cfg, Service("test-consumer")).run(once=True)
-
-
 def stored(cfg: Config, conduce: str) -> tuple[Any, ...]:
-    conn = psycopg2.connect(host=cfg.pg_host, port=cfg.pg_port, dbname=cfg.pg_database,
-                            user=cfg.pg_user, password=cfg.pg_password.reveal())
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute("SET TIME ZONE 'UTC'")
-            cur.execute("SELECT cliente, ultima_modificacion, fecha_emision FROM datos_vista"
-                        " WHERE conduce = %s", (conduce,))
-            return cur.fetchone() or ()
-    finally:
-        conn.close()
+    rows = pg(cfg, "SELECT cliente, ultima_modificacion, fecha_emision FROM datos_vista"
+                   " WHERE conduce = %s", (conduce,))
+    return rows[0] if rows else ()
 
 
 def test_a_corrected_zone_is_refused_until_converted_then_converges(

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import psycopg2
 import pymssql
 import pytest
 
@@ -23,23 +22,17 @@ from facusync.consumer import Consumer
 from facusync.errors import SchemaError
 from facusync.producer import Producer
 from facusync.service import Service
+from tests.steps import pg
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def pg_row(cfg: Config, conduce: str) -> dict[str, Any] | None:
-    conn = psycopg2.connect(host=cfg.pg_host, port=cfg.pg_port, dbname=cfg.pg_database,
-                            user=cfg.pg_user, password=cfg.pg_password.reveal())
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute("SELECT conduce, cliente, facturado, numero_factura FROM datos_vista"
-                        " WHERE conduce = %s", (conduce,))
-            found = cur.fetchone()
-    finally:
-        conn.close()
-    if found is None:
+    found = pg(cfg, "SELECT conduce, cliente, facturado, numero_factura FROM datos_vista"
+                    " WHERE conduce = %s", (conduce,))
+    if not found:
         return None
-    return dict(zip(("conduce", "cliente", "facturado", "numero_factura"), found, strict=True))
+    return dict(zip(("conduce", "cliente", "facturado", "numero_factura"), found[0], strict=True))
 
 
 class RunningProducer:

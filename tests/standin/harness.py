@@ -276,17 +276,10 @@ class StandIn:
         version = None
         if bump and "ULTIMA_MODIFICACION" not in changes:
             version = changes["ULTIMA_MODIFICACION"] = now()
-        sets = ", ".join(f'"{name}" = ?' for name in changes)
-        params = [sqltypes.to_storage(_COLUMNS[name].type, value) for name, value in changes.items()]
-        if not sets:
+        if not changes:
             return None
-        conn = self._conn()
-        try:
-            cur = conn.execute(f"UPDATE {schema.VIEW} SET {sets} WHERE CONDUCE = ?", [*params, conduce])
-            if cur.rowcount == 0:
-                raise KeyError(conduce)
-        finally:
-            conn.close()
+        self._set_stored(conduce, {name: sqltypes.to_storage(_COLUMNS[name].type, value)
+                                   for name, value in changes.items()})
         if "ULTIMA_MODIFICACION" in changes and version is None:
             return datetime_value(changes["ULTIMA_MODIFICACION"])
         return version
@@ -359,11 +352,16 @@ class StandIn:
     def set_values(self, conduce: str, values: dict[str, Any]) -> None:
         """Set columns of one row by their declared types (added columns too); no version bump."""
         declared = {c.name: c.type for c in self.view_columns()}
-        sets = ", ".join(f'"{name.upper()}" = ?' for name in values)
-        params = [sqltypes.to_storage(declared[name.upper()], value) for name, value in values.items()]
+        self._set_stored(conduce, {name.upper(): sqltypes.to_storage(declared[name.upper()], value)
+                                   for name, value in values.items()})
+
+    def _set_stored(self, conduce: str, stored: dict[str, Any]) -> None:
+        """UPDATE one row with values already in storage form (KeyError: no such conduce)."""
+        sets = ", ".join(f'"{name}" = ?' for name in stored)
         conn = self._conn()
         try:
-            cur = conn.execute(f"UPDATE {schema.VIEW} SET {sets} WHERE CONDUCE = ?", [*params, conduce])
+            cur = conn.execute(f"UPDATE {schema.VIEW} SET {sets} WHERE CONDUCE = ?",
+                               [*stored.values(), conduce])
             if cur.rowcount == 0:
                 raise KeyError(conduce)
         finally:
