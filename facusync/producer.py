@@ -91,9 +91,10 @@ def discover_columns(cfg: Config, source: ViewSource,
     """The synced columns: the view's and datos_vista's, matched case-insensitively, with
     their SQL Server types; SchemaError (exit 78) naming each column that cannot be synced."""
     table = table or table_columns(cfg)
+    # Names and types from one query: two could straddle an ALTER VIEW.
     view_types = source.column_types()
-    cols = map_columns(source.view_columns(), list(table), cfg.mssql_key_column,
-                       cfg.mssql_version_column, view_types)
+    cols = map_columns(list(view_types) or source.view_columns(), list(table),
+                       cfg.mssql_key_column, cfg.mssql_version_column, view_types)
     pg_types = {name.lower(): data_type for name, data_type in table.items()}
     problems = type_problems({n: view_types.get(n, "") for n in cols.view_names}, pg_types,
                              cfg.mssql_key_column, cfg.mssql_version_column, cfg.pg_table_vista)

@@ -152,7 +152,8 @@ class ViewSource:
             raise SourceError(describe_mssql_error(exc)) from None
 
     def column_types(self) -> dict[str, str]:
-        """{view column: declared SQL Server type, e.g. 'nvarchar(30)'} (SQL Server 2012+)."""
+        """{view column: declared SQL Server type, e.g. 'nvarchar(30)'}, in the view's column
+        order (sys.dm_exec_describe_first_result_set, SQL Server 2012+)."""
         try:
             cur = self._cursor()
             cur.execute("SELECT name, system_type_name FROM"

@@ -63,6 +63,9 @@ def type_problems(columns: dict[str, str], pg_types: dict[str, str], key: str,
                             "datetime2 or smalldatetime (a local time)")
         elif column.lower() == key.lower() and source not in KEY_TYPES:
             problems.append(f"MSSQL_KEY_COLUMN {column} is {declared}: it must be a character type")
+        elif not declared:
+            problems.append(f"SQL Server did not describe the type of view column {column}: "
+                            "check that the login may read the view's metadata")
         elif allowed is None:
             problems.append(f"view column {column} is {declared}, which facusync cannot sync: "
                             f"leave it out of the view, or drop {table}.{column.lower()} so it is "
