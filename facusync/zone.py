@@ -29,7 +29,7 @@ def mismatch_advice(cfg: Config, recorded: str) -> str:
     return (f"SOURCE_TIMEZONE={cfg.source_timezone} but the times in {cfg.pg_table_vista} were "
             f"stored as {recorded} local time, so every change would be compared wrongly. "
             f"If {cfg.source_timezone} is right, stop facusync-producer and facusync-consumer, "
-            f"run `facusync convert-timezone --from {recorded}` and start them again; if "
+            f"run `sudo facusync convert-timezone --from {recorded}` and start them again; if "
             f"{recorded} is right, set SOURCE_TIMEZONE={recorded} back in the env file")
 
 
@@ -38,8 +38,8 @@ def recorded_zone(cur: psycopg2.extensions.cursor) -> str | None:
     try:
         cur.execute("SELECT source_timezone FROM sync_control WHERE id = 1")
     except psycopg2.errors.UndefinedColumn:
-        raise SchemaError("sync_control has no source_timezone column: run `facusync migrate`") \
-            from None
+        raise SchemaError("sync_control has no source_timezone column: run "
+                          "`sudo facusync migrate --admin`") from None
     row = cur.fetchone()
     return str(row[0]) if row and row[0] is not None else None
 
