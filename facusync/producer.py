@@ -8,8 +8,13 @@ not change, so the overlap costs reads, not writes.
 Where the watermark starts: Redis (the last enqueued version); if Redis lost it, PostgreSQL's
 committed low-water mark in sync_control; if that is empty too, SYNC_START.
 
-Delivery is at-least-once: a crash after a chunk's MULTI/EXEC but before the next re-sends
+Delivery is at-least-once: a crash after a chunk's script call but before the next re-sends
 nothing; a crash inside a chunk re-sends at most that chunk (the consumer is idempotent).
+
+Redis losing its data in the middle of a cycle: every chunk's script checks that the source
+lock is still ours and the watermark still the one the previous chunk left (enqueue.Guard).
+After a FLUSHALL or a restart without persistence neither is, so the cycle stops and the
+next one starts over from PostgreSQL's committed low-water mark.
 """
 
 from __future__ import annotations
@@ -27,7 +32,14 @@ import psycopg2
 import redis
 
 from facusync.config import Config
-from facusync.enqueue import ChunkResult, EncodedRow, append_upserts, encode, read_watermark
+from facusync.enqueue import (
+    ChunkResult,
+    EncodedRow,
+    Guard,
+    append_upserts,
+    encode,
+    read_watermark_text,
+)
 from facusync.errors import EX_OK, EX_UNAVAILABLE, SchemaError, SinkError, UnavailableError
 from facusync.lock import LockLost, RedisLock
 from facusync.pgconn import connect_pg, describe_pg_error
@@ -110,10 +122,11 @@ class _ChunkWriter:
     before anything later is written.
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys, stats: CycleStats) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, stats: CycleStats, guard: Guard) -> None:
         self.client = client
         self.keys = keys
         self.stats = stats
+        self.guard = guard  # its watermark follows each chunk's
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facusync-append")
         self.future: Future[ChunkResult] | None = None
         self.in_flight = 0
@@ -125,7 +138,8 @@ class _ChunkWriter:
             return watermark
         self.in_flight = len(rows)
         self.future = self.executor.submit(append_upserts, self.client, self.keys, rows,
-                                           low_water=watermark, advance_watermark=True)
+                                           low_water=watermark, advance_watermark=True,
+                                           guard=self.guard)
         newest = max((r.version for r in rows if r.version is not None), default=None)
         return newest if newest is not None and newest > watermark else watermark
 
@@ -134,6 +148,8 @@ class _ChunkWriter:
             return
         future, self.future = self.future, None
         result = future.result()
+        if result.watermark_text is not None:
+            self.guard = Guard(self.guard.lock_key, self.guard.lock_token, result.watermark_text)
         self.stats.read += self.in_flight
         self.stats.queued += result.queued
         self.stats.unchanged += result.unchanged
@@ -182,11 +198,10 @@ class Producer:
             self.cols = cols
         return self.cols
 
-    def start_watermark(self, client: redis.Redis) -> tuple[datetime, str]:
-        """Where to read from, and which of the three sources said so."""
-        wm = read_watermark(client, self.keys)
-        if wm is not None:
-            return wm, "redis"
+    def start_watermark(self, stored: str | None) -> tuple[datetime, str]:
+        """Where to read from (given Redis' watermark text), and which source said so."""
+        if stored is not None:
+            return datetime.fromisoformat(stored), "redis"
         wm = committed_watermark(self.cfg)
         if wm is not None:
             log.warning("Redis has no watermark; resuming from PostgreSQL's committed watermark",
@@ -239,7 +254,8 @@ class Producer:
             return stats
         try:
             stats.backlog = self.backlog(client)
-            watermark, origin = self.start_watermark(client)
+            stored = read_watermark_text(client, self.keys)
+            watermark, origin = self.start_watermark(stored)
             stats.watermark = watermark
             if stats.backlog >= self.cfg.queue_max_pending:
                 stats.paused = True
@@ -247,7 +263,9 @@ class Producer:
             read_started = self.source.now()
             since = self.window_start(watermark, origin)
             stats.since = since
-            writer = _ChunkWriter(client, self.keys, stats)
+            # Every chunk checks the lock and the watermark it expects (absent: "").
+            guard = Guard(lock.key, lock.token, stored or "")
+            writer = _ChunkWriter(client, self.keys, stats, guard)
             try:
                 pending: list[EncodedRow] = []
                 chunks = 0
@@ -354,7 +372,10 @@ class Producer:
                 self._failed("Redis", describe_redis_error(exc))
                 continue
             except LockLost as exc:
-                log.warning("%s; the cycle stops and the next one resumes", exc)
+                # Lost to an expiry, a Redis restart or a FLUSHALL: not a reason to hammer
+                # Redis and SQL Server, so the next attempt waits like any other failure.
+                log.warning("%s; the cycle stops and the next one starts over", exc)
+                self.service.sleep(self.backoff.next_delay())
                 continue
             self.state_log.ok()
             self.backoff.reset()

@@ -1,0 +1,176 @@
+"""The producer under what real sites do to it: Redis losing its data mid-cycle, a slow SQL
+Server, rows dated in the future, writers whose clock lags SQL Server's.
+
+Real PostgreSQL, Redis and the stand-in over pymssql; every test here failed on the code
+before issue 16.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg2
+import pytest
+
+from facusync import producer as producer_module
+from facusync import reconcile as reconcile_module
+from facusync.config import Config, config_from_mapping
+from facusync.consumer import Consumer
+from facusync.producer import Producer
+from facusync.reconcile import Reconciler
+from facusync.redisconn import Keys, connect_redis
+from facusync.service import Service
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def produce(cfg: Config) -> Any:
+    """One complete producer cycle (waits out a lock a stopped producer left behind)."""
+    producer = Producer(cfg, Service("test-producer"))
+    try:
+        deadline = time.monotonic() + 40
+        while True:
+            stats = producer.run_once()
+            if not stats.skipped or time.monotonic() > deadline:
+                return stats
+    finally:
+        producer.source.close()
+
+
+def consume(cfg: Config) -> None:
+    Consumer(cfg, Service("test-consumer")).run(once=True)
+
+
+def pg_keys(cfg: Config) -> set[str]:
+    conn = psycopg2.connect(host=cfg.pg_host, port=cfg.pg_port, dbname=cfg.pg_database,
+                            user=cfg.pg_user, password=cfg.pg_password.reveal())
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(f"SELECT conduce FROM {cfg.pg_table_vista} WHERE NOT eliminado_en_origen")
+            return {r[0] for r in cur.fetchall()}
+    finally:
+        conn.close()
+
+
+def stream_length(cfg: Config) -> int:
+    client = connect_redis(cfg)
+    try:
+        return int(client.xlen(Keys(cfg.redis_prefix).stream))
+    finally:
+        client.close()
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class ProducerThread:
+    """The producer daemon's own loop (run_forever) in a thread, stopped like SIGTERM would."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.service = Service("test-producer")
+        self.producer = Producer(cfg, self.service)
+        self.producer.discover()  # logged in before a test sets a fault (a hang stalls logins)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.producer.run_forever()
+        except BaseException as exc:  # reported when the test leaves the with block
+            self.error = exc
+
+    def __enter__(self) -> ProducerThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.service.stopping.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the producer did not stop"
+        assert self.error is None, f"the producer loop died: {self.error!r}"
+
+
+@pytest.fixture()
+def flushable(pipeline_env: dict[str, str]) -> Iterator[Any]:
+    """A Redis client on the test server, allowed to FLUSHALL (this session's server only)."""
+    cfg = config_from_mapping(pipeline_env)
+    client = connect_redis(cfg)
+    yield client
+    client.close()
+
+
+def test_redis_flush_between_two_chunks_loses_no_row(pipeline_env: dict[str, str], standin: Any,
+                                                     flushable: Any) -> None:
+    """Situation 1: Redis loses everything between two chunks of one cycle; polling alone
+    (no reconcile) must still bring every row to PostgreSQL."""
+    base = datetime.now().replace(microsecond=0) - timedelta(days=2)
+    standin.seed(600, seed=21, start=base - timedelta(days=30), end=base)
+    cfg = config_from_mapping(dict(pipeline_env, CHUNK_SIZE="50", FETCH_SIZE="50"))
+    # The result stalls after 200 rows (the client gets the whole packets before it): three
+    # chunks or more are in the stream when Redis loses them.
+    producer = ProducerThread(cfg)
+    standin.set_fault(hang=True, drop_after_rows=200)
+    with producer:
+        wait_for(lambda: stream_length(cfg) >= 150, 4, "three chunks in the stream")
+        flushable.flushall()  # a restart without persistence looks the same
+        standin.clear_faults()
+        wait_for(lambda: stream_length(cfg) >= 400, 30, "the producer to go on after the loss")
+        time.sleep(2 * cfg.sync_interval + 1)
+    for _ in range(3):  # polling alone: producer and consumer cycles, no reconcile
+        consume(cfg)
+        produce(cfg)
+    consume(cfg)
+    missing = {r["CONDUCE"] for r in standin.rows()} - pg_keys(cfg)
+    assert not missing, f"{len(missing)} rows never reached PostgreSQL, e.g. {sorted(missing)[:3]}"
+
+
+def test_a_source_slower_than_the_lock_ttl_still_completes(pipeline_env: dict[str, str],
+                                                           standin: Any,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Situation 4: every answer of SQL Server takes longer than the source lock's TTL (here
+    a 2 s TTL and 3 s per batch, the shape of 15 s against a first load over a slow link).
+    The lock is kept alive while the query runs, so the cycle completes instead of ending in
+    LockLost forever."""
+    monkeypatch.setattr(producer_module, "LOCK_TTL", 2.0)
+    standin.seed(300, seed=22)
+    cfg = config_from_mapping(dict(pipeline_env, MSSQL_QUERY_TIMEOUT="20", CHUNK_SIZE="100"))
+    producer = Producer(cfg, Service("test-producer"))
+    try:
+        producer.discover()
+        standin.set_fault(delay=3.0)
+        stats = producer.run_once()
+    finally:
+        producer.source.close()
+    assert stats.complete and stats.queued == 300
+    assert stream_length(cfg) == 300
+
+
+def test_reconcile_on_a_source_slower_than_its_lock_ttl(pipeline_env: dict[str, str],
+                                                        standin: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Situation 4, reconcile: its sorted read and its re-check of delete candidates each take
+    longer than the lock's TTL (2 s here, 30 s in production); the run completes, repairing
+    the change and the delete, because the lock stays alive while it waits."""
+    standin.seed(200, seed=23)
+    cfg = config_from_mapping(dict(pipeline_env, MSSQL_QUERY_TIMEOUT="20"))
+    produce(cfg)
+    consume(cfg)
+    victim, changed = (r["CONDUCE"] for r in standin.rows()[:2])
+    standin.delete(victim)
+    standin.update(changed, bump=False, cliente="Cambio sin versión")
+    monkeypatch.setattr(reconcile_module, "LOCK_TTL", 2.0, raising=False)
+    standin.set_fault(delay=3.0)
+    result = Reconciler(cfg, lock_wait=10).run()
+    standin.clear_faults()
+    assert (result.upserts, result.tombstones) == (1, 1)
+    consume(cfg)
+    assert victim not in pg_keys(cfg) and changed in pg_keys(cfg)

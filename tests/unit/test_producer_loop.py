@@ -1,0 +1,46 @@
+"""The producer's loop logic that needs no server: retries after a lost lock back off."""
+
+from __future__ import annotations
+
+import pytest
+
+from facusync.config import config_from_mapping
+from facusync.lock import LockLost
+from facusync.producer import CycleStats, Producer
+from facusync.service import Service
+
+ENV = {
+    "MSSQL_HOST": "sqlserver.example.invalid",
+    "MSSQL_USER": "facusync_ro",
+    "MSSQL_PASSWORD": "ms-Secret-123",
+    "PG_HOST": "127.0.0.1",
+    "PG_USER": "facusync_sync",
+    "PG_PASSWORD": "pg-Secret-456",
+    "REDIS_PASSWORD": "redis-Secret-789",
+    "BACKOFF_MAX": "60",
+}
+
+
+def test_a_lost_lock_is_retried_with_growing_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Situation 4: a cycle that keeps losing its lock (a slow source) must not retry at once,
+    forever; the waits grow like any other failure's."""
+    service = Service("test")
+    producer = Producer(config_from_mapping(ENV), service)
+    waits: list[float] = []
+    calls: list[int] = []
+
+    def lose_the_lock() -> CycleStats:
+        calls.append(1)
+        if len(calls) == 7:
+            service.stopping.set()
+        raise LockLost("lost the lock test:lock:source")
+
+    def fake_sleep(seconds: float) -> bool:  # a fake clock: record the wait instead
+        waits.append(seconds)
+        return True
+
+    monkeypatch.setattr(producer, "run_once", lose_the_lock)
+    monkeypatch.setattr(service, "sleep", fake_sleep)
+    producer.run_forever()
+    assert len(waits) == len(calls) == 7, "every lost lock is followed by a wait"
+    assert waits[-1] > 8 * waits[0], f"the waits do not back off: {waits}"
