@@ -11,6 +11,11 @@ committed low-water mark in sync_control; if that is empty too, SYNC_START.
 Delivery is at-least-once: a crash after a chunk's script call but before the next re-sends
 nothing; a crash inside a chunk re-sends at most that chunk (the consumer is idempotent).
 
+The watermark never passes SQL Server's clock read at the start of the read (GETDATE()): a
+row dated in the future (a PC whose clock is a day ahead, a 9999-12-31 sentinel) is synced
+once (its fingerprint stops re-sends), reported in the log and `facusync status`, but does
+not drag the read window into the future, where every later real change would fall below it.
+
 Redis losing its data in the middle of a cycle: every chunk's script checks that the source
 lock is still ours and the watermark still the one the previous chunk left (enqueue.Guard).
 After a FLUSHALL or a restart without persistence neither is, so the cycle stops and the
@@ -52,6 +57,9 @@ log = logging.getLogger("facusync.producer")
 DATETIME_MIN = datetime(1753, 1, 1)
 LOCK_TTL = 15.0
 BACKLOG_CHECK_EVERY = 10  # chunks between two looks at the stream's length
+# A version this far past the source's clock (plus the read's own duration) is reported as
+# dated in the future; nearer ones are rows committed while the read ran.
+FUTURE_MARGIN = 60.0
 
 
 @dataclass
@@ -69,6 +77,8 @@ class CycleStats:
     paused: bool = False
     skipped: bool = False
     complete: bool = False
+    future: int = 0  # rows dated ahead of the source's clock, seen this cycle
+    future_example: str = ""
 
 
 def table_columns(cfg: Config) -> list[str]:
@@ -122,11 +132,13 @@ class _ChunkWriter:
     before anything later is written.
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys, stats: CycleStats, guard: Guard) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, stats: CycleStats, guard: Guard,
+                 ceiling: datetime) -> None:
         self.client = client
         self.keys = keys
         self.stats = stats
         self.guard = guard  # its watermark follows each chunk's
+        self.ceiling = ceiling  # the watermark never passes the source's clock
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facusync-append")
         self.future: Future[ChunkResult] | None = None
         self.in_flight = 0
@@ -139,8 +151,10 @@ class _ChunkWriter:
         self.in_flight = len(rows)
         self.future = self.executor.submit(append_upserts, self.client, self.keys, rows,
                                            low_water=watermark, advance_watermark=True,
-                                           guard=self.guard)
+                                           guard=self.guard, ceiling=self.ceiling)
         newest = max((r.version for r in rows if r.version is not None), default=None)
+        if newest is not None:
+            newest = min(newest, self.ceiling)
         return newest if newest is not None and newest > watermark else watermark
 
     def wait(self) -> None:
@@ -153,10 +167,9 @@ class _ChunkWriter:
         self.stats.read += self.in_flight
         self.stats.queued += result.queued
         self.stats.unchanged += result.unchanged
-        if result.max_version is not None and (
-            self.stats.watermark is None or result.max_version > self.stats.watermark
-        ):
-            self.stats.watermark = result.max_version
+        newest = None if result.max_version is None else min(result.max_version, self.ceiling)
+        if newest is not None and (self.stats.watermark is None or newest > self.stats.watermark):
+            self.stats.watermark = newest
 
     def close(self) -> None:
         try:
@@ -180,6 +193,7 @@ class Producer:
         self.owner = f"producer@{socket.gethostname()}:{os.getpid()}"
         # Source time at the start of the last cycle that read its whole window.
         self.last_full_read: datetime | None = None
+        self.future_reported: set[tuple[str, datetime]] = set()
 
     # -- set-up -----------------------------------------------------------------------
     def _client(self) -> redis.Redis:
@@ -261,18 +275,24 @@ class Producer:
                 stats.paused = True
                 return stats
             read_started = self.source.now()
+            read_t0 = time.monotonic()
             since = self.window_start(watermark, origin)
             stats.since = since
             # Every chunk checks the lock and the watermark it expects (absent: "").
             guard = Guard(lock.key, lock.token, stored or "")
-            writer = _ChunkWriter(client, self.keys, stats, guard)
+            writer = _ChunkWriter(client, self.keys, stats, guard, ceiling=read_started)
             try:
                 pending: list[EncodedRow] = []
                 chunks = 0
                 for rows in self.source.read_since(cols, since):
                     self.service.alive()
+                    future_after = read_started + timedelta(
+                        seconds=time.monotonic() - read_t0 + FUTURE_MARGIN)
                     for row in rows:
-                        pending.append(encode(cols.names, row, cols.key_index, cols.version_index))
+                        encoded = encode(cols.names, row, cols.key_index, cols.version_index)
+                        if encoded.version is not None and encoded.version > future_after:
+                            self._dated_in_future(stats, encoded, read_started)
+                        pending.append(encoded)
                         if len(pending) >= self.cfg.chunk_size:
                             lock.extend()  # raises LockLost before writing if we lost it
                             watermark = writer.submit(pending, watermark)
@@ -298,6 +318,24 @@ class Producer:
         finally:
             lock.release()
             stats.duration_ms = round((time.monotonic() - t0) * 1000, 1)
+
+    def _dated_in_future(self, stats: CycleStats, row: EncodedRow, source_now: datetime) -> None:
+        """Count a row dated ahead of SQL Server's clock; log it once per key and version."""
+        stats.future += 1
+        assert row.version is not None
+        if not stats.future_example:
+            stats.future_example = f"{row.key} at {row.version.isoformat(sep=' ')}"
+        seen = (row.key or "", row.version)
+        if seen in self.future_reported:
+            return
+        self.future_reported.add(seen)
+        log.warning(
+            "row %s has %s %s, ahead of SQL Server's clock (%s): it is synced, but the watermark "
+            "stays at the present so later changes keep flowing; correct the row's date at the "
+            "source (a PC with a wrong clock, or a sentinel date)", row.key,
+            self.cfg.mssql_version_column, row.version.isoformat(sep=" "),
+            source_now.isoformat(sep=" ", timespec="seconds"),
+            extra={"key": row.key, "version": row.version.isoformat()})
 
     # -- reporting --------------------------------------------------------------------
     def report(self, stats: CycleStats, state: str, cause: str = "") -> None:
@@ -328,6 +366,8 @@ class Producer:
                 "last_duration_ms": str(stats.duration_ms),
                 "watermark": stats.watermark.isoformat() if stats.watermark else "",
                 "backlog": str(stats.backlog),
+                "future_rows": str(stats.future),
+                "future_example": stats.future_example,
             })
         try:
             if self.redis is not None:

@@ -8,6 +8,8 @@ Exit codes, for monitoring: 0 healthy, 1 degraded, 2 down.
 * degraded: lag above LAG_WARN, dead letters present, a daemon silent longer than its
   interval (plus a grace period), the producer backing off (e.g. SQL Server unreachable) or
   paused by backpressure.
+* warnings (shown, exit code unchanged): rows dated ahead of SQL Server's clock (synced, but
+  their date is wrong at the source).
 
 "Lag" is the age of the oldest change still waiting in the queue (0 when the queue is empty):
 a quiet source is not a late sync. The age of the newest committed change is shown beside it.
@@ -38,10 +40,15 @@ CONSUMER_SILENT_S = 60.0
 class Health:
     code: int = HEALTHY
     reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def worse(self, code: int, reason: str) -> None:
         self.code = max(self.code, code)
         self.reasons.append(reason)
+
+    def warn(self, reason: str) -> None:
+        """Something to fix that loses nothing: shown, but the exit code stays."""
+        self.warnings.append(reason)
 
 
 def _s(value: Any) -> str:
@@ -179,6 +186,11 @@ def assess(cfg: Config, data: dict[str, Any], now: float) -> Health:
         elif state == "paused":
             health.worse(DEGRADED, "the producer is paused by backpressure (queue above "
                                    "QUEUE_MAX_PENDING): are the consumers keeping up?")
+        future = int(_f(producer, "future_rows") or 0)
+        if future:
+            health.warn(f"{future} row(s) dated ahead of SQL Server's clock, e.g. "
+                        f"{producer.get('future_example', '?')}: synced, but the watermark stays "
+                        f"at the present; correct {cfg.mssql_version_column} at the source")
     alive = [n for n, c in data["consumers"].items()
              if (_f(c, "heartbeat") or 0) > now - CONSUMER_SILENT_S]
     if not alive:
@@ -214,7 +226,7 @@ def collect(cfg: Config) -> tuple[dict[str, Any], Health]:
         data["postgresql_error"] = {"error": str(exc)}
     health = assess(cfg, data, now)
     data["health"] = {"code": health.code, "state": ("healthy", "degraded", "down")[health.code],
-                      "reasons": health.reasons}
+                      "reasons": health.reasons, "warnings": health.warnings}
     return data, health
 
 
@@ -234,6 +246,8 @@ def render(data: dict[str, Any], now: float) -> str:
     lines.append(f"facusync status at {data['time']}: {h['state'].upper()}")
     for reason in h["reasons"]:
         lines.append(f"  ! {reason}")
+    for warning in h.get("warnings", []):
+        lines.append(f"  warning: {warning}")
     if "producer" in data:
         p = data["producer"]
         beat = _f(p, "heartbeat")

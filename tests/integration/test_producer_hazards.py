@@ -18,8 +18,10 @@ import pytest
 
 from facusync import producer as producer_module
 from facusync import reconcile as reconcile_module
+from facusync.commands.status import collect, render
 from facusync.config import Config, config_from_mapping
 from facusync.consumer import Consumer
+from facusync.enqueue import read_watermark
 from facusync.producer import Producer
 from facusync.reconcile import Reconciler
 from facusync.redisconn import Keys, connect_redis
@@ -54,6 +56,15 @@ def pg_keys(cfg: Config) -> set[str]:
             return {r[0] for r in cur.fetchall()}
     finally:
         conn.close()
+
+
+def entries(cfg: Config) -> list[dict[str, str]]:
+    client = connect_redis(cfg)
+    try:
+        return [{k.decode(): v.decode() for k, v in fields.items()}
+                for _, fields in client.xrange(Keys(cfg.redis_prefix).stream)]
+    finally:
+        client.close()
 
 
 def stream_length(cfg: Config) -> int:
@@ -174,3 +185,52 @@ def test_reconcile_on_a_source_slower_than_its_lock_ttl(pipeline_env: dict[str, 
     assert (result.upserts, result.tombstones) == (1, 1)
     consume(cfg)
     assert victim not in pg_keys(cfg) and changed in pg_keys(cfg)
+
+
+def source_clock(standin: Any) -> datetime:
+    import pymssql
+
+    conn = pymssql.connect(**standin.connect_kwargs())
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT GETDATE()")
+        return cur.fetchone()[0]  # type: ignore[no-any-return]
+    finally:
+        conn.close()
+
+
+def test_rows_dated_in_the_future_do_not_stop_real_changes(pipeline_env: dict[str, str],
+                                                            standin: Any,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Situation 2: a PC a day ahead and a 9999-12-31 sentinel. Both rows are synced once and
+    reported; the watermark stays at SQL Server's clock, so later changes keep flowing."""
+    standin.seed(100, seed=24)
+    cfg = config_from_mapping(pipeline_env)
+    producer = Producer(cfg, Service("test-producer"))
+    try:
+        producer.run_once()
+        standin.insert_late({"CONDUCE": "FUT-DAY"}, datetime.now() + timedelta(days=1))
+        standin.insert_late({"CONDUCE": "FUT-MAX"}, datetime(9999, 12, 31, 23, 59, 59, 997000))
+        assert producer.run_once().queued == 2
+        clock = source_clock(standin)
+        client = connect_redis(cfg)
+        try:
+            watermark = read_watermark(client, Keys(cfg.redis_prefix))
+        finally:
+            client.close()
+        assert watermark is not None and watermark <= clock, "the watermark passed GETDATE()"
+        for i in range(3):  # real changes keep flowing, the future rows are not sent again
+            standin.insert([{"CONDUCE": f"NEW-{i}"}])
+            stats = producer.run_once()
+            assert stats.queued == 1 and stats.future == 2
+    finally:
+        producer.source.close()
+    sent = [e for e in entries(cfg) if e["key"].startswith(("FUT-", "NEW-"))]
+    assert sorted(e["key"] for e in sent) == ["FUT-DAY", "FUT-MAX", "NEW-0", "NEW-1", "NEW-2"]
+    warned = [r for r in caplog.records if "ahead of SQL Server's clock" in r.getMessage()]
+    assert len(warned) == 2, "each future row is logged once"
+    data, health = collect(cfg)
+    assert any("2 row(s) dated ahead of SQL Server's clock" in w for w in health.warnings)
+    assert "warning: 2 row(s) dated ahead" in render(data, time.time())
+    consume(cfg)
+    assert {"FUT-DAY", "FUT-MAX", "NEW-0", "NEW-1", "NEW-2"} <= pg_keys(cfg)
