@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -124,6 +124,7 @@ class ChunkResult:
     unchanged: int = 0
     max_version: datetime | None = None
     watermark_text: str | None = None  # what the watermark key now holds, if this chunk set it
+    sent_versions: list[datetime] = field(default_factory=list)  # of the rows queued
 
 
 def read_watermark_text(client: redis.Redis, keys: Keys) -> str | None:
@@ -226,6 +227,8 @@ def append_upserts(
             args.append(value)
         sent[row.fp_field] = row.digest
         result.queued += 1
+        if row.version is not None:
+            result.sent_versions.append(row.version)
     new_wm = ""
     newest = result.max_version
     if newest is not None and ceiling is not None:

@@ -16,6 +16,13 @@ row dated in the future (a PC whose clock is a day ahead, a 9999-12-31 sentinel)
 once (its fingerprint stops re-sends), reported in the log and `facusync status`, but does
 not drag the read window into the future, where every later real change would fall below it.
 
+How late changes arrive is measured from the data, not assumed: a row first seen in a cycle,
+with a version the previous read covered, became visible after that read began (at source
+time T), so it arrived at least ``T - version`` late. A writer whose clock lags SQL Server's
+(an application server stamping its own time) shows up here, and the quiet-view narrowing
+(window_start) widens by what was measured; `facusync status` warns when it exceeds
+SYNC_OVERLAP.
+
 Redis losing its data in the middle of a cycle: every chunk's script checks that the source
 lock is still ours and the watermark still the one the previous chunk left (enqueue.Guard).
 After a FLUSHALL or a restart without persistence neither is, so the cycle stops and the
@@ -29,6 +36,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -60,6 +68,7 @@ BACKLOG_CHECK_EVERY = 10  # chunks between two looks at the stream's length
 # A version this far past the source's clock (plus the read's own duration) is reported as
 # dated in the future; nearer ones are rows committed while the read ran.
 FUTURE_MARGIN = 60.0
+LATENESS_MEMORY = 24 * 3600.0  # how long a measured lateness keeps widening the window
 
 
 @dataclass
@@ -79,6 +88,24 @@ class CycleStats:
     complete: bool = False
     future: int = 0  # rows dated ahead of the source's clock, seen this cycle
     future_example: str = ""
+    late_s: float | None = None  # how late this cycle's new arrivals were, at least
+
+
+class Lateness:
+    """The most any change arrived after its version (seconds), over the last day."""
+
+    def __init__(self, memory: float = LATENESS_MEMORY) -> None:
+        self.memory = memory
+        self.samples: deque[tuple[float, float]] = deque()  # (monotonic time, seconds)
+
+    def add(self, seconds: float) -> None:
+        self.samples.append((time.monotonic(), seconds))
+
+    def worst(self) -> float | None:
+        """None until an arrival was measured: nothing is known about the writers yet."""
+        while self.samples and self.samples[0][0] < time.monotonic() - self.memory:
+            self.samples.popleft()
+        return max((s for _, s in self.samples), default=None)
 
 
 def table_columns(cfg: Config) -> list[str]:
@@ -133,12 +160,16 @@ class _ChunkWriter:
     """
 
     def __init__(self, client: redis.Redis, keys: Keys, stats: CycleStats, guard: Guard,
-                 ceiling: datetime) -> None:
+                 ceiling: datetime, arrival_floor: datetime | None) -> None:
         self.client = client
         self.keys = keys
         self.stats = stats
         self.guard = guard  # its watermark follows each chunk's
         self.ceiling = ceiling  # the watermark never passes the source's clock
+        # Queued rows at or above this version were inside the previous read's window: they
+        # are new arrivals (None: this cycle measures nothing).
+        self.arrival_floor = arrival_floor
+        self.oldest_arrival: datetime | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facusync-append")
         self.future: Future[ChunkResult] | None = None
         self.in_flight = 0
@@ -167,6 +198,11 @@ class _ChunkWriter:
         self.stats.read += self.in_flight
         self.stats.queued += result.queued
         self.stats.unchanged += result.unchanged
+        if self.arrival_floor is not None:
+            floor = self.arrival_floor
+            arrivals = [v for v in result.sent_versions if v >= floor]
+            if arrivals and (self.oldest_arrival is None or min(arrivals) < self.oldest_arrival):
+                self.oldest_arrival = min(arrivals)
         newest = None if result.max_version is None else min(result.max_version, self.ceiling)
         if newest is not None and (self.stats.watermark is None or newest > self.stats.watermark):
             self.stats.watermark = newest
@@ -191,8 +227,14 @@ class Producer:
         self.state_log = StateLog(log)
         self.backoff = Backoff(cfg.backoff_max)
         self.owner = f"producer@{socket.gethostname()}:{os.getpid()}"
-        # Source time at the start of the last cycle that read its whole window.
+        # Source time at the start of the last cycle that read its whole window, and where
+        # that window began (None: from the start).
         self.last_full_read: datetime | None = None
+        self.last_since: datetime | None = None
+        self.lateness = Lateness()
+        # The watermark text this process left in Redis; anything else means someone moved
+        # it (resync) or Redis lost it.
+        self.left_watermark: str | None = None
         self.future_reported: set[tuple[str, datetime]] = set()
 
     # -- set-up -----------------------------------------------------------------------
@@ -228,22 +270,27 @@ class Producer:
 
         The overlap exists for rows committed late, up to SYNC_OVERLAP after their
         ULTIMA_MODIFICACION. A row that became visible after the previous complete read began
-        (at source time T) therefore has a version >= T - SYNC_OVERLAP. When the view is quiet
-        the watermark stops moving while T does, and re-reading ``watermark - overlap`` would
-        encode and fingerprint the same rows forever (the idle cost `make bench` measured).
-        So the window starts at ``max(W - overlap, min(W, T - overlap))``: unchanged while
-        changes flow, shrinking to the rows at the watermark itself (never above it: rows
-        sharing the boundary timestamp are always re-read) once the view has been quiet for
-        longer than the overlap. Only with a watermark read from Redis by this process; after
-        a restart, a resync or a Redis loss the full window is read.
+        (at source time T) therefore has a version >= T - SYNC_OVERLAP - lag, where lag is how
+        far a writer's clock trails SQL Server's (the measured lateness beyond what the
+        overlap covers; see Lateness). When the view is quiet the watermark stops moving
+        while T does, and re-reading ``watermark - overlap`` would encode and fingerprint the
+        same rows forever (the idle cost `make bench` measured). So the window starts at
+        ``max(W - overlap, min(W, T - overlap - lateness))``: unchanged while changes flow,
+        shrinking to the rows at the watermark itself (never above it: rows sharing the
+        boundary timestamp are always re-read) once the view has been quiet for longer than
+        that. Only with a watermark this process left in Redis and once it has measured how
+        late changes arrive; after a restart, a resync or a Redis loss, or before any change
+        was seen, the full window is read.
         """
         if origin == "SYNC_START":
             # First run: everything from SYNC_START; the default reads the whole view.
             return None if watermark <= datetime(2000, 1, 1) else watermark
         overlap = timedelta(seconds=self.cfg.sync_overlap)
         since = watermark - overlap
-        if origin == "redis" and self.last_full_read is not None:
-            since = max(since, min(watermark, self.last_full_read - overlap))
+        late = self.lateness.worst()
+        if origin == "redis" and self.last_full_read is not None and late is not None:
+            widened = self.last_full_read - overlap - timedelta(seconds=late)
+            since = max(since, min(watermark, widened))
         # SQL Server's datetime starts in 1753; a resync --all asks for "everything".
         return max(since, DATETIME_MIN)
 
@@ -270,6 +317,11 @@ class Producer:
             stats.backlog = self.backlog(client)
             stored = read_watermark_text(client, self.keys)
             watermark, origin = self.start_watermark(stored)
+            if origin == "redis" and stored != self.left_watermark:
+                if self.left_watermark is not None:
+                    log.info("the watermark was moved to %s (a resync?); reading the whole "
+                             "window from there", stored, extra={"watermark": stored})
+                origin = "moved"
             stats.watermark = watermark
             if stats.backlog >= self.cfg.queue_max_pending:
                 stats.paused = True
@@ -280,7 +332,10 @@ class Producer:
             stats.since = since
             # Every chunk checks the lock and the watermark it expects (absent: "").
             guard = Guard(lock.key, lock.token, stored or "")
-            writer = _ChunkWriter(client, self.keys, stats, guard, ceiling=read_started)
+            measures = origin == "redis" and self.last_full_read is not None
+            floor = max(since or DATETIME_MIN, self.last_since or DATETIME_MIN)
+            writer = _ChunkWriter(client, self.keys, stats, guard, ceiling=read_started,
+                                  arrival_floor=floor if measures else None)
             try:
                 pending: list[EncodedRow] = []
                 chunks = 0
@@ -311,13 +366,32 @@ class Producer:
                 writer.wait()
             finally:
                 writer.close()
+                self.left_watermark = writer.guard.watermark or None
             stats.backlog = self.backlog(client)
             stats.complete = True
+            if measures and self.last_full_read is not None:
+                self._measure(stats, self.last_full_read, writer.oldest_arrival)
             self.last_full_read = read_started
+            self.last_since = since
             return stats
         finally:
             lock.release()
             stats.duration_ms = round((time.monotonic() - t0) * 1000, 1)
+
+    def _measure(self, stats: CycleStats, previous_read: datetime,
+                 oldest_arrival: datetime | None) -> None:
+        """Record how late this cycle's new arrivals were (at least previous read - version)."""
+        if oldest_arrival is None:
+            return
+        stats.late_s = max(0.0, (previous_read - oldest_arrival).total_seconds())
+        self.lateness.add(stats.late_s)
+        if stats.late_s > self.cfg.sync_overlap:
+            log.warning(
+                "a change arrived %.0f s after its %s, more than SYNC_OVERLAP=%g s: a writer's "
+                "clock lags SQL Server's, or transactions run long. Polling still reads such rows "
+                "while it runs, but after a restart or a Redis loss they are left to reconcile; "
+                "raise SYNC_OVERLAP above %.0f", stats.late_s, self.cfg.mssql_version_column,
+                self.cfg.sync_overlap, stats.late_s, extra={"late_s": stats.late_s})
 
     def _dated_in_future(self, stats: CycleStats, row: EncodedRow, source_now: datetime) -> None:
         """Count a row dated ahead of SQL Server's clock; log it once per key and version."""
@@ -368,6 +442,8 @@ class Producer:
                 "backlog": str(stats.backlog),
                 "future_rows": str(stats.future),
                 "future_example": stats.future_example,
+                "late_max_s": f"{late:.1f}" if (late := self.lateness.worst()) is not None else "",
+                "overlap": f"{self.cfg.sync_overlap:g}",
             })
         try:
             if self.redis is not None:

@@ -9,7 +9,8 @@ Exit codes, for monitoring: 0 healthy, 1 degraded, 2 down.
   interval (plus a grace period), the producer backing off (e.g. SQL Server unreachable) or
   paused by backpressure.
 * warnings (shown, exit code unchanged): rows dated ahead of SQL Server's clock (synced, but
-  their date is wrong at the source).
+  their date is wrong at the source); changes arriving later after their version than
+  SYNC_OVERLAP allows (a writer's clock behind SQL Server's, or long transactions).
 
 "Lag" is the age of the oldest change still waiting in the queue (0 when the queue is empty):
 a quiet source is not a late sync. The age of the newest committed change is shown beside it.
@@ -191,6 +192,13 @@ def assess(cfg: Config, data: dict[str, Any], now: float) -> Health:
             health.warn(f"{future} row(s) dated ahead of SQL Server's clock, e.g. "
                         f"{producer.get('future_example', '?')}: synced, but the watermark stays "
                         f"at the present; correct {cfg.mssql_version_column} at the source")
+    late = _f(producer, "late_max_s")
+    overlap = _f(producer, "overlap") or cfg.sync_overlap
+    if late is not None and late > overlap:
+        health.warn(f"changes arrive up to {late:.0f} s after their {cfg.mssql_version_column}, "
+                    f"more than SYNC_OVERLAP={overlap:g} s allows (a writer's clock behind SQL "
+                    f"Server's, or long transactions): after a restart or a Redis loss such rows "
+                    f"are left to reconcile; raise SYNC_OVERLAP above {late:.0f}")
     alive = [n for n, c in data["consumers"].items()
              if (_f(c, "heartbeat") or 0) > now - CONSUMER_SILENT_S]
     if not alive:

@@ -172,7 +172,8 @@ def test_reconcile_on_a_source_slower_than_its_lock_ttl(pipeline_env: dict[str, 
     longer than the lock's TTL (2 s here, 30 s in production); the run completes, repairing
     the change and the delete, because the lock stays alive while it waits."""
     standin.seed(200, seed=23)
-    cfg = config_from_mapping(dict(pipeline_env, MSSQL_QUERY_TIMEOUT="20"))
+    cfg = config_from_mapping(dict(pipeline_env, MSSQL_QUERY_TIMEOUT="20",
+                                   MSSQL_LOGIN_TIMEOUT="20"))
     produce(cfg)
     consume(cfg)
     victim, changed = (r["CONDUCE"] for r in standin.rows()[:2])
@@ -234,3 +235,36 @@ def test_rows_dated_in_the_future_do_not_stop_real_changes(pipeline_env: dict[st
     assert "warning: 2 row(s) dated ahead" in render(data, time.time())
     consume(cfg)
     assert {"FUT-DAY", "FUT-MAX", "NEW-0", "NEW-1", "NEW-2"} <= pg_keys(cfg)
+
+
+def test_a_writer_an_hour_behind_sql_server_loses_no_late_row(pipeline_env: dict[str, str],
+                                                               standin: Any) -> None:
+    """Situation 3: an application server stamps ULTIMA_MODIFICACION with its own clock, an
+    hour behind SQL Server's (SYNC_OVERLAP is 60 s). A row it commits 30 s late, with a version
+    within the overlap of the newest one seen, must still be polled while the view is quiet;
+    `facusync status` warns that versions arrive later than the overlap allows."""
+    standin.seed(200, seed=25, start=datetime.now() - timedelta(days=30),
+                 end=datetime.now() - timedelta(days=2))
+    cfg = config_from_mapping(pipeline_env)
+
+    def writer_clock() -> datetime:
+        return datetime.now() - timedelta(hours=1)
+
+    producer = Producer(cfg, Service("test-producer"))
+    try:
+        producer.run_once()
+        for i in range(2):  # the writer's ordinary changes: committed at once, in its clock
+            standin.insert_late({"CONDUCE": f"LAG-{i}"}, writer_clock())
+            assert producer.run_once().queued == 1
+        newest = producer.run_once().watermark
+        for _ in range(3):
+            assert producer.run_once().queued == 0  # quiet
+        # A transaction the writer began 30 s (its clock) before its newest change commits now.
+        standin.insert_late({"CONDUCE": "LAG-LATE"}, newest - timedelta(seconds=30))
+        assert producer.run_once().queued == 1, "the late row was not polled"
+    finally:
+        producer.source.close()
+    _, health = collect(cfg)
+    assert any("more than SYNC_OVERLAP=60 s allows" in w for w in health.warnings), health
+    consume(cfg)
+    assert {"LAG-0", "LAG-1", "LAG-LATE"} <= pg_keys(cfg)
