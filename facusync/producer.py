@@ -286,6 +286,8 @@ class Producer:
             # First run: everything from SYNC_START; the default reads the whole view.
             return None if watermark <= datetime(2000, 1, 1) else watermark
         overlap = timedelta(seconds=self.cfg.sync_overlap)
+        if watermark <= DATETIME_MIN + overlap:
+            return None  # `resync --all`: every row, even one dated before 1753 (datetime2)
         since = watermark - overlap
         late = self.lateness.worst()
         if origin == "redis" and self.last_full_read is not None and late is not None:
@@ -328,6 +330,8 @@ class Producer:
                 return stats
             read_started = self.source.now()
             read_t0 = time.monotonic()
+            if watermark > read_started:
+                watermark = self._clock_behind(watermark, read_started)
             since = self.window_start(watermark, origin)
             stats.since = since
             # Every chunk checks the lock and the watermark it expects (absent: "").
@@ -377,6 +381,19 @@ class Producer:
         finally:
             lock.release()
             stats.duration_ms = round((time.monotonic() - t0) * 1000, 1)
+
+    def _clock_behind(self, watermark: datetime, source_now: datetime) -> datetime:
+        """The watermark is ahead of SQL Server's clock: the clock went back (the repeated
+        hour of a daylight-saving change, a correction) or an older version let a future
+        row carry it there. Rows written now get versions below it, so read from the clock
+        (a lower low-water mark is always true) and forget the narrowing."""
+        if self.last_full_read is not None and source_now < self.last_full_read:
+            log.warning("SQL Server's clock went back from %s to %s (a daylight-saving change?); "
+                        "re-reading from its present time",
+                        self.last_full_read.isoformat(sep=" ", timespec="seconds"),
+                        source_now.isoformat(sep=" ", timespec="seconds"))
+        self.last_full_read = None
+        return source_now
 
     def _measure(self, stats: CycleStats, previous_read: datetime,
                  oldest_arrival: datetime | None) -> None:

@@ -7,6 +7,9 @@ before issue 16.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -47,12 +50,13 @@ def consume(cfg: Config) -> None:
     Consumer(cfg, Service("test-consumer")).run(once=True)
 
 
-def pg_keys(cfg: Config) -> set[str]:
+def pg_keys(cfg: Config, where: str = "true") -> set[str]:
     conn = psycopg2.connect(host=cfg.pg_host, port=cfg.pg_port, dbname=cfg.pg_database,
                             user=cfg.pg_user, password=cfg.pg_password.reveal())
     try:
         with conn, conn.cursor() as cur:
-            cur.execute(f"SELECT conduce FROM {cfg.pg_table_vista} WHERE NOT eliminado_en_origen")
+            cur.execute(f"SELECT conduce FROM {cfg.pg_table_vista} "
+                        f"WHERE NOT eliminado_en_origen AND {where}")
             return {r[0] for r in cur.fetchall()}
     finally:
         conn.close()
@@ -268,3 +272,81 @@ def test_a_writer_an_hour_behind_sql_server_loses_no_late_row(pipeline_env: dict
     assert any("more than SYNC_OVERLAP=60 s allows" in w for w in health.warnings), health
     consume(cfg)
     assert {"LAG-0", "LAG-1", "LAG-LATE"} <= pg_keys(cfg)
+
+
+def resync(env: dict[str, str], *args: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "facusync.cli", "resync", *args, "--yes"],
+                         env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_resync_since_rereads_from_there_minus_the_overlap(pipeline_env: dict[str, str],
+                                                          standin: Any) -> None:
+    """`resync --since X` promises a re-read from X minus SYNC_OVERLAP, also while the running
+    producer has narrowed its window on a quiet view."""
+    standin.seed(200, seed=26, start=datetime.now() - timedelta(days=30),
+                 end=datetime.now() - timedelta(days=2))
+    env = dict(pipeline_env, SYNC_OVERLAP="60")
+    cfg = config_from_mapping(env)
+    target = standin.rows()[50]
+    since = target["ULTIMA_MODIFICACION"] + timedelta(seconds=30)
+    producer = Producer(cfg, Service("test-producer"))
+    try:
+        producer.run_once()
+        producer.run_once()
+        standin.update(target["CONDUCE"], bump=False, cliente="Cambio sin versión")
+        resync(env, "--since", since.isoformat(sep=" "))
+        stats = producer.run_once()
+    finally:
+        producer.source.close()
+    assert stats.since == since - timedelta(seconds=60)
+    assert stats.queued == 1
+    sent = [e for e in entries(cfg) if e["key"] == target["CONDUCE"]]
+    assert len(sent) == 2 and "Cambio sin versión" in sent[-1]["row"]
+
+
+def test_resync_all_reaches_rows_dated_before_1900(pipeline_env: dict[str, str],
+                                                    standin: Any) -> None:
+    """`resync --all` re-reads every row, also those dated before 1900 (down to 1753-01-01,
+    SQL Server's first datetime)."""
+    standin.seed(50, seed=27)
+    old = {"OLD-1850": datetime(1850, 6, 1, 12), "OLD-1753": datetime(1753, 1, 1)}
+    for key, version in old.items():
+        standin.insert_late({"CONDUCE": key}, version)
+    cfg = config_from_mapping(pipeline_env)
+    produce(cfg)
+    consume(cfg)
+    for key in old:
+        standin.update(key, bump=False, cliente="Cambio sin versión")
+    resync(pipeline_env, "--all")
+    produce(cfg)
+    changed = {e["key"] for e in entries(cfg) if "Cambio sin versión" in e["row"]}
+    assert changed == set(old)
+    consume(cfg)
+    assert pg_keys(cfg, "cliente = 'Cambio sin versión'") == set(old)
+
+
+def test_the_repeated_hour_of_a_dst_change_loses_no_row(pipeline_env: dict[str, str],
+                                                         standin: Any) -> None:
+    """SOURCE_TIMEZONE with daylight saving: at the autumn change SQL Server's clock goes back
+    an hour and rows written in the repeated hour get versions below the watermark."""
+    standin.seed(100, seed=28, start=datetime.now() - timedelta(days=30),
+                 end=datetime.now() - timedelta(days=2))
+    cfg = config_from_mapping(dict(pipeline_env, SOURCE_TIMEZONE="Europe/Madrid"))
+    producer = Producer(cfg, Service("test-producer"))
+    try:
+        producer.run_once()
+        for i in range(3):  # the first pass through the hour
+            standin.insert([{"CONDUCE": f"FIRST-{i}"}])
+            assert producer.run_once().queued == 1
+        standin.set_fault(clock_offset=-3600)  # 03:00 becomes 02:00 again
+        for i in range(3):  # the second pass: versions an hour below the watermark
+            standin.insert_late({"CONDUCE": f"AGAIN-{i}"}, source_clock(standin))
+            assert producer.run_once().queued == 1, f"AGAIN-{i} was not polled"
+        for _ in range(3):
+            assert producer.run_once().queued == 0
+    finally:
+        producer.source.close()
+    consume(cfg)
+    written = {f"FIRST-{i}" for i in range(3)} | {f"AGAIN-{i}" for i in range(3)}
+    assert written <= pg_keys(cfg)

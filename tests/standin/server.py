@@ -46,6 +46,7 @@ class Faults:
     delay: float = 0.0
     drop_after_rows: int | None = None
     hang: bool = False
+    clock_offset: float = 0.0
 
 
 class FaultFile:
@@ -84,6 +85,7 @@ class FaultFile:
             delay=float(data.get("delay", 0.0) or 0.0),
             drop_after_rows=None if drop is None else int(drop),
             hang=bool(data.get("hang", False)),
+            clock_offset=float(data.get("clock_offset", 0.0) or 0.0),
         )
 
 
@@ -360,6 +362,7 @@ class Connection:
         v = self.tds_version
         log.debug("spid %d: batch %r", self.spid, text[:500])
         faults = self.faults.current()
+        self.session.clock_offset = faults.clock_offset
         if faults.hang and faults.drop_after_rows is None:
             self.stall()
         if faults.delay and self.wait_delay(faults.delay):
