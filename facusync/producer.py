@@ -98,14 +98,33 @@ class Lateness:
         self.memory = memory
         self.samples: deque[tuple[float, float]] = deque()  # (monotonic time, seconds)
 
-    def add(self, seconds: float) -> None:
-        self.samples.append((time.monotonic(), seconds))
+    def add(self, seconds: float, age: float = 0.0) -> None:
+        """A sample measured `age` seconds ago (a restart reloads the last one from Redis)."""
+        self.samples.append((time.monotonic() - age, seconds))
 
     def worst(self) -> float | None:
         """None until an arrival was measured: nothing is known about the writers yet."""
         while self.samples and self.samples[0][0] < time.monotonic() - self.memory:
             self.samples.popleft()
         return max((s for _, s in self.samples), default=None)
+
+    def worst_at(self) -> float | None:
+        """Wall-clock time of the worst sample, to store beside it."""
+        worst = self.worst()
+        if worst is None:
+            return None
+        taken = max(t for t, s in self.samples if s == worst)
+        return time.time() - (time.monotonic() - taken)
+
+    def reload(self, stored: dict[bytes, bytes]) -> None:
+        """Take back what a previous process measured (producer stats in Redis)."""
+        try:
+            seconds = float(stored[b"late_max_s"])
+            age = time.time() - float(stored[b"late_at"])
+        except (KeyError, ValueError):
+            return
+        if 0 <= age < self.memory:
+            self.add(seconds, age)
 
 
 def table_columns(cfg: Config) -> list[str]:
@@ -232,6 +251,7 @@ class Producer:
         self.last_full_read: datetime | None = None
         self.last_since: datetime | None = None
         self.lateness = Lateness()
+        self.lateness_reloaded = False
         # The watermark text this process left in Redis; anything else means someone moved
         # it (resync) or Redis lost it.
         self.left_watermark: str | None = None
@@ -316,6 +336,9 @@ class Producer:
             stats.complete = True
             return stats
         try:
+            if not self.lateness_reloaded:
+                self.lateness.reload(client.hgetall(self.keys.producer_stats))
+                self.lateness_reloaded = True
             stats.backlog = self.backlog(client)
             stored = read_watermark_text(client, self.keys)
             watermark, origin = self.start_watermark(stored)
@@ -460,6 +483,7 @@ class Producer:
                 "future_rows": str(stats.future),
                 "future_example": stats.future_example,
                 "late_max_s": f"{late:.1f}" if (late := self.lateness.worst()) is not None else "",
+                "late_at": f"{at:.3f}" if (at := self.lateness.worst_at()) is not None else "",
                 "overlap": f"{self.cfg.sync_overlap:g}",
             })
         try:
