@@ -30,21 +30,10 @@ from facusync.producer import Producer
 from facusync.reconcile import Reconciler
 from facusync.redisconn import Keys, connect_redis
 from facusync.service import Service
+from tests.integration.test_producer import entries
+from tests.integration.test_producer import run_once as produce
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def produce(cfg: Config) -> Any:
-    """One complete producer cycle (waits out a lock a stopped producer left behind)."""
-    producer = Producer(cfg, Service("test-producer"))
-    try:
-        deadline = time.monotonic() + 40
-        while True:
-            stats = producer.run_once()
-            if not stats.skipped or time.monotonic() > deadline:
-                return stats
-    finally:
-        producer.source.close()
 
 
 def consume(cfg: Config) -> None:
@@ -61,15 +50,6 @@ def pg_keys(cfg: Config, where: str = "true") -> set[str]:
             return {r[0] for r in cur.fetchall()}
     finally:
         conn.close()
-
-
-def entries(cfg: Config) -> list[dict[str, str]]:
-    client = connect_redis(cfg)
-    try:
-        return [{k.decode(): v.decode() for k, v in fields.items()}
-                for _, fields in client.xrange(Keys(cfg.redis_prefix).stream)]
-    finally:
-        client.close()
 
 
 def stream_length(cfg: Config) -> int:

@@ -10,17 +10,9 @@ from facusync.config import config_from_mapping
 from facusync.lock import LockLost
 from facusync.producer import CycleStats, Lateness, Producer
 from facusync.service import Service
+from tests.unit.test_config import GOOD
 
-ENV = {
-    "MSSQL_HOST": "sqlserver.example.invalid",
-    "MSSQL_USER": "facusync_ro",
-    "MSSQL_PASSWORD": "ms-Secret-123",
-    "PG_HOST": "127.0.0.1",
-    "PG_USER": "facusync_sync",
-    "PG_PASSWORD": "pg-Secret-456",
-    "REDIS_PASSWORD": "redis-Secret-789",
-    "BACKOFF_MAX": "60",
-}
+ENV = {**GOOD, "BACKOFF_MAX": "60"}
 
 
 def test_a_lost_lock_is_retried_with_growing_waits(monkeypatch: pytest.MonkeyPatch) -> None:
