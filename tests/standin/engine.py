@@ -53,9 +53,9 @@ class Session:
     user: str
     spid: int
     server_database: str
+    clock_offset: float = 0.0  # seconds added to the server's clock (GETDATE() and friends)
     trancount: int = 0
     rowcount: int = 0
-    clock_offset: float = 0.0  # seconds added to the server's clock (GETDATE() and friends)
 
 
 @dataclass
