@@ -55,7 +55,7 @@ from facusync.enqueue import (
     restore_fingerprints,
 )
 from facusync.errors import FacusyncError
-from facusync.lock import RedisLock
+from facusync.lock import LockLost, RedisLock
 from facusync.message import format_version
 from facusync.pgconn import connect_pg
 from facusync.producer import discover_columns
@@ -119,7 +119,11 @@ class Reconciler:
             if not lock.acquire(wait=self.lock_wait, priority=True):
                 raise LockBusy(f"the producer held the source lock for over {self.lock_wait:.0f} s "
                                f"(holder: {lock.holder()}); try again later")
-            result = self._scan(client, source, conn, cols, lock)
+            try:
+                result = self._scan(client, source, conn, cols, lock)
+            except LockLost as exc:
+                raise LockBusy(f"{exc}: reconcile stopped (what it queued before is valid); "
+                               "run it again") from None
         finally:
             lock.release()
             conn.close()

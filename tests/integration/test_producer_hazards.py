@@ -27,7 +27,7 @@ from facusync.config import Config, config_from_mapping
 from facusync.consumer import Consumer
 from facusync.enqueue import read_watermark
 from facusync.producer import Producer
-from facusync.reconcile import Reconciler
+from facusync.reconcile import LockBusy, Reconciler
 from facusync.redisconn import Keys, connect_redis
 from facusync.service import Service
 from tests.integration.test_producer import entries
@@ -364,3 +364,35 @@ def test_the_repeated_hour_of_a_dst_change_loses_no_row(pipeline_env: dict[str, 
     consume(cfg)
     written = {f"FIRST-{i}" for i in range(3)} | {f"AGAIN-{i}" for i in range(3)}
     assert written <= pg_keys(cfg)
+
+
+def test_reconcile_writes_nothing_once_its_lock_is_gone(pipeline_env: dict[str, str],
+                                                       standin: Any, flushable: Any) -> None:
+    """Reconcile checks the lock before every append: when Redis loses its data (and the lock
+    with it) during reconcile's sorted read, nothing is appended and it says so (exit 75)."""
+    standin.seed(100, seed=30)
+    cfg = config_from_mapping(dict(pipeline_env, MSSQL_QUERY_TIMEOUT="20",
+                                   MSSQL_LOGIN_TIMEOUT="20"))
+    produce(cfg)
+    consume(cfg)
+    standin.update(standin.rows()[0]["CONDUCE"], bump=False, cliente="Cambio sin versión")
+    lock_key = Keys(cfg.redis_prefix).source_lock
+    outcome: list[BaseException | None] = []
+
+    def reconcile() -> None:
+        try:
+            Reconciler(cfg, lock_wait=10).run()
+            outcome.append(None)
+        except BaseException as exc:  # reported below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=reconcile, daemon=True)
+    standin.set_fault(delay=2.0)  # its login, column discovery and sorted read are slow
+    thread.start()
+    wait_for(lambda: flushable.exists(lock_key), 30, "reconcile to take the lock")
+    flushable.flushall()
+    thread.join(60)
+    standin.clear_faults()
+    assert len(outcome) == 1 and isinstance(outcome[0], LockBusy), outcome
+    assert outcome[0].exit_code == 75 and "run it again" in str(outcome[0])
+    assert stream_length(cfg) == 0, "reconcile appended after losing its lock"
