@@ -252,6 +252,9 @@ class Producer:
         self.last_since: datetime | None = None
         self.lateness = Lateness()
         self.lateness_reloaded = False
+        # Until an arrival is measured: how far the newest version trailed SQL Server's clock
+        # at this process's first complete read (a writer an hour behind shows up here too).
+        self.boot_lateness: float | None = None
         # The watermark text this process left in Redis; anything else means someone moved
         # it (resync) or Redis lost it.
         self.left_watermark: str | None = None
@@ -298,9 +301,10 @@ class Producer:
         ``max(W - overlap, min(W, T - overlap - lateness))``: unchanged while changes flow,
         shrinking to the rows at the watermark itself (never above it: rows sharing the
         boundary timestamp are always re-read) once the view has been quiet for longer than
-        that. Only with a watermark this process left in Redis and once it has measured how
-        late changes arrive; after a restart, a resync or a Redis loss, or before any change
-        was seen, the full window is read.
+        that. Only with a watermark this process left in Redis; after a restart, a resync or
+        a Redis loss the full window is read. Before any arrival was measured, the lateness
+        assumed is how far the newest version trailed the source's clock at the first
+        complete read (a writer an hour behind makes that at least an hour).
         """
         if origin == "SYNC_START":
             # First run: everything from SYNC_START; the default reads the whole view.
@@ -310,6 +314,8 @@ class Producer:
             return None  # `resync --all`: every row, even one dated before 1753 (datetime2)
         since = watermark - overlap
         late = self.lateness.worst()
+        if late is None:
+            late = self.boot_lateness
         if origin == "redis" and self.last_full_read is not None and late is not None:
             widened = self.last_full_read - overlap - timedelta(seconds=late)
             since = max(since, min(watermark, widened))
@@ -398,6 +404,8 @@ class Producer:
             stats.complete = True
             if measures and self.last_full_read is not None:
                 self._measure(stats, self.last_full_read, writer.oldest_arrival)
+            if self.boot_lateness is None and stats.watermark is not None:
+                self.boot_lateness = max(0.0, (read_started - stats.watermark).total_seconds())
             self.last_full_read = read_started
             self.last_since = since
             return stats

@@ -225,7 +225,7 @@ def test_quiet_view_is_not_reread_forever(pipeline_env: dict[str, str], standin:
         first = producer.run_once()
         assert first.read == 400
         assert producer.run_once().since == first.watermark - timedelta(seconds=4), \
-            "nothing measured yet: the whole overlap is re-read"
+            "the newest version trails the clock by 2 days: that lateness is assumed until measured"
         standin.insert([{"CONDUCE": "NEW-Q0"}])  # arrives on time: lateness 0 is measured
         assert producer.run_once().queued == 1
         time.sleep(5)  # quiet for longer than the overlap

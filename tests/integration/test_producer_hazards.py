@@ -288,6 +288,25 @@ def test_a_writer_an_hour_behind_sql_server_loses_no_late_row(pipeline_env: dict
     assert {"LAG-0", "LAG-1", "LAG-LATE"} <= pg_keys(cfg)
 
 
+def test_a_late_row_from_a_lagging_writer_before_any_of_its_changes_was_seen(
+        pipeline_env: dict[str, str], standin: Any) -> None:
+    """Situation 3 from the start: the view's rows were all stamped by a writer an hour behind
+    SQL Server before the producer started, and the first change it sees from that writer
+    is a late one (within the overlap of the newest version)."""
+    behind = datetime.now() - timedelta(hours=1)
+    standin.seed(200, seed=31, start=behind - timedelta(days=2), end=behind)
+    cfg = config_from_mapping(pipeline_env)
+    producer = Producer(cfg, Service("test-producer"))
+    try:
+        newest = producer.run_once().watermark
+        for _ in range(3):
+            assert producer.run_once().queued == 0  # quiet
+        standin.insert_late({"CONDUCE": "LAG-FIRST"}, newest - timedelta(seconds=30))
+        assert producer.run_once().queued == 1, "the late row was not polled"
+    finally:
+        producer.source.close()
+
+
 def resync(env: dict[str, str], *args: str) -> None:
     out = subprocess.run([sys.executable, "-m", "facusync.cli", "resync", *args, "--yes"],
                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
