@@ -255,6 +255,16 @@ def test_rows_dated_in_the_future_do_not_stop_real_changes(pipeline_env: dict[st
     assert {"FUT-DAY", "FUT-MAX", "NEW-0", "NEW-1", "NEW-2"} <= pg_keys(cfg)
 
 
+def quiet_then_a_late_row(producer: Producer, standin: Any, key: str) -> None:
+    """Quiet cycles, then a row committed now whose version is 30 s below the newest one (a
+    transaction the writer began before its newest change): it must be polled."""
+    newest = producer.run_once().watermark
+    for _ in range(3):
+        assert producer.run_once().queued == 0  # quiet
+    standin.insert_late({"CONDUCE": key}, newest - timedelta(seconds=30))
+    assert producer.run_once().queued == 1, f"the late row {key} was not polled"
+
+
 def test_a_writer_an_hour_behind_sql_server_loses_no_late_row(pipeline_env: dict[str, str],
                                                                standin: Any) -> None:
     """Situation 3: an application server stamps ULTIMA_MODIFICACION with its own clock, an
@@ -274,12 +284,7 @@ def test_a_writer_an_hour_behind_sql_server_loses_no_late_row(pipeline_env: dict
         for i in range(2):  # the writer's ordinary changes: committed at once, in its clock
             standin.insert_late({"CONDUCE": f"LAG-{i}"}, writer_clock())
             assert producer.run_once().queued == 1
-        newest = producer.run_once().watermark
-        for _ in range(3):
-            assert producer.run_once().queued == 0  # quiet
-        # A transaction the writer began 30 s (its clock) before its newest change commits now.
-        standin.insert_late({"CONDUCE": "LAG-LATE"}, newest - timedelta(seconds=30))
-        assert producer.run_once().queued == 1, "the late row was not polled"
+        quiet_then_a_late_row(producer, standin, "LAG-LATE")
     finally:
         producer.source.close()
     _, health = collect(cfg)
@@ -298,11 +303,7 @@ def test_a_late_row_from_a_lagging_writer_before_any_of_its_changes_was_seen(
     cfg = config_from_mapping(pipeline_env)
     producer = Producer(cfg, Service("test-producer"))
     try:
-        newest = producer.run_once().watermark
-        for _ in range(3):
-            assert producer.run_once().queued == 0  # quiet
-        standin.insert_late({"CONDUCE": "LAG-FIRST"}, newest - timedelta(seconds=30))
-        assert producer.run_once().queued == 1, "the late row was not polled"
+        quiet_then_a_late_row(producer, standin, "LAG-FIRST")
     finally:
         producer.source.close()
 
