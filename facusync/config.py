@@ -8,8 +8,11 @@ else in facusync reads ``os.environ``.
 
 from __future__ import annotations
 
+import grp
+import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,10 +20,14 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from facusync.errors import ConfigError
+from facusync.errors import AccessError, ConfigError
 
 PLACEHOLDER = "CHANGE_ME"
 DEFAULT_ENV_FILE = "/etc/facusync/facusync.env"
+# What a CA-file setting may say instead of a path: trust the CAs Debian trusts (ca-certificates).
+SYSTEM_CA = "system"
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+PG_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -66,6 +73,9 @@ class Config:
     mssql_login_timeout: int
     mssql_query_timeout: int
     mssql_tds_version: str
+    mssql_encrypt: str
+    mssql_ca_file: str
+    mssql_check_hostname: bool
     pg_host: str
     pg_port: int
     pg_database: str
@@ -78,12 +88,23 @@ class Config:
     pg_sync_role_password: Secret = field(repr=False)
     pg_nocodb_role: str
     pg_nocodb_role_password: Secret = field(repr=False)
+    pg_admin_user: str
+    pg_admin_host: str
+    pg_admin_password: Secret = field(repr=False)
+    pg_sslmode: str
+    pg_sslrootcert: str
+    pg_sslcert: str
+    pg_sslkey: str
     redis_host: str
     redis_port: int
     redis_password: Secret = field(repr=False)
     redis_db: int
     redis_prefix: str
     redis_connect_timeout: float
+    redis_tls: bool
+    redis_ca_file: str
+    redis_cert_file: str
+    redis_key_file: str
     sync_interval: float
     sync_overlap: float
     sync_start: datetime
@@ -97,6 +118,10 @@ class Config:
     source_timezone: str
     lag_warn: float
     reconcile_max_delete_pct: float
+    reconcile_interval: float
+    metrics_address: str
+    metrics_producer_port: int | None
+    metrics_consumer_port: int | None
     log_level: str
     log_format: str
 
@@ -157,6 +182,24 @@ class _Reader:
             return cast(default)
         return value
 
+    def optional_port(self, name: str) -> int | None:
+        """A TCP port, or None when unset (the feature it enables stays off)."""
+        if not (self.env.get(name) or "").strip():
+            return None
+        before = len(self.problems)
+        port: int = self.number(name, "1", 1, 65535)
+        return port if len(self.problems) == before else None  # a wrong one is reported once
+
+    def ip_address(self, name: str, default: str) -> str:
+        value = self.text(name, default)
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            self.problems.append(f"{name}={value!r} is not an IP address: use one such as "
+                                 "127.0.0.1 (this host only) or ::1")
+            return default
+        return value
+
     def identifier(self, name: str, default: str, *, qualified: bool = False) -> str:
         value = self.text(name, default)
         parts = value.split(".") if qualified else [value]
@@ -175,6 +218,37 @@ class _Reader:
             return default
         return value.lower()
 
+    def pem_file(self, name: str, marker: str, *, system_ok: bool = False) -> str:
+        """An optional PEM file the service user must be able to read ("" when unset); a
+        CERTIFICATE file is checked as a CA bundle, as the TLS libraries will load it."""
+        value = self.text(name, "")
+        if system_ok and value == SYSTEM_CA:
+            if not Path(SYSTEM_CA_BUNDLE).is_file():
+                self.problems.append(f"{name}={SYSTEM_CA} needs {SYSTEM_CA_BUNDLE}: install the "
+                                     "ca-certificates package, or give the CA file's path")
+        elif value:
+            self._check_pem(name, value, marker)
+        return value
+
+    def _check_pem(self, name: str, path: str, marker: str) -> None:
+        try:
+            text = Path(path).read_text(encoding="ascii", errors="replace")
+        except OSError as exc:
+            self.problems.append(f"{name}={path!r} cannot be read ({exc.strerror}): give the path of "
+                                 "a PEM file the service user can read (e.g. under /etc/facusync)")
+            return
+        if f"{marker}-----" not in text:
+            what = ("the CA certificate that signed the server's certificate"
+                    if marker == "CERTIFICATE" else "the right file")
+            self.problems.append(f"{name}={path!r} holds no PEM {marker.lower()} "
+                                 f"(-----BEGIN {marker}-----): give {what}")
+            return
+        if marker == "CERTIFICATE":
+            try:
+                ssl.create_default_context(cafile=path)
+            except (ssl.SSLError, ValueError) as exc:
+                self.problems.append(f"{name}={path!r} is not a valid PEM certificate file ({exc})")
+
     def timestamp(self, name: str, default: str) -> datetime:
         value = self.text(name, default)
         try:
@@ -186,6 +260,22 @@ class _Reader:
             self.problems.append(f"{name}={value!r} must be the source's local time, without an offset")
             return datetime.fromisoformat(default)
         return parsed
+
+    def boolean(self, name: str, default: str) -> bool:
+        return self.choice(name, default, ("yes", "no", "true", "false", "1", "0")) in (
+            "yes", "true", "1")
+
+    def ca_file(self, name: str) -> str:
+        """A readable PEM file of CA certificates, or "" when unset (written into freetds.conf)."""
+        path = self.text(name, "")
+        if not path:
+            return ""
+        if any(c in path for c in ";#\n"):
+            self.problems.append(f"{name}={path!r} contains ; or # (a comment in freetds.conf): "
+                                 "move the file to a plain path")
+            return path
+        self._check_pem(name, path, "CERTIFICATE")
+        return path
 
     def timezone(self, name: str, default: str) -> str:
         value = self.text(name, default)
@@ -243,12 +333,25 @@ def load_config(
     if env_file is not None:
         try:
             env.update(parse_env_file(Path(env_file).read_text(encoding="utf-8")))
+        except PermissionError:
+            raise AccessError(_unreadable(Path(env_file))) from None
         except OSError as exc:
             raise ConfigError([f"cannot read env file {env_file}: {exc.strerror}"], source) from None
     real = os.environ if environ is None else environ
     env.update(real)
     source = source or real.get("FACUSYNC_ENV_FILE") or None
     return config_from_mapping(env, source)
+
+
+def _unreadable(path: Path) -> str:
+    """Why the env file cannot be read, and who can: it holds passwords, so not everyone."""
+    try:
+        group = grp.getgrgid(path.stat().st_gid).gr_name
+    except (OSError, KeyError):
+        group = ""
+    who = f" or as a member of group {group}" if group and group != "root" else ""
+    return (f"cannot read {path}: permission denied (it holds passwords): run the command as "
+            f"root (sudo facusync ...){who}")
 
 
 def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Config:
@@ -267,6 +370,10 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
         mssql_login_timeout=r.number("MSSQL_LOGIN_TIMEOUT", "5", 1, 300),
         mssql_query_timeout=r.number("MSSQL_QUERY_TIMEOUT", "120", 1, 3600),
         mssql_tds_version=r.choice("MSSQL_TDS_VERSION", "auto", ("auto", "7.1", "7.2", "7.3", "7.4")),
+        # FreeTDS's `encryption`: request encrypts whenever the server has a certificate.
+        mssql_encrypt=r.choice("MSSQL_ENCRYPT", "request", ("off", "request", "require")),
+        mssql_ca_file=r.ca_file("MSSQL_CA_FILE"),
+        mssql_check_hostname=r.boolean("MSSQL_CHECK_HOSTNAME", "yes"),
         pg_host=r.text("PG_HOST"),
         pg_port=r.number("PG_PORT", "5432", 1, 65535),
         pg_database=r.identifier("PG_DATABASE", "syncdb"),
@@ -280,12 +387,24 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
         pg_sync_role_password=r.secret("PG_SYNC_ROLE_PASSWORD", required=False),
         pg_nocodb_role=r.identifier("PG_NOCODB_ROLE", "facusync_nocodb"),
         pg_nocodb_role_password=r.secret("PG_NOCODB_ROLE_PASSWORD", required=False),
+        # Only `facusync migrate --admin` uses these (see facusync.adminconn).
+        pg_admin_user=r.identifier("PG_ADMIN_USER", "postgres"),
+        pg_admin_host=r.text("PG_ADMIN_HOST", "/var/run/postgresql"),
+        pg_admin_password=r.secret("PG_ADMIN_PASSWORD", required=False),
+        pg_sslmode=r.choice("PG_SSLMODE", "prefer", PG_SSLMODES),
+        pg_sslrootcert=r.pem_file("PG_SSLROOTCERT", "CERTIFICATE", system_ok=True),
+        pg_sslcert=r.pem_file("PG_SSLCERT", "CERTIFICATE"),
+        pg_sslkey=r.pem_file("PG_SSLKEY", "PRIVATE KEY"),
         redis_host=r.text("REDIS_HOST", "127.0.0.1"),
         redis_port=r.number("REDIS_PORT", "6379", 1, 65535),
         redis_password=r.secret("REDIS_PASSWORD", required=False),
         redis_db=r.number("REDIS_DB", "0", 0, 15),
         redis_prefix=r.text("REDIS_PREFIX", "facusync:"),
         redis_connect_timeout=r.number("REDIS_CONNECT_TIMEOUT", "5", 0.1, 300, float),
+        redis_tls=r.choice("REDIS_TLS", "off", ("off", "on")) == "on",
+        redis_ca_file=r.pem_file("REDIS_CA_FILE", "CERTIFICATE", system_ok=True),
+        redis_cert_file=r.pem_file("REDIS_CERT_FILE", "CERTIFICATE"),
+        redis_key_file=r.pem_file("REDIS_KEY_FILE", "PRIVATE KEY"),
         sync_interval=r.number("SYNC_INTERVAL", "10", 0.1, day, float),
         sync_overlap=r.number("SYNC_OVERLAP", "300", 0, 30 * day, float),
         sync_start=r.timestamp("SYNC_START", "2000-01-01"),
@@ -299,11 +418,66 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
         source_timezone=r.timezone("SOURCE_TIMEZONE", "America/Santo_Domingo"),
         lag_warn=r.number("LAG_WARN", "120", 1, 30 * day, float),
         reconcile_max_delete_pct=r.number("RECONCILE_MAX_DELETE_PCT", "10", 0, 100, float),
+        # How often facusync-reconcile.timer runs (status and the alert rules call a run
+        # overdue after two of these); the timer itself is configured in systemd.
+        reconcile_interval=r.number("RECONCILE_INTERVAL", "3600", 60, 30 * day, float),
+        # The Prometheus endpoints (facusync.metrics): off unless a port is set.
+        metrics_address=r.ip_address("METRICS_ADDRESS", "127.0.0.1"),
+        metrics_producer_port=r.optional_port("METRICS_PRODUCER_PORT"),
+        metrics_consumer_port=r.optional_port("METRICS_CONSUMER_PORT"),
         log_level=r.choice("LOG_LEVEL", "INFO", ("debug", "info", "warning", "error")).upper(),
         log_format=r.choice("LOG_FORMAT", "auto", ("auto", "json", "text")),
     )
     if not cfg.redis_prefix or any(c.isspace() for c in cfg.redis_prefix):
         r.problems.append(f"REDIS_PREFIX={cfg.redis_prefix!r} must be non-empty, without spaces")
+    if cfg.mssql_ca_file and cfg.mssql_encrypt == "off":
+        r.problems.append("MSSQL_CA_FILE is set but MSSQL_ENCRYPT=off: set MSSQL_ENCRYPT=request or "
+                          "require to verify SQL Server's certificate, or remove MSSQL_CA_FILE")
+    if cfg.metrics_producer_port is not None and cfg.metrics_producer_port == cfg.metrics_consumer_port:
+        r.problems.append(f"METRICS_PRODUCER_PORT and METRICS_CONSUMER_PORT are both "
+                          f"{cfg.metrics_producer_port}: each daemon needs its own port")
+    r.problems += _pg_tls_problems(cfg) + _redis_tls_problems(cfg)
     if r.problems:
         raise ConfigError(r.problems, source)
     return cfg
+
+
+def _pair_problems(cert_name: str, cert: str, key_name: str, key: str) -> list[str]:
+    if bool(cert) != bool(key):
+        given, missing = (cert_name, key_name) if cert else (key_name, cert_name)
+        return [f"{given} is set but {missing} is not: a client certificate needs both"]
+    return []
+
+
+def _pg_tls_problems(cfg: Config) -> list[str]:
+    """Combinations libpq would accept but that do not do what the operator asked for."""
+    problems = _pair_problems("PG_SSLCERT", cfg.pg_sslcert, "PG_SSLKEY", cfg.pg_sslkey)
+    verifies = cfg.pg_sslmode in ("verify-ca", "verify-full")
+    if verifies and not cfg.pg_sslrootcert:
+        problems.append(f"PG_SSLMODE={cfg.pg_sslmode} needs PG_SSLROOTCERT: the CA file that signed "
+                        f"the server's certificate (or PG_SSLROOTCERT={SYSTEM_CA} for the system's CAs)")
+    if cfg.pg_sslrootcert and not verifies:
+        problems.append(f"PG_SSLROOTCERT is set but PG_SSLMODE={cfg.pg_sslmode} does not verify the "
+                        "server: set PG_SSLMODE=verify-full (or remove PG_SSLROOTCERT)")
+    if cfg.pg_sslcert and cfg.pg_sslmode == "disable":
+        problems.append("PG_SSLCERT is set but PG_SSLMODE=disable: a client certificate needs TLS")
+    return problems
+
+
+def _redis_tls_problems(cfg: Config) -> list[str]:
+    problems = _pair_problems("REDIS_CERT_FILE", cfg.redis_cert_file,
+                              "REDIS_KEY_FILE", cfg.redis_key_file)
+    if cfg.redis_tls and not cfg.redis_ca_file:
+        problems.append("REDIS_TLS=on needs REDIS_CA_FILE: the CA file that signed the server's "
+                        f"certificate (or REDIS_CA_FILE={SYSTEM_CA} for the system's CAs)")
+    if not cfg.redis_tls:
+        for name, value in (("REDIS_CA_FILE", cfg.redis_ca_file),
+                            ("REDIS_CERT_FILE", cfg.redis_cert_file)):
+            if value:
+                problems.append(f"{name} is set but REDIS_TLS=off: set REDIS_TLS=on (or remove {name})")
+    return problems
+
+
+def ca_bundle(setting: str) -> str:
+    """The file a CA setting names: its path, or Debian's bundle for SYSTEM_CA."""
+    return SYSTEM_CA_BUNDLE if setting == SYSTEM_CA else setting

@@ -49,6 +49,7 @@ from typing import Any
 
 import redis
 
+from facusync import metrics
 from facusync.config import Config
 from facusync.deadletter import dead_letter_fields, queue_dead_letter
 from facusync.errors import QueueError, SinkError
@@ -285,9 +286,9 @@ class Consumer:
                 log.warning("consumer group missing (Redis lost its data?); recreating it")
                 self.ensure_group()
                 return fn(*args, **kwargs)
-            raise QueueError(describe_redis_error(exc)) from None
+            raise QueueError(describe_redis_error(exc, self.cfg)) from None
         except (redis.RedisError, OSError) as exc:
-            raise QueueError(describe_redis_error(exc)) from None
+            raise QueueError(describe_redis_error(exc, self.cfg)) from None
 
     def ensure_group(self) -> None:
         """Create the group at id 0 (everything already queued is still to do) if missing."""
@@ -296,9 +297,9 @@ class Consumer:
             log.info("created consumer group", extra={"stream": self.keys.stream, "group": GROUP})
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
-                raise QueueError(describe_redis_error(exc)) from None
+                raise QueueError(describe_redis_error(exc, self.cfg)) from None
         except (redis.RedisError, OSError) as exc:
-            raise QueueError(describe_redis_error(exc)) from None
+            raise QueueError(describe_redis_error(exc, self.cfg)) from None
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -401,6 +402,7 @@ class Consumer:
         newest = (result.newest_version.replace(tzinfo=self.cfg.tz).timestamp()
                   if result.newest_version else None)
         self.stats.batch(len(batch), result, len(dead), newest)
+        metrics.consumer_batch(result, len(dead), duration_ms / 1000, batch.low_water, self.stats.newest)
         if not self._acknowledge(batch, dead, result, duration_ms, retry=retry):
             return False
         extra = {
@@ -497,7 +499,7 @@ class Consumer:
     def _ack_failed(self, exc: Exception, retry: bool) -> bool:
         if not retry:
             return False
-        self.state.failing("Redis", describe_redis_error(exc))
+        self.state.failing("Redis", describe_redis_error(exc, self.cfg))
         return self.service.sleep(self.backoff.next_delay())
 
     def _write_stats(self, size: int, duration_ms: float) -> None:
@@ -562,6 +564,7 @@ class Consumer:
                 self.sink.advance_watermark(mark)
                 self._idle_watermark = mark
         self._write_stats(0, 0.0)
+        metrics.consumer_progress(self._idle_watermark, self.stats.newest)
         self.service.status(self.stats.status_line())
 
     # -- the loop ---------------------------------------------------------------------------
@@ -604,6 +607,8 @@ class Consumer:
             reader.halt.set()
             self._drain(reader)
             self.sink.close()
+            self._state = "stopped"  # status shows a clean stop at once, not a silence
+            self._write_stats(0, 0.0)
         log.info("consumer stopped", extra={"consumer": self.name, **self.stats.totals})
         return 0
 

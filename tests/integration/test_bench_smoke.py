@@ -55,6 +55,15 @@ def test_quick_benchmark_measures_every_section_and_cleans_up(bench_tmp: Path) -
     for measured in [*write["batches"].values(), write["naive"], write["two_consumers"]]:
         assert len(measured["insert"]) == 1 and len(measured["update"]) == 1
 
+    costs = write["metrics"]  # off, on, on, off: two of each, every one scraped when on
+    for setting in ("off", "on"):
+        assert len(costs[setting]["insert"]) == 2 and len(costs[setting]["update_cpu_us_per_row"]) == 2
+    assert min(costs["on"]["scrapes"]) >= 1 and max(costs["off"]["scrapes"]) == 0
+    assert len(costs["cost"]) == 1 and costs["cost"][0]["scrape_cpu_ms"] > 0
+    assert costs["cost"][0]["hook_us_per_batch"] > 0 and costs["cost"][0]["scrape_bytes"] > 1000
+    assert "metrics on vs off" in result.stdout and "by parts: hook" in result.stdout
+    assert "cost_pct_scrape_15s" in data["summary"]["metrics"]["insert"]
+
     pipe = data["pipeline"]
     backfill = pipe["backfill"][0]
     assert backfill["raw_read"]["rows"] == pipe["rows"]  # the bench also counted PostgreSQL's rows
@@ -75,3 +84,22 @@ def test_quick_benchmark_measures_every_section_and_cleans_up(bench_tmp: Path) -
     # The servers, the stand-in and the daemons are gone, with their folders.
     assert processes_under(bench_tmp, by_cwd=False) == []
     assert [p.name for p in bench_tmp.iterdir()] == ["results.json"]
+
+
+def test_quick_tls_benchmark_compares_both_modes_and_cleans_up(bench_tmp: Path) -> None:
+    out_file = bench_tmp / "results-tls.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "tls.py"), "--quick", "--json", str(out_file)],
+        cwd=REPO_ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240,
+        env={**os.environ, "TMPDIR": str(bench_tmp), "PYTHONUNBUFFERED": "1"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out_file.read_text())
+    assert [line["measure"] for line in data["summary"]] == [
+        "consumer write path, insert", "consumer write path, update",
+        "backfill (producer + consumer), all three hops"]
+    assert all(line["plaintext_rows_per_s"] > 0 and line["tls_rows_per_s"] > 0
+               for line in data["summary"])
+    assert "| backfill (producer + consumer), all three hops |" in result.stdout
+    assert processes_under(bench_tmp) == []
+    assert [p.name for p in bench_tmp.iterdir()] == ["results-tls.json"]
