@@ -8,8 +8,25 @@ not change, so the overlap costs reads, not writes.
 Where the watermark starts: Redis (the last enqueued version); if Redis lost it, PostgreSQL's
 committed low-water mark in sync_control; if that is empty too, SYNC_START.
 
-Delivery is at-least-once: a crash after a chunk's MULTI/EXEC but before the next re-sends
+Delivery is at-least-once: a crash after a chunk's script call but before the next re-sends
 nothing; a crash inside a chunk re-sends at most that chunk (the consumer is idempotent).
+
+The watermark never passes SQL Server's clock read at the start of the read (GETDATE()): a
+row dated in the future (a PC whose clock is a day ahead, a 9999-12-31 sentinel) is synced
+once (its fingerprint stops re-sends), reported in the log and `facusync status`, but does
+not drag the read window into the future, where every later real change would fall below it.
+
+How late changes arrive is measured from the data, not assumed: a row first seen in a cycle,
+with a version the previous read covered, became visible after that read began (at source
+time T), so it arrived at least ``T - version`` late. A writer whose clock lags SQL Server's
+(an application server stamping its own time) shows up here, and the quiet-view narrowing
+(window_start) widens by what was measured; `facusync status` warns when it exceeds
+SYNC_OVERLAP.
+
+Redis losing its data in the middle of a cycle: every chunk's script checks that the source
+lock is still ours and the watermark still the one the previous chunk left (enqueue.Guard).
+After a FLUSHALL or a restart without persistence neither is, so the cycle stops and the
+next one starts over from PostgreSQL's committed low-water mark.
 """
 
 from __future__ import annotations
@@ -20,6 +37,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,7 +47,14 @@ import redis
 
 from facusync import metrics
 from facusync.config import Config
-from facusync.enqueue import ChunkResult, EncodedRow, append_upserts, encode, read_watermark
+from facusync.enqueue import (
+    ChunkResult,
+    EncodedRow,
+    Guard,
+    append_upserts,
+    encode,
+    read_watermark_text,
+)
 from facusync.errors import EX_OK, EX_UNAVAILABLE, SchemaError, SinkError, UnavailableError
 from facusync.lock import LockLost, RedisLock
 from facusync.message import MessageError, encode_row
@@ -45,6 +70,10 @@ log = logging.getLogger("facusync.producer")
 DATETIME_MIN = datetime(1753, 1, 1)
 LOCK_TTL = 15.0
 BACKLOG_CHECK_EVERY = 10  # chunks between two looks at the stream's length
+# A version this far past the source's clock (plus the read's own duration) is reported as
+# dated in the future; nearer ones are rows committed while the read ran.
+FUTURE_MARGIN = 60.0
+LATENESS_MEMORY = 24 * 3600.0  # how long a measured lateness keeps widening the window
 
 
 @dataclass
@@ -62,6 +91,45 @@ class CycleStats:
     paused: bool = False
     skipped: bool = False
     complete: bool = False
+    future: int = 0  # rows dated ahead of the source's clock, seen this cycle
+    future_example: str = ""
+    late_s: float | None = None  # how late this cycle's new arrivals were, at least
+
+
+class Lateness:
+    """The most any change arrived after its version (seconds), over the last day."""
+
+    def __init__(self, memory: float = LATENESS_MEMORY) -> None:
+        self.memory = memory
+        self.samples: deque[tuple[float, float]] = deque()  # (monotonic time, seconds)
+
+    def add(self, seconds: float, age: float = 0.0) -> None:
+        """A sample measured `age` seconds ago (a restart reloads the last one from Redis)."""
+        self.samples.append((time.monotonic() - age, seconds))
+
+    def worst(self) -> float | None:
+        """None until an arrival was measured: nothing is known about the writers yet."""
+        while self.samples and self.samples[0][0] < time.monotonic() - self.memory:
+            self.samples.popleft()
+        return max((s for _, s in self.samples), default=None)
+
+    def worst_at(self) -> float | None:
+        """Wall-clock time of the worst sample, to store beside it."""
+        worst = self.worst()
+        if worst is None:
+            return None
+        taken = max(t for t, s in self.samples if s == worst)
+        return time.time() - (time.monotonic() - taken)
+
+    def reload(self, stored: dict[bytes, bytes]) -> None:
+        """Take back what a previous process measured (producer stats in Redis)."""
+        try:
+            seconds = float(stored[b"late_max_s"])
+            age = time.time() - float(stored[b"late_at"])
+        except (KeyError, ValueError):
+            return
+        if 0 <= age < self.memory:
+            self.add(seconds, age)
 
 
 def table_columns(cfg: Config) -> dict[str, str]:
@@ -149,10 +217,17 @@ class _ChunkWriter:
     before anything later is written.
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys, stats: CycleStats) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, stats: CycleStats, guard: Guard,
+                 ceiling: datetime, arrival_floor: datetime | None) -> None:
         self.client = client
         self.keys = keys
         self.stats = stats
+        self.guard = guard  # its watermark follows each chunk's
+        self.ceiling = ceiling  # the watermark never passes the source's clock
+        # Queued rows at or above this version were inside the previous read's window: they
+        # are new arrivals (None: this cycle measures nothing).
+        self.arrival_floor = arrival_floor
+        self.oldest_arrival: datetime | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facusync-append")
         self.future: Future[ChunkResult] | None = None
         self.in_flight = 0
@@ -164,8 +239,11 @@ class _ChunkWriter:
             return watermark
         self.in_flight = len(rows)
         self.future = self.executor.submit(append_upserts, self.client, self.keys, rows,
-                                           low_water=watermark, advance_watermark=True)
+                                           low_water=watermark, advance_watermark=True,
+                                           guard=self.guard, ceiling=self.ceiling)
         newest = max((r.version for r in rows if r.version is not None), default=None)
+        if newest is not None:
+            newest = min(newest, self.ceiling)
         return newest if newest is not None and newest > watermark else watermark
 
     def wait(self) -> None:
@@ -173,13 +251,19 @@ class _ChunkWriter:
             return
         future, self.future = self.future, None
         result = future.result()
+        if result.watermark_text is not None:
+            self.guard = Guard(self.guard.lock_key, self.guard.lock_token, result.watermark_text)
         self.stats.read += self.in_flight
         self.stats.queued += result.queued
         self.stats.unchanged += result.unchanged
-        if result.max_version is not None and (
-            self.stats.watermark is None or result.max_version > self.stats.watermark
-        ):
-            self.stats.watermark = result.max_version
+        if self.arrival_floor is not None:
+            floor = self.arrival_floor
+            arrivals = [v for v in result.sent_versions if v >= floor]
+            if arrivals and (self.oldest_arrival is None or min(arrivals) < self.oldest_arrival):
+                self.oldest_arrival = min(arrivals)
+        newest = None if result.max_version is None else min(result.max_version, self.ceiling)
+        if newest is not None and (self.stats.watermark is None or newest > self.stats.watermark):
+            self.stats.watermark = newest
 
     def close(self) -> None:
         try:
@@ -207,8 +291,19 @@ class Producer:
         self.state_log = StateLog(log)
         self.backoff = Backoff(cfg.backoff_max)
         self.owner = f"producer@{socket.gethostname()}:{os.getpid()}"
-        # Source time at the start of the last cycle that read its whole window.
+        # Source time at the start of the last cycle that read its whole window, and where
+        # that window began (None: from the start).
         self.last_full_read: datetime | None = None
+        self.last_since: datetime | None = None
+        self.lateness = Lateness()
+        self.lateness_reloaded = False
+        # Until an arrival is measured: how far the newest version trailed SQL Server's clock
+        # at this process's first complete read (a writer an hour behind shows up here too).
+        self.boot_lateness: float | None = None
+        # The watermark text this process left in Redis; anything else means someone moved
+        # it (resync) or Redis lost it.
+        self.left_watermark: str | None = None
+        self.future_reported: set[tuple[str, datetime]] = set()
 
     # -- set-up -----------------------------------------------------------------------
     def _client(self) -> redis.Redis:
@@ -246,11 +341,10 @@ class Producer:
         self.cols = cols
         return cols
 
-    def start_watermark(self, client: redis.Redis) -> tuple[datetime, str]:
-        """Where to read from, and which of the three sources said so."""
-        wm = read_watermark(client, self.keys)
-        if wm is not None:
-            return wm, "redis"
+    def start_watermark(self, stored: str | None) -> tuple[datetime, str]:
+        """Where to read from (given Redis' watermark text), and which source said so."""
+        if stored is not None:
+            return datetime.fromisoformat(stored), "redis"
         wm = committed_watermark(self.cfg)
         if wm is not None:
             log.warning("Redis has no watermark; resuming from PostgreSQL's committed watermark",
@@ -263,22 +357,32 @@ class Producer:
 
         The overlap exists for rows committed late, up to SYNC_OVERLAP after their
         ULTIMA_MODIFICACION. A row that became visible after the previous complete read began
-        (at source time T) therefore has a version >= T - SYNC_OVERLAP. When the view is quiet
-        the watermark stops moving while T does, and re-reading ``watermark - overlap`` would
-        encode and fingerprint the same rows forever (the idle cost `make bench` measured).
-        So the window starts at ``max(W - overlap, min(W, T - overlap))``: unchanged while
-        changes flow, shrinking to the rows at the watermark itself (never above it: rows
-        sharing the boundary timestamp are always re-read) once the view has been quiet for
-        longer than the overlap. Only with a watermark read from Redis by this process; after
-        a restart, a resync or a Redis loss the full window is read.
+        (at source time T) therefore has a version >= T - SYNC_OVERLAP - lag, where lag is how
+        far a writer's clock trails SQL Server's (the measured lateness beyond what the
+        overlap covers; see Lateness). When the view is quiet the watermark stops moving
+        while T does, and re-reading ``watermark - overlap`` would encode and fingerprint the
+        same rows forever (the idle cost `make bench` measured). So the window starts at
+        ``max(W - overlap, min(W, T - overlap - lateness))``: unchanged while changes flow,
+        shrinking to the rows at the watermark itself (never above it: rows sharing the
+        boundary timestamp are always re-read) once the view has been quiet for longer than
+        that. Only with a watermark this process left in Redis; after a restart, a resync or
+        a Redis loss the full window is read. Before any arrival was measured, the lateness
+        assumed is how far the newest version trailed the source's clock at the first
+        complete read (a writer an hour behind makes that at least an hour).
         """
         if origin == "SYNC_START":
             # First run: everything from SYNC_START; the default reads the whole view.
             return None if watermark <= datetime(2000, 1, 1) else watermark
         overlap = timedelta(seconds=self.cfg.sync_overlap)
+        if watermark <= DATETIME_MIN + overlap:
+            return None  # `resync --all`: every row, even one dated before 1753 (datetime2)
         since = watermark - overlap
-        if origin == "redis" and self.last_full_read is not None:
-            since = max(since, min(watermark, self.last_full_read - overlap))
+        late = self.lateness.worst()
+        if late is None:
+            late = self.boot_lateness
+        if origin == "redis" and self.last_full_read is not None and late is not None:
+            widened = self.last_full_read - overlap - timedelta(seconds=late)
+            since = max(since, min(watermark, widened))
         # SQL Server's datetime starts in 1753; a resync --all asks for "everything".
         return max(since, DATETIME_MIN)
 
@@ -321,13 +425,25 @@ class Producer:
             stats.complete = True
             return stats
         try:
+            if not self.lateness_reloaded:
+                self.lateness.reload(client.hgetall(self.keys.producer_stats))
+                self.lateness_reloaded = True
             stats.backlog = self.backlog(client)
-            watermark, origin = self.start_watermark(client)
+            stored = read_watermark_text(client, self.keys)
+            watermark, origin = self.start_watermark(stored)
+            if origin == "redis" and stored != self.left_watermark:
+                if self.left_watermark is not None:
+                    log.info("the watermark was moved to %s (a resync?); reading the whole "
+                             "window from there", stored, extra={"watermark": stored})
+                origin = "moved"
             stats.watermark = watermark
             if stats.backlog >= self.cfg.queue_max_pending:
                 stats.paused = True
                 return stats
             read_started = self.source.now()
+            read_t0 = time.monotonic()
+            if watermark > read_started:
+                watermark = self._clock_behind(watermark, read_started)
             since = self.window_start(watermark, origin)
             self.recall_loss(client, cols)
             if cols.missing and self.columns_lost_at is None:
@@ -336,18 +452,29 @@ class Producer:
                 since = max(DATETIME_MIN, min(
                     since, self.reread_from - timedelta(seconds=self.cfg.sync_overlap)))
             stats.since = since
-            writer = _ChunkWriter(client, self.keys, stats)
+            # Every chunk checks the lock and the watermark it expects (absent: "").
+            guard = Guard(lock.key, lock.token, stored or "")
+            # A re-read for a column that came back re-sends old rows: not late arrivals.
+            measures = (origin == "redis" and self.last_full_read is not None
+                        and self.reread_from is None)
+            floor = max(since or DATETIME_MIN, self.last_since or DATETIME_MIN)
+            writer = _ChunkWriter(client, self.keys, stats, guard, ceiling=read_started,
+                                  arrival_floor=floor if measures else None)
             try:
                 pending: list[EncodedRow] = []
                 chunks = 0
                 for rows in self.source.read_since(cols, since):
                     self.service.alive()
+                    future_after = read_started + timedelta(
+                        seconds=time.monotonic() - read_t0 + FUTURE_MARGIN)
                     for row in rows:
                         try:
-                            pending.append(encode(cols.names, row, cols.key_index,
-                                                  cols.version_index))
+                            encoded = encode(cols.names, row, cols.key_index, cols.version_index)
                         except MessageError:
                             raise SchemaError(unencodable(self.cfg, cols, row)) from None
+                        if encoded.version is not None and encoded.version > future_after:
+                            self._dated_in_future(stats, encoded, read_started)
+                        pending.append(encoded)
                         if len(pending) >= self.cfg.chunk_size:
                             lock.extend()  # raises LockLost before writing if we lost it
                             watermark = writer.submit(pending, watermark)
@@ -367,14 +494,66 @@ class Producer:
                 writer.wait()
             finally:
                 writer.close()
+                self.left_watermark = writer.guard.watermark or None
             stats.backlog = self.backlog(client)
             stats.complete = True
+            if measures and self.last_full_read is not None:
+                self._measure(stats, self.last_full_read, writer.oldest_arrival)
+            if self.boot_lateness is None and stats.watermark is not None:
+                self.boot_lateness = max(0.0, (read_started - stats.watermark).total_seconds())
             self.last_full_read = read_started
+            self.last_since = since
             self.reread_from = None
             return stats
         finally:
             lock.release()
             stats.duration_ms = round((time.monotonic() - t0) * 1000, 1)
+
+    def _clock_behind(self, watermark: datetime, source_now: datetime) -> datetime:
+        """The watermark is ahead of SQL Server's clock: the clock went back (the repeated
+        hour of a daylight-saving change, a correction) or an older version let a future
+        row carry it there. Rows written now get versions below it, so read from the clock
+        (a lower low-water mark is always true) and forget the narrowing."""
+        if self.last_full_read is not None and source_now < self.last_full_read:
+            log.warning("SQL Server's clock went back from %s to %s (a daylight-saving change?); "
+                        "re-reading from its present time",
+                        self.last_full_read.isoformat(sep=" ", timespec="seconds"),
+                        source_now.isoformat(sep=" ", timespec="seconds"))
+        self.last_full_read = None
+        return source_now
+
+    def _measure(self, stats: CycleStats, previous_read: datetime,
+                 oldest_arrival: datetime | None) -> None:
+        """Record how late this cycle's new arrivals were (at least previous read - version)."""
+        if oldest_arrival is None:
+            return
+        stats.late_s = max(0.0, (previous_read - oldest_arrival).total_seconds())
+        self.lateness.add(stats.late_s)
+        if stats.late_s > self.cfg.sync_overlap:
+            log.warning(
+                "a change arrived %.0f s after its %s, more than SYNC_OVERLAP=%g s: a writer's "
+                "clock lags SQL Server's, or transactions run long. Polling still reads such rows "
+                "while it runs, but after a restart or a Redis loss they are left to reconcile; "
+                "raise SYNC_OVERLAP above %.0f", stats.late_s, self.cfg.mssql_version_column,
+                self.cfg.sync_overlap, stats.late_s, extra={"late_s": stats.late_s})
+
+    def _dated_in_future(self, stats: CycleStats, row: EncodedRow, source_now: datetime) -> None:
+        """Count a row dated ahead of SQL Server's clock; log it once per key and version."""
+        stats.future += 1
+        assert row.version is not None
+        if not stats.future_example:
+            stats.future_example = f"{row.key} at {row.version.isoformat(sep=' ')}"
+        seen = (row.key or "", row.version)
+        if seen in self.future_reported:
+            return
+        self.future_reported.add(seen)
+        log.warning(
+            "row %s has %s %s, ahead of SQL Server's clock (%s): it is synced, but the watermark "
+            "stays at the present so later changes keep flowing; correct the row's date at the "
+            "source (a PC with a wrong clock, or a sentinel date)", row.key,
+            self.cfg.mssql_version_column, row.version.isoformat(sep=" "),
+            source_now.isoformat(sep=" ", timespec="seconds"),
+            extra={"key": row.key, "version": row.version.isoformat()})
 
     # -- reporting --------------------------------------------------------------------
     def report(self, stats: CycleStats, state: str, cause: str = "") -> None:
@@ -413,6 +592,11 @@ class Producer:
                 "last_duration_ms": str(stats.duration_ms),
                 "watermark": stats.watermark.isoformat() if stats.watermark else "",
                 "backlog": str(stats.backlog),
+                "future_rows": str(stats.future),
+                "future_example": stats.future_example,
+                "late_max_s": f"{late:.1f}" if (late := self.lateness.worst()) is not None else "",
+                "late_at": f"{at:.3f}" if (at := self.lateness.worst_at()) is not None else "",
+                "overlap": f"{self.cfg.sync_overlap:g}",
             })
         try:
             if self.redis is not None:
@@ -476,7 +660,10 @@ class Producer:
                 self._failed("Redis", describe_redis_error(exc, self.cfg))
                 continue
             except LockLost as exc:
-                log.warning("%s; the cycle stops and the next one resumes", exc)
+                # Lost to an expiry, a Redis restart or a FLUSHALL: not a reason to hammer
+                # Redis and SQL Server, so the next attempt waits like any other failure.
+                log.warning("%s; the cycle stops and the next one starts over", exc)
+                self.service.sleep(self.backoff.next_delay())
                 continue
             self.state_log.ok()
             self.backoff.reset()

@@ -45,9 +45,17 @@ import redis
 
 from facusync.compare import PgRow, chunked, iter_pg_rows, iter_view_rows, merge
 from facusync.config import Config
-from facusync.enqueue import EncodedRow, append_deletes, append_upserts, encode, read_watermark
+from facusync.enqueue import (
+    EncodedRow,
+    Guard,
+    append_deletes,
+    append_upserts,
+    encode,
+    read_watermark,
+    restore_fingerprints,
+)
 from facusync.errors import FacusyncError
-from facusync.lock import RedisLock
+from facusync.lock import LockLost, RedisLock
 from facusync.message import format_version
 from facusync.pgconn import connect_pg
 from facusync.producer import discover_columns
@@ -57,6 +65,7 @@ from facusync.source import ColumnMap, ViewSource
 log = logging.getLogger("facusync.reconcile")
 
 CHUNK = 2000
+LOCK_TTL = 30.0  # kept alive by the lock's own thread while a slow sorted read runs
 
 
 class MassDeleteRefused(FacusyncError):
@@ -104,13 +113,17 @@ class Reconciler:
         client = connect_redis(self.cfg)
         source = ViewSource(self.cfg)
         conn = connect_pg(self.cfg, application="facusync-reconcile")
-        lock = RedisLock(client, self.keys.source_lock, ttl=30, owner="reconcile")
+        lock = RedisLock(client, self.keys.source_lock, ttl=LOCK_TTL, owner="reconcile")
         try:
             cols = discover_columns(self.cfg, source)
             if not lock.acquire(wait=self.lock_wait, priority=True):
                 raise LockBusy(f"the producer held the source lock for over {self.lock_wait:.0f} s "
                                f"(holder: {lock.holder()}); try again later")
-            result = self._scan(client, source, conn, cols, lock)
+            try:
+                result = self._scan(client, source, conn, cols, lock)
+            except LockLost as exc:
+                raise LockBusy(f"{exc}: reconcile stopped (what it queued before is valid); "
+                               "run it again") from None
         finally:
             lock.release()
             conn.close()
@@ -140,10 +153,9 @@ class Reconciler:
                 continue
             pending.append((v, p))
             if len(pending) >= CHUNK:
-                self._flush(client, pending, dead_keys, low_water, result)
+                self._flush(client, pending, dead_keys, low_water, result, lock)
                 pending = []
-                lock.extend()
-        self._flush(client, pending, dead_keys, low_water, result)
+        self._flush(client, pending, dead_keys, low_water, result, lock)
         result.delete_candidates = len(candidates)
         self._tombstones(client, source, cols, candidates, low_water, result, lock)
         return result
@@ -156,10 +168,18 @@ class Reconciler:
                 keys.add(raw.decode("utf-8", "replace"))
         return keys
 
+    @staticmethod
+    def _guard(lock: RedisLock) -> Guard:
+        """Every write checks, in its own script, that the lock is still ours."""
+        lock.extend()  # fails early (before reading fingerprints) if the renewer lost it
+        return Guard(lock.key, lock.token)
+
     def _flush(self, client: redis.Redis, rows: list[tuple[EncodedRow, PgRow | None]],
-               dead_keys: set[str], low_water: datetime | None, result: ReconcileResult) -> None:
+               dead_keys: set[str], low_water: datetime | None, result: ReconcileResult,
+               lock: RedisLock) -> None:
         if not rows:
             return
+        guard = self._guard(lock)
         known = client.hmget(self.keys.fingerprints, [v.fp_field for v, _ in rows])
         send: list[EncodedRow] = []
         restore: dict[str, str] = {}
@@ -179,11 +199,10 @@ class Reconciler:
         result.fingerprints_restored += len(restore)
         if self.dry_run:
             return
-        if restore:
-            client.hset(self.keys.fingerprints, mapping=restore)  # type: ignore[arg-type]
+        restore_fingerprints(client, self.keys, restore, guard)
         if send:
             append_upserts(client, self.keys, send, low_water=low_water, advance_watermark=False,
-                           src="reconcile", force=True)
+                           src="reconcile", force=True, guard=guard)
 
     def _tombstones(self, client: redis.Redis, source: ViewSource, cols: ColumnMap,
                     candidates: list[tuple[str, str]], low_water: datetime | None,
@@ -204,19 +223,20 @@ class Reconciler:
             )
         gone: list[tuple[str, str]] = []
         for part in chunked(candidates, 500):
-            lock.extend()
             still = {str(r[cols.key_index]) for r in source.read_keys(cols, [k for k, _ in part])}
             gone.extend((k, ver) for k, ver in part if k not in still)
             reappeared = [k for k, _ in part if k in still]
             if reappeared and not self.dry_run:
                 rows = [encode(cols.names, r, cols.key_index, cols.version_index)
                         for r in source.read_keys(cols, reappeared)]
-                result.upserts += append_upserts(client, self.keys, rows, low_water=low_water,
-                                                 advance_watermark=False, src="reconcile").queued
+                result.upserts += append_upserts(
+                    client, self.keys, rows, low_water=low_water, advance_watermark=False,
+                    src="reconcile", guard=self._guard(lock)).queued
         result.tombstones = len(gone)
         if gone and not self.dry_run:
             for part in chunked(gone, CHUNK):
-                append_deletes(client, self.keys, list(part), low_water=low_water)
+                append_deletes(client, self.keys, list(part), low_water=low_water,
+                               guard=self._guard(lock))
 
     def _record(self, client: redis.Redis, result: ReconcileResult) -> None:
         fields = {k: str(v) for k, v in asdict(result).items()}

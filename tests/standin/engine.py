@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import sqlglot
@@ -53,6 +53,7 @@ class Session:
     user: str
     spid: int
     server_database: str
+    clock_offset: float = 0.0  # seconds added to the server's clock (GETDATE() and friends)
     trancount: int = 0
     rowcount: int = 0
     encrypted: bool = False  # the whole session over TLS (CONNECTIONPROPERTY('encrypt_option'))
@@ -457,12 +458,12 @@ class Planner:
             value, sqltype = values[name]
             return _value(value, sqltype)
         name = node.name.upper()
-        now = datetime.now()
+        now = datetime.now() + timedelta(seconds=session.clock_offset)
         if name == "__SI_GETDATE":
             return _string(sqltypes.datetime_text(now), sqltypes.DATETIME)
         if name == "__SI_SYSDATETIME":
             return _string(sqltypes.datetime2_text(now), sqltypes.DATETIME2)
-        utc = datetime.now(UTC).replace(tzinfo=None)
+        utc = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=session.clock_offset)
         if name == "__SI_GETUTCDATE":
             return _string(sqltypes.datetime_text(utc), sqltypes.DATETIME)
         if name == "__SI_SYSUTCDATETIME":

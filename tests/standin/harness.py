@@ -193,7 +193,8 @@ class StandIn:
     # -- faults ---------------------------------------------------------------
 
     def set_fault(self, *, refuse_logins: bool = False, delay: float = 0.0,
-                  drop_after_rows: int | None = None, hang: bool = False) -> None:
+                  drop_after_rows: int | None = None, hang: bool = False,
+                  clock_offset: float = 0.0) -> None:
         """Misbehave for new logins/queries, until changed or cleared.
 
         - ``refuse_logins``: logins fail with error 18456 (pymssql: OperationalError);
@@ -201,11 +202,14 @@ class StandIn:
         - ``drop_after_rows=N``: reset the connection once the N-th row of a result was
           sent (N=0: right after the column metadata); smaller results complete normally;
         - ``hang``: stop answering (the socket stays open); with ``drop_after_rows`` the
-          stall starts after N rows instead of the reset. Clearing it resumes the answer.
+          stall starts after N rows instead of the reset. Clearing it resumes the answer;
+        - ``clock_offset``: seconds added to the server's clock (GETDATE(), SYSDATETIME()...),
+          e.g. -3600 for the repeated hour of a daylight-saving change.
         """
         data = self._control()
         data.update({"refuse_logins": refuse_logins, "delay": delay,
-                     "drop_after_rows": drop_after_rows, "hang": hang})
+                     "drop_after_rows": drop_after_rows, "hang": hang,
+                     "clock_offset": clock_offset})
         self._write_control(data)
 
     def _control(self) -> dict[str, Any]:

@@ -52,6 +52,7 @@ class Faults:
     # Seconds before answering a batch that reads rows (a loaded server, a slow link); logins,
     # TOP 0 and metadata queries answer at once.
     slow_reads: float = 0.0
+    clock_offset: float = 0.0
 
 
 class FaultFile:
@@ -93,6 +94,7 @@ class FaultFile:
             rename_columns=tuple((str(old), str(new))
                                  for old, new in (data.get("rename_columns") or {}).items()),
             slow_reads=float(data.get("slow_reads", 0.0) or 0.0),
+            clock_offset=float(data.get("clock_offset", 0.0) or 0.0),
         )
 
 
@@ -496,6 +498,7 @@ class Connection:
         v = self.tds_version
         log.debug("spid %d: batch %r", self.spid, text[:500])
         faults = self.faults.current()
+        self.session.clock_offset = faults.clock_offset
         if faults.hang and faults.drop_after_rows is None:
             self.stall()
         delay = faults.delay + (faults.slow_reads if _reads_rows(text) else 0.0)
