@@ -61,7 +61,7 @@ class CycleStats:
 
 def table_columns(cfg: Config) -> list[str]:
     """Columns of datos_vista, so the synced set follows the schema without code changes."""
-    conn = connect_pg(cfg, application="facusync-producer")
+    conn = connect_pg(cfg, application="facusync-producer", bounded=True)
     try:
         with conn.cursor() as cur:
             cur.execute(
@@ -90,7 +90,7 @@ def discover_columns(cfg: Config, source: ViewSource) -> ColumnMap:
 
 def committed_watermark(cfg: Config) -> datetime | None:
     """The consumer's durable low-water mark: everything at or below it is in PostgreSQL."""
-    conn = connect_pg(cfg, application="facusync-producer")
+    conn = connect_pg(cfg, application="facusync-producer", bounded=True)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT watermark FROM sync_control WHERE id = 1")

@@ -37,6 +37,11 @@ class Keys:
         return self.prefix + "dead:index"
 
     @property
+    def suspects(self) -> str:
+        """entry id -> times a consumer began writing it alone (MAX_DELIVERIES exceeded)."""
+        return self.prefix + "suspects"
+
+    @property
     def watermark(self) -> str:
         """The last enqueued version (the original design's last sync timestamp)."""
         return self.prefix + "watermark"

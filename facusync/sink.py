@@ -62,6 +62,10 @@ ROW_ERRORS: tuple[type[Exception], ...] = (psycopg2.DataError, psycopg2.Integrit
 # Raised when two consumers lock the same rows in a different order: retry the batch.
 RETRY_ERRORS: tuple[type[Exception], ...] = (psycopg2.errors.DeadlockDetected,
                                              psycopg2.errors.SerializationFailure)
+# PG_STATEMENT_TIMEOUT expired (a lock held by another session, a blocked server): an outage
+# on a connection that is still good, so roll back and keep it.
+TIMEOUT_ERRORS: tuple[type[Exception], ...] = (psycopg2.errors.LockNotAvailable,
+                                               psycopg2.errors.QueryCanceled)
 
 
 
@@ -107,7 +111,11 @@ class WriteResult:
         self.updated += other.updated
         self.unchanged += other.unchanged
         self.deleted += other.deleted
+        self.ignored += other.ignored
         self.dead.extend(other.dead)
+        if other.newest_version is not None and (self.newest_version is None
+                                                 or other.newest_version > self.newest_version):
+            self.newest_version = other.newest_version
 
 
 def dedupe(changes: Sequence[Change]) -> tuple[list[Change], int]:
@@ -178,7 +186,8 @@ class Sink:
     def connect(self) -> None:
         """Connect and read the target table's columns; SchemaError if not migrated."""
         self.close()
-        conn = connect_pg(self.cfg, application=f"facusync-consumer {self.consumer}".strip())
+        conn = connect_pg(self.cfg, application=f"facusync-consumer {self.consumer}".strip(),
+                          bounded=True)
         try:
             conn.autocommit = False
             self.columns = self._read_columns(conn)
@@ -256,6 +265,9 @@ class Sink:
         except RETRY_ERRORS:
             self._rollback()
             raise
+        except TIMEOUT_ERRORS as exc:
+            self._rollback()
+            raise SinkError(describe_pg_error(exc)) from None
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             self.close()
             raise SinkError(describe_pg_error(exc)) from None
@@ -431,6 +443,9 @@ class Sink:
                     (low_water, low_water),
                 )
             self.conn.commit()
+        except TIMEOUT_ERRORS as exc:
+            self._rollback()
+            raise SinkError(describe_pg_error(exc)) from None
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             self.close()
             raise SinkError(describe_pg_error(exc)) from None

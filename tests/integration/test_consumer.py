@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import redis
 
 from facusync.config import Config
-from facusync.consumer import Consumer
+from facusync.consumer import SUSPECT_STOPS, Consumer
 from facusync.deadletter import forget
 from facusync.message import format_version
 from facusync.redisconn import GROUP, Keys
@@ -191,20 +191,26 @@ def test_poison_entries_dead_lettered_batch_mates_written(
     assert stream_len(rds, cfg) == 0 and pending(rds, cfg) == 0
 
 
-def test_too_many_deliveries_dead_lettered(make_config: Callable[..., Config],
+def test_too_many_deliveries_written_alone(make_config: Callable[..., Config],
                                            cfg: Config, rds: redis.Redis) -> None:  # noqa: F811
+    """Over-delivered entries are written alone; one that consumers stopped on while writing
+    it alone SUSPECT_STOPS times (a row that kills the consumer) is dead-lettered."""
     strict = make_config(CLAIM_IDLE="1", MAX_DELIVERIES="1")
-    add(rds, cfg, [upsert("M1", BASE)])
+    keys = Keys(cfg.redis_prefix)
+    ids = add(rds, cfg, [upsert("M1", BASE), upsert("M2", BASE)])
     first = Consumer(strict, Service("a"), name="first")
     first.ensure_group()
-    assert len(first.read_batch()) == 1  # delivered once, then the consumer "hangs"
+    assert len(first.read_batch()) == 2  # delivered once, then the consumer "hangs"
+    rds.hset(keys.suspects, ids[1], SUSPECT_STOPS)  # consumers died twice writing M2 alone
     time.sleep(1.2)
     second = Consumer(strict, Service("b"), name="second")
     second.connect()
     second.claim_batches()
-    dead = rds.xrange(Keys(cfg.redis_prefix).dead)
-    assert len(dead) == 1 and dead[0][1][b"error"] == b"delivered 2 times"
-    assert snapshot(cfg) == {} and stream_len(rds, cfg) == 0
+    dead = rds.xrange(keys.dead)
+    assert len(dead) == 1 and dead[0][1][b"key"] == b"M2"
+    assert dead[0][1][b"error"] == b"delivered 2 times; the consumer stopped 2 times while writing it alone"
+    assert list(snapshot(cfg)) == ["M1"] and stream_len(rds, cfg) == 0
+    assert not rds.exists(keys.suspects)
     second.sink.close()
 
 

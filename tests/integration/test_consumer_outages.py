@@ -1,0 +1,172 @@
+"""The consumer as a real process when PostgreSQL is blocked or a server is down: an outage
+is waited out with the systemd watchdog fed, logged once, and nothing valid is dead-lettered.
+
+The NOTIFY_SOCKET is a unix datagram socket of the test, so the gaps between WATCHDOG=1
+messages are measured exactly as systemd would see them."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg2
+import pytest
+import redis
+
+from facusync.config import Config, config_from_mapping
+from facusync.redisconn import GROUP, Keys, connect_redis
+from tests.integration.test_consumer import pending, stream_len, table_state
+from tests.integration.test_consumer_process import Proc, show, write_env
+from tests.integration.test_consumer_support import BASE, add, migrate, upsert
+
+WATCHDOG_SEC = 5.0  # the small WatchdogSec the consumer must never starve
+
+
+class Notifications:
+    """The daemon's sd_notify messages, with their arrival times, read by a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+        self.messages: list[tuple[float, str]] = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while not self.done.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                data = self.sock.recv(4096).decode()
+                now = time.monotonic()
+                self.messages.extend((now, line) for line in data.splitlines())
+
+    def start(self, env_file: Path, log: Path) -> Proc:
+        os.environ["NOTIFY_SOCKET"] = str(self.path)
+        try:
+            return Proc(env_file, log)
+        finally:
+            del os.environ["NOTIFY_SOCKET"]
+
+    def since(self, start: float) -> list[tuple[float, str]]:
+        return [(t, m) for t, m in list(self.messages) if t >= start]
+
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float) -> float | None:
+        """When a message matching `predicate` arrived (None: not within `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for when, message in list(self.messages):
+                if predicate(message):
+                    return when
+            time.sleep(0.1)
+        return None
+
+    def watchdog_gaps(self, start: float, end: float) -> float:
+        """The longest time without WATCHDOG=1 between `start` and `end`."""
+        pings = [t for t, m in self.messages if m == "WATCHDOG=1" and start <= t <= end]
+        marks = [start, *pings, end]
+        return max(b - a for a, b in itertools.pairwise(marks))
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture()
+def notifications(tmp_path: Path) -> Iterator[Notifications]:
+    found = Notifications(tmp_path / "notify.sock")
+    yield found
+    found.close()
+
+
+def stop(proc: Proc, log: Path) -> None:
+    proc.p.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0, show(log)
+
+
+def drain(rds: redis.Redis, cfg: Config, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while (stream_len(rds, cfg) or pending(rds, cfg)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+@pytest.mark.timeout(180)
+def test_table_locked_longer_than_watchdog_is_an_outage(
+        env: dict[str, str], notifications: Notifications, tmp_path: Path) -> None:
+    """A DBA's LOCK TABLE … ACCESS EXCLUSIVE held 4×WatchdogSec: the watchdog stays fed, the
+    wait is logged once with its cause, the rows land after the lock goes, none dead."""
+    env = {**env, "CLAIM_IDLE": "1", "BACKOFF_MAX": "2", "PG_STATEMENT_TIMEOUT": "2",
+           "LOG_LEVEL": "INFO"}
+    cfg = config_from_mapping(env)
+    migrate(cfg)
+    rds = connect_redis(cfg)
+    log = tmp_path / "consumer.log"
+    proc = notifications.start(write_env(tmp_path / "c.env", env), log)
+    try:
+        assert notifications.wait_for(lambda m: m == "READY=1", 30), show(log)
+        add(rds, cfg, [upsert(f"W{i:04d}", BASE) for i in range(200)])
+        drain(rds, cfg, 30)
+        assert len(table_state(cfg)) == 200, show(log)
+        locker = psycopg2.connect(host=cfg.pg_host, port=cfg.pg_port, dbname=cfg.pg_database,
+                                  user=cfg.pg_user, password=cfg.pg_password.reveal())
+        with locker.cursor() as cur:
+            cur.execute(f'LOCK TABLE "{cfg.pg_table_vista}" IN ACCESS EXCLUSIVE MODE')
+        locked_at = time.monotonic()
+        add(rds, cfg, [upsert(f"X{i:04d}", BASE) for i in range(300)])
+        time.sleep(4 * WATCHDOG_SEC)
+        blocked_gap = notifications.watchdog_gaps(locked_at, time.monotonic())
+        waiting = [m for _, m in notifications.since(locked_at) if m.startswith("STATUS=waiting")]
+        locker.rollback()  # the lock goes
+        locker.close()
+        drain(rds, cfg, 30)
+        assert blocked_gap < WATCHDOG_SEC, (blocked_gap, show(log))
+        assert waiting and "lock" in waiting[-1], waiting
+        assert stream_len(rds, cfg) == 0 and pending(rds, cfg) == 0, show(log)
+        assert len(table_state(cfg)) == 500, show(log)
+        assert rds.xlen(Keys(cfg.redis_prefix).dead) == 0, show(log)
+        stop(proc, log)
+    finally:
+        if proc.p.poll() is None:
+            proc.kill()
+        rds.close()
+    text = log.read_text()
+    assert text.count("PostgreSQL unavailable") == 1, show(log)  # once, not per retry
+    assert "lock" in text and "recovered" in text
+
+
+def test_restarts_do_not_dead_letter_valid_rows(
+        make_config: Callable[..., Config], tmp_path: Path, env: dict[str, str]) -> None:
+    """Entries delivered more than MAX_DELIVERIES times (a consumer killed again and again,
+    say by a watchdog while PostgreSQL was blocked) are written; only a row PostgreSQL
+    refuses goes to the dead letters, with PostgreSQL's reason."""
+    cfg = make_config(CLAIM_IDLE="1", BACKOFF_MAX="2", MAX_DELIVERIES="2", LOG_LEVEL="INFO")
+    migrate(cfg)
+    rds = connect_redis(cfg)
+    keys = Keys(cfg.redis_prefix)
+    add(rds, cfg, [upsert(f"K{i:03d}", BASE) for i in range(50)]
+        + [upsert("POISON", BASE, cliente="x" * 500)])
+    rds.xgroup_create(keys.stream, GROUP, id="0", mkstream=True)
+    ids = [i for i, _ in rds.xreadgroup(GROUP, "killed-0", {keys.stream: ">"})[0][1]]
+    for kill in range(1, 6):  # five consumers took them and were killed
+        time.sleep(0.05)
+        rds.xclaim(keys.stream, GROUP, f"killed-{kill}", 0, ids)
+    time.sleep(cfg.claim_idle + 0.3)
+    log = tmp_path / "consumer.log"
+    proc = Proc(write_env(tmp_path / "c.env", {**env, "CLAIM_IDLE": "1", "MAX_DELIVERIES": "2",
+                                                "LOG_LEVEL": "INFO"}), log, once=True)
+    assert proc.wait(60) == 0, show(log)
+    dead = rds.xrange(keys.dead)
+    assert [f[b"key"] for _, f in dead] == [b"POISON"], dead
+    assert b"too long" in dead[0][1][b"error"]
+    assert len(table_state(cfg)) == 50 and stream_len(rds, cfg) == 0, show(log)
+    assert not rds.exists(keys.suspects)
+    rds.close()
