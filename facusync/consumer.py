@@ -620,9 +620,12 @@ class Consumer:
         # timeout); one batch is a handful of statements. A loop stuck longer is still killed.
         self.service.keep_alive_during_calls(
             5 * self.cfg.pg_statement_timeout + self.cfg.pg_connect_timeout + 40.0)
+        # READY before connecting: a server that is down at boot is an outage to wait out
+        # (STATUS says which), not a start-up failure systemd would kill and give up on.
+        self.service.ready()
+        self.service.status("connecting to PostgreSQL and Redis")
         if not self.connect():
             return 0
-        self.service.ready()
         self._state = "running"
         log.info("consumer started", extra={"consumer": self.name, "group": GROUP,
                                             "batch_size": self.cfg.batch_size})

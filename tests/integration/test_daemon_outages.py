@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 import pytest
@@ -25,6 +26,7 @@ from facusync.redisconn import GROUP, Keys, connect_redis
 from tests.integration.test_consumer import pending, stream_len, table_state
 from tests.integration.test_consumer_process import Proc, show, write_env
 from tests.integration.test_consumer_support import BASE, add, migrate, upsert
+from tests.servers import PostgresServer, RedisServer
 
 WATCHDOG_SEC = 5.0  # the small WatchdogSec the consumer must never starve
 
@@ -49,25 +51,30 @@ class Notifications:
                 now = time.monotonic()
                 self.messages.extend((now, line) for line in data.splitlines())
 
-    def start(self, env_file: Path, log: Path) -> Proc:
+    def start(self, env_file: Path, log: Path, module: str = "facusync.consumer") -> Proc:
         os.environ["NOTIFY_SOCKET"] = str(self.path)
         try:
-            return Proc(env_file, log)
+            return Proc(env_file, log, module=module)
         finally:
             del os.environ["NOTIFY_SOCKET"]
 
     def since(self, start: float) -> list[tuple[float, str]]:
         return [(t, m) for t, m in list(self.messages) if t >= start]
 
-    def wait_for(self, predicate: Callable[[str], bool], timeout: float) -> float | None:
-        """When a message matching `predicate` arrived (None: not within `timeout`)."""
+    def wait_for(self, predicate: Callable[[str], bool], timeout: float,
+                 after: float = 0.0) -> float | None:
+        """When a message matching `predicate` arrived after `after` (None: not within
+        `timeout`)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for when, message in list(self.messages):
-                if predicate(message):
+                if when >= after and predicate(message):
                     return when
             time.sleep(0.1)
         return None
+
+    def statuses(self) -> list[str]:
+        return [m for _, m in list(self.messages) if m.startswith("STATUS=")]
 
     def watchdog_gaps(self, start: float, end: float) -> float:
         """The longest time without WATCHDOG=1 between `start` and `end`."""
@@ -170,3 +177,103 @@ def test_restarts_do_not_dead_letter_valid_rows(
     assert len(table_state(cfg)) == 50 and stream_len(rds, cfg) == 0, show(log)
     assert not rds.exists(keys.suspects)
     rds.close()
+
+
+@pytest.fixture()
+def down_servers(env: dict[str, str]) -> Iterator[tuple[PostgresServer, RedisServer]]:
+    """A private PostgreSQL (migrated) and Redis, both stopped: a boot where they are late."""
+    pg, rds = PostgresServer().start(), RedisServer().start()
+    try:
+        pg.psql("CREATE DATABASE late")
+        migrate(config_from_mapping({**env, **server_env(pg, rds)}))
+        pg.stop()
+        rds.stop()
+        yield pg, rds
+    finally:
+        pg.destroy()
+        rds.destroy()
+
+
+def server_env(pg: PostgresServer, rds: RedisServer) -> dict[str, str]:
+    return {"PG_PORT": str(pg.port), "PG_PASSWORD": pg.password, "PG_DATABASE": "late",
+            "REDIS_PORT": str(rds.port), "REDIS_PASSWORD": rds.password}
+
+
+BACKOFF_MAX = 4.0
+
+
+def wait_out_outage(notes: Notifications, proc: Proc, log: Path, what: str,
+                    server_back: Callable[[], None]) -> None:
+    """The daemon says it waits for `what`, stays up, and leaves that state within one
+    backoff step of the server coming back."""
+    assert notes.wait_for(lambda m: m.startswith("STATUS=") and what in m, 30), (
+        notes.statuses(), show(log))
+    time.sleep(2 * BACKOFF_MAX)  # long enough to reach the backoff cap
+    assert proc.p.poll() is None, show(log)
+    server_back()
+    back = time.monotonic()
+    left = notes.wait_for(lambda m: m.startswith("STATUS=") and what not in m, 30, after=back)
+    assert left is not None and left - back <= BACKOFF_MAX + 1.5, (
+        left and left - back, notes.statuses(), show(log))
+
+
+@pytest.mark.timeout(240)
+def test_consumer_starts_while_postgresql_and_redis_are_down(
+        env: dict[str, str], down_servers: tuple[PostgresServer, RedisServer],
+        notifications: Notifications, tmp_path: Path) -> None:
+    """READY at once, a STATUS naming what it waits for, retries as long as the outage lasts,
+    recovery within one backoff step of each server returning, the watchdog fed throughout."""
+    pg, rds_server = down_servers
+    env = {**env, **server_env(pg, rds_server), "BACKOFF_MAX": str(BACKOFF_MAX),
+           "LOG_LEVEL": "INFO"}
+    cfg = config_from_mapping(env)
+    log = tmp_path / "consumer.log"
+    started = time.monotonic()
+    proc = notifications.start(write_env(tmp_path / "c.env", env), log)
+    try:
+        ready = notifications.wait_for(lambda m: m == "READY=1", 30)
+        assert ready is not None and ready - started < 10, show(log)
+        wait_out_outage(notifications, proc, log, "PostgreSQL", pg.start_again)
+        wait_out_outage(notifications, proc, log, "Redis", rds_server.start)
+        rds = connect_redis(cfg)
+        add(rds, cfg, [upsert(f"B{i:04d}", BASE) for i in range(300)])
+        drain(rds, cfg, 30)
+        assert len(table_state(cfg)) == 300, show(log)
+        rds.close()
+        assert notifications.watchdog_gaps(ready, time.monotonic()) < WATCHDOG_SEC
+        stop(proc, log)
+    finally:
+        if proc.p.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.timeout(240)
+def test_producer_starts_while_postgresql_and_redis_are_down(
+        env: dict[str, str], standin: Any, down_servers: tuple[PostgresServer, RedisServer],
+        notifications: Notifications, tmp_path: Path) -> None:
+    """The producer, likewise: READY at once, STATUS naming the server, rows flow after."""
+    pg, rds_server = down_servers
+    standin.seed(100, seed=11)
+    env = {**env, **standin.env(), **server_env(pg, rds_server), "SYNC_INTERVAL": "0.5",
+           "BACKOFF_MAX": str(BACKOFF_MAX), "LOG_LEVEL": "INFO", "MSSQL_LOGIN_TIMEOUT": "3"}
+    cfg = config_from_mapping(env)
+    log = tmp_path / "producer.log"
+    started = time.monotonic()
+    proc = notifications.start(write_env(tmp_path / "p.env", env), log, "facusync.producer")
+    try:
+        ready = notifications.wait_for(lambda m: m == "READY=1", 30)
+        assert ready is not None and ready - started < 10, show(log)
+        # The producer asks Redis first (its watermark), PostgreSQL only when Redis has none.
+        wait_out_outage(notifications, proc, log, "Redis", rds_server.start)
+        wait_out_outage(notifications, proc, log, "PostgreSQL", pg.start_again)
+        rds = connect_redis(cfg)
+        deadline = time.monotonic() + 30
+        while stream_len(rds, cfg) < 100 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert stream_len(rds, cfg) == 100, show(log)
+        rds.close()
+        assert notifications.watchdog_gaps(ready, time.monotonic()) < WATCHDOG_SEC
+        stop(proc, log)
+    finally:
+        if proc.p.poll() is None:
+            proc.kill()
