@@ -9,7 +9,7 @@ in the stream.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -106,11 +106,14 @@ def append_upserts(
     advance_watermark: bool,
     src: str = "poll",
     force: bool = False,
+    expect: Mapping[str, datetime] | None = None,
 ) -> ChunkResult:
     """Queue the rows whose fingerprint changed; atomically remember them (and the watermark).
 
     ``low_water`` is the watermark before this chunk: every row at or below it is already in
     an earlier entry (see message.py). ``force`` queues even unchanged rows (resend).
+    ``expect`` (reconcile): key -> the newer version PostgreSQL held; every row of the call
+    must have one (each entry carries the same fields).
     """
     result = ChunkResult()
     if not rows:
@@ -130,6 +133,8 @@ def append_upserts(
         entry = upsert_fields(row.key or "", row.version or datetime(1, 1, 1), row.row_json, lw, src)
         if row.version is None:
             entry["version"] = ""  # the consumer dead-letters it with "missing version"
+        if expect is not None:
+            entry["expect"] = format_version(expect[row.key or ""])
         per = 2 * len(entry)
         args.append(row.fp_field)
         args.append(row.digest)

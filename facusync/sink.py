@@ -94,6 +94,15 @@ def copy_text(value: Any) -> str:
     return copy_escape(json.dumps(value, ensure_ascii=False))
 
 
+def param_text(value: Any) -> str | None:
+    """One JSON value as the text of a query parameter, cast like a staged COPY field."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)):
+        return copy_text(value)  # t, f, digits: nothing to escape
+    return json.dumps(value, ensure_ascii=False)
+
+
 @dataclass
 class WriteResult:
     """What one batch did to the table; ``dead`` are the changes PostgreSQL refused."""
@@ -318,8 +327,14 @@ class Sink:
     def _apply(self, cur: psycopg2.extensions.cursor, changes: list[Change], *,
                truncate: bool) -> WriteResult:
         result = WriteResult()
-        upserts = [c for c in changes if c.op == OP_UPSERT]
+        upserts = [c for c in changes if c.op == OP_UPSERT and c.expect is None]
+        replaces = [c for c in changes if c.op == OP_UPSERT and c.expect is not None]
         deletes = [c for c in changes if c.op == OP_DELETE]
+        for change in replaces:
+            if self._replace(cur, change):
+                result.updated += 1
+            else:
+                result.unchanged += 1
         if upserts:
             names = self._column_names(upserts)
             if truncate:
@@ -347,6 +362,25 @@ class Sink:
             )
             result.deleted = cur.rowcount
         return result
+
+    def _replace(self, cur: psycopg2.extensions.cursor, change: Change) -> bool:
+        """Reconcile's compare and set (message.py, ``expect``): the view's row replaces
+        PostgreSQL's newer one only if PostgreSQL still holds the version reconcile compared
+        against. Rare (restores, hand edits), so one statement per row."""
+        names = self._column_names([change])[2:]
+        row = change.row or {}
+        tz = self.cfg.source_timezone
+        assignments = [sql.SQL("{} = {}").format(
+            sql.Identifier(n), self.columns[n].expression(sql.Placeholder(), tz)) for n in names]
+        cur.execute(
+            sql.SQL("UPDATE {} SET ultima_modificacion = (%s::timestamp AT TIME ZONE %s), {}"
+                    "eliminado_en_origen = false, eliminado_at = NULL"
+                    " WHERE conduce = %s AND ultima_modificacion = (%s::timestamp AT TIME ZONE %s)"
+                    ).format(self.table, sql.SQL("").join(a + sql.SQL(", ") for a in assignments)),
+            [change.version.isoformat(), tz, *(param_text(row.get(n)) for n in names),
+             change.key, change.expect.isoformat() if change.expect else None, tz],
+        )
+        return bool(cur.rowcount)
 
     def _column_names(self, upserts: list[Change]) -> tuple[str, ...]:
         """The table columns this batch carries: key and version first, then the rest.
