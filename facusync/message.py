@@ -102,6 +102,16 @@ def encode_row(row: Mapping[str, Any]) -> str:
     )
 
 
+def key_identity(key: str) -> str:
+    """The conduce as SQL Server's usual collation (CI_AS) compares it: trailing spaces
+    ignored, case ignored ('C-0000004', 'c-0000004' and 'C-0000004 ' are one conduce).
+
+    PostgreSQL compares the same way through the unique index of sql/004 on
+    ``lower(rtrim(conduce, ' '))``; the key is stored as the view spells it now.
+    """
+    return key.rstrip(" ").lower()
+
+
 def fingerprint(row_json: str) -> str:
     """A short digest of the row's values: equal digests mean nothing to send."""
     return hashlib.blake2b(row_json.encode("utf-8"), digest_size=10).hexdigest()

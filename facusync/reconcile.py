@@ -52,7 +52,7 @@ from facusync.config import Config
 from facusync.enqueue import EncodedRow, append_deletes, append_upserts, encode, read_watermark
 from facusync.errors import FacusyncError
 from facusync.lock import RedisLock
-from facusync.message import format_version
+from facusync.message import format_version, key_identity
 from facusync.pgconn import connect_pg
 from facusync.producer import discover_columns
 from facusync.redisconn import Keys, connect_redis
@@ -225,9 +225,12 @@ class Reconciler:
         gone: list[tuple[str, str]] = []
         for part in chunked(candidates, 500):
             lock.extend()
-            still = {str(r[cols.key_index]) for r in source.read_keys(cols, [k for k, _ in part])}
-            gone.extend((k, ver) for k, ver in part if k not in still)
-            reappeared = [k for k, _ in part if k in still]
+            # SQL Server finds 'C-1' for 'c-1 ' (CI_AS); so do we: a conduce whose spelling
+            # changed is renamed by its upsert (sql/004), never tombstoned with its note.
+            still = {key_identity(str(r[cols.key_index]))
+                     for r in source.read_keys(cols, [k for k, _ in part])}
+            gone.extend((k, ver) for k, ver in part if key_identity(k) not in still)
+            reappeared = [k for k, _ in part if key_identity(k) in still]
             if reappeared and not self.dry_run:
                 rows = [encode(cols.names, r, cols.key_index, cols.version_index)
                         for r in source.read_keys(cols, reappeared)]

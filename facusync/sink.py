@@ -46,12 +46,15 @@ from psycopg2 import sql
 
 from facusync.config import Config
 from facusync.errors import SchemaError, SinkError
-from facusync.message import OP_DELETE, OP_UPSERT, Change
+from facusync.message import OP_DELETE, OP_UPSERT, Change, key_identity
 from facusync.pgconn import connect_pg, describe_pg_error
 
 log = logging.getLogger("facusync.sink")
 
 STAGE = "facusync_stage"
+# How PostgreSQL identifies a conduce: as SQL Server's CI_AS collation does (message.py's
+# key_identity), through the unique index of sql/004.
+KEY_IDENTITY = "lower(rtrim(conduce, ' '::text))"
 # Columns the sync owns itself; never taken from a message.
 BOOKKEEPING = frozenset({"sync_id", "eliminado_en_origen", "eliminado_at", "created_at", "updated_at"})
 KEY = "conduce"
@@ -140,15 +143,16 @@ def dedupe(changes: Sequence[Change]) -> tuple[list[Change], int]:
     best: dict[str, Change] = {}
     upsert_before: dict[str, Change] = {}  # newest upsert seen before the key's tombstone
     for change in changes:
-        seen = best.get(change.key)
+        key = key_identity(change.key)  # one conduce however the view spells it
+        seen = best.get(key)
         if seen is None or change.version >= seen.version:
             if change.op == OP_DELETE and seen is not None:
-                prior = seen if seen.op == OP_UPSERT else upsert_before.get(change.key)
+                prior = seen if seen.op == OP_UPSERT else upsert_before.get(key)
                 if prior is not None:
-                    upsert_before[change.key] = prior
+                    upsert_before[key] = prior
             elif change.op == OP_UPSERT:
-                upsert_before.pop(change.key, None)
-            best[change.key] = change
+                upsert_before.pop(key, None)
+            best[key] = change
     survivors: list[Change] = []
     for key in sorted(best):
         change = best[key]
@@ -187,6 +191,7 @@ class Sink:
         self.table = sql.Identifier(cfg.pg_table_vista)
         self.conn: psycopg2.extensions.connection | None = None
         self.columns: dict[str, Column] = {}
+        self.keys_by_identity = False  # sql/004 applied: keys compared as SQL Server does
         self._insert_sql: dict[tuple[str, ...], sql.Composed] = {}
         self._unknown_warned: set[str] = set()
 
@@ -200,6 +205,7 @@ class Sink:
         try:
             conn.autocommit = False
             self.columns = self._read_columns(conn)
+            self.keys_by_identity = self._has_identity_index(conn)
             if self.staging == "reuse":
                 self._create_stage(conn, "ON COMMIT DELETE ROWS")
             conn.commit()
@@ -236,6 +242,17 @@ class Sink:
                 "incomplete: run `facusync migrate`"
             )
         return {n: c for n, c in found.items() if n not in BOOKKEEPING}
+
+    def _has_identity_index(self, conn: psycopg2.extensions.connection) -> bool:
+        """Whether sql/004's unique index exists; without it keys are compared exactly."""
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL",
+                        ('"' + self.cfg.pg_table_vista + '_conduce_ci_key"',))
+            found = bool(cur.fetchone()[0])  # type: ignore[index]
+        if not found:
+            log.warning("migration 004_keys_case_insensitive is not applied: keys differing only "
+                        "in case or trailing spaces are separate rows; run `facusync migrate`")
+        return found
 
     def _create_stage(self, conn: psycopg2.extensions.connection, on_commit: str) -> None:
         cols = sql.SQL(", ").join(
@@ -373,14 +390,22 @@ class Sink:
         assignments = [sql.SQL("{} = {}").format(
             sql.Identifier(n), self.columns[n].expression(sql.Placeholder(), tz)) for n in names]
         cur.execute(
-            sql.SQL("UPDATE {} SET ultima_modificacion = (%s::timestamp AT TIME ZONE %s), {}"
-                    "eliminado_en_origen = false, eliminado_at = NULL"
-                    " WHERE conduce = %s AND ultima_modificacion = (%s::timestamp AT TIME ZONE %s)"
-                    ).format(self.table, sql.SQL("").join(a + sql.SQL(", ") for a in assignments)),
-            [change.version.isoformat(), tz, *(param_text(row.get(n)) for n in names),
-             change.key, change.expect.isoformat() if change.expect else None, tz],
+            sql.SQL("UPDATE {} SET conduce = %s, ultima_modificacion = (%s::timestamp AT TIME"
+                    " ZONE %s), {}eliminado_en_origen = false, eliminado_at = NULL WHERE {} = {}"
+                    " AND ultima_modificacion = (%s::timestamp AT TIME ZONE %s)").format(
+                self.table, sql.SQL("").join(a + sql.SQL(", ") for a in assignments),
+                *self._key_match()),
+            [change.key, change.version.isoformat(), tz,
+             *(param_text(row.get(n)) for n in names), change.key,
+             change.expect.isoformat() if change.expect else None, tz],
         )
         return bool(cur.rowcount)
+
+    def _key_match(self) -> tuple[sql.Composable, sql.Composable]:
+        """Both sides of ``WHERE row's key = %s``, exact or by identity (sql/004)."""
+        if self.keys_by_identity:
+            return sql.SQL(KEY_IDENTITY), sql.SQL("lower(rtrim(%s, ' '))")
+        return sql.SQL(KEY), sql.SQL("%s")
 
     def _column_names(self, upserts: list[Change]) -> tuple[str, ...]:
         """The table columns this batch carries: key and version first, then the rest.
@@ -420,11 +445,15 @@ class Sink:
         values = sql.SQL(", ").join(
             self.columns[n].expression(sql.SQL("s.") + sql.Identifier(n), tz) for n in names
         )
+        # With sql/004 a conduce is found however the view spells it, and the row takes the
+        # view's spelling (its tracking row follows by ON UPDATE CASCADE).
+        renames = self.keys_by_identity
         updates: list[sql.Composable] = [
-            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names[1:]
+            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n))
+            for n in (names if renames else names[1:])
         ]
         updates.append(sql.SQL("eliminado_en_origen = false, eliminado_at = NULL"))
-        compared = names[2:]
+        compared = (KEY, *names[2:]) if renames else names[2:]
         differ: sql.Composable = sql.SQL("")
         if compared:
             differ = sql.SQL("OR (t.ultima_modificacion = EXCLUDED.ultima_modificacion AND ({}) "
@@ -435,7 +464,7 @@ class Sink:
         statement = sql.SQL(
             "WITH w AS (INSERT INTO {table} AS t ({targets}) SELECT {values} FROM {stage} s"
             " ORDER BY s.conduce"
-            " ON CONFLICT (conduce) DO UPDATE SET {updates}"
+            " ON CONFLICT ({target}) DO UPDATE SET {updates}"
             " WHERE t.ultima_modificacion < EXCLUDED.ultima_modificacion {differ}"
             " OR (t.eliminado_en_origen AND t.ultima_modificacion <= EXCLUDED.ultima_modificacion)"
             " RETURNING (xmax = 0) AS fresh)"
@@ -443,6 +472,7 @@ class Sink:
         ).format(
             table=self.table, targets=targets, values=values, stage=sql.Identifier(STAGE),
             updates=sql.SQL(", ").join(updates), differ=differ,
+            target=sql.SQL("(" + KEY_IDENTITY + ")" if renames else KEY),
         )
         self._insert_sql[names] = statement
         return statement

@@ -257,3 +257,35 @@ def test_reconcile_never_undoes_a_change_polling_delivered_meanwhile(cfg: Config
     assert pg(cfg, "SELECT cliente FROM datos_vista WHERE conduce = %s", (key,)) == [
         ("Cambio Posterior, S.R.L.",)]
     assert compare(cfg).differences == 0
+
+
+def test_a_key_spelled_differently_keeps_its_note(cfg: Config, standin: Any) -> None:
+    """'C-0000004', 'c-0000004' and 'C-0000004 ' are one conduce for SQL Server (CI_AS): a
+    change of spelling renames the row, its tracking row (with the planners' note) follows,
+    nothing is soft-deleted and no second tracking row appears."""
+    rows = standin.rows()[40:43]
+    keys = [r["CONDUCE"] for r in rows]
+    assert all(k.startswith("C-") for k in keys)
+    for key in keys:
+        pg(cfg, "UPDATE datos_seguimiento SET nota = %s WHERE conduce = %s", ("nota " + key, key))
+    spelled = [keys[0].lower(), keys[1] + " ", keys[2].lower() + "  "]
+    for row, new_key in zip(rows, spelled, strict=True):
+        standin.delete(row["CONDUCE"])
+    # The first comes back with a new version (polling sees it), the others silently.
+    standin.insert([{**{k: v for k, v in rows[0].items() if k != "ULTIMA_MODIFICACION"},
+                     "CONDUCE": spelled[0]}])
+    standin.insert([{**row, "CONDUCE": key} for row, key in zip(rows[1:], spelled[1:],
+                                                                   strict=True)])
+    sync(cfg)
+    Reconciler(cfg).run()
+    consume(cfg)
+    for key, new_key in zip(keys, spelled, strict=True):
+        assert pg(cfg, "SELECT v.conduce, v.eliminado_en_origen, s.nota FROM datos_vista v"
+                       " JOIN datos_seguimiento s USING (conduce)"
+                       " WHERE lower(rtrim(v.conduce)) = lower(%s)", (key,)) == [
+            (new_key, False, "nota " + key)]
+    assert pg(cfg, "SELECT count(*) FROM datos_seguimiento")[0][0] == 300
+    assert pg(cfg, "SELECT count(*) FROM datos_vista WHERE eliminado_en_origen")[0][0] == 0
+    assert compare(cfg).differences == 0
+    # An older message with the old spelling (the overlap re-read) changes nothing back.
+    assert Reconciler(cfg).run().upserts == 0
