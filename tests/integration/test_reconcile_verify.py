@@ -269,8 +269,8 @@ def test_a_key_spelled_differently_keeps_its_note(cfg: Config, standin: Any) -> 
     for key in keys:
         pg(cfg, "UPDATE datos_seguimiento SET nota = %s WHERE conduce = %s", ("nota " + key, key))
     spelled = [keys[0].lower(), keys[1] + " ", keys[2].lower() + "  "]
-    for row, new_key in zip(rows, spelled, strict=True):
-        standin.delete(row["CONDUCE"])
+    for key in keys:
+        standin.delete(key)
     # The first comes back with a new version (polling sees it), the others silently.
     standin.insert([{**{k: v for k, v in rows[0].items() if k != "ULTIMA_MODIFICACION"},
                      "CONDUCE": spelled[0]}])
