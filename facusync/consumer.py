@@ -240,6 +240,7 @@ class Consumer:
         self.name = name or consumer_name()
         self.keys = Keys(cfg.redis_prefix)
         self.sink = Sink(cfg, consumer=self.name, staging=staging)
+        self.sink.watermark_cap = self.producer_watermark
         self.redis: redis.Redis | None = None
         self.stats = Stats()
         self.state = StateLog(log)
@@ -332,6 +333,14 @@ class Consumer:
         batch = make_batch(entries, {}, self.cfg.max_deliveries)
         batch.low_water = parse_low_water(oldest)
         return batch
+
+    def producer_watermark(self) -> datetime | None:
+        """The producer's watermark in Redis now (lowered by `facusync resync`); QueueError."""
+        raw = self._call(self._redis().get, self.keys.watermark)
+        try:
+            return datetime.fromisoformat(_text(raw)) if raw is not None else None
+        except ValueError:
+            return None
 
     def oldest_low_water(self) -> datetime | None:
         return parse_low_water(self._call(self._redis().xrange, self.keys.stream, "-", "+",

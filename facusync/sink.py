@@ -45,7 +45,7 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from facusync.config import Config
-from facusync.errors import SchemaError, SinkError
+from facusync.errors import QueueError, SchemaError, SinkError
 from facusync.message import OP_DELETE, OP_UPSERT, Change, key_identity
 from facusync.pgconn import connect_pg, describe_pg_error
 
@@ -192,6 +192,8 @@ class Sink:
         self.conn: psycopg2.extensions.connection | None = None
         self.columns: dict[str, Column] = {}
         self.keys_by_identity = False  # sql/004 applied: keys compared as SQL Server does
+        # The producer's watermark now (Redis); the stored low-water mark never passes it.
+        self.watermark_cap: LowWater | None = None
         self._insert_sql: dict[tuple[str, ...], sql.Composed] = {}
         self._unknown_warned: set[str] = set()
 
@@ -480,6 +482,7 @@ class Sink:
     def _record(self, cur: psycopg2.extensions.cursor, result: WriteResult, size: int,
                 low_water: datetime | None) -> None:
         """The batch's bookkeeping in sync_control, in the batch's own transaction."""
+        low_water = self._capped(cur, low_water)
         cur.execute(
             "UPDATE sync_control SET"
             " watermark = GREATEST(watermark, %s::timestamp),"
@@ -492,6 +495,26 @@ class Sink:
              len(result.dead)),
         )
 
+    def _capped(self, cur: psycopg2.extensions.cursor,
+                low_water: datetime | None) -> datetime | None:
+        """The low-water mark this commit may store: never above the producer's watermark.
+
+        `facusync resync` lowers the producer's watermark in Redis, then sync_control's. A
+        batch read before that carries a higher ``lw``; storing it would undo the resync for
+        the case it exists for (Redis losing its data before the re-read). So: lock the row,
+        then read the producer's watermark (``watermark_cap``). Either resync's Redis write
+        came first and is seen here, or its sync_control update waits for this commit and
+        lowers the mark again. Redis unreachable: nothing is raised this time.
+        """
+        if low_water is None or self.watermark_cap is None:
+            return low_water
+        cur.execute("SELECT 1 FROM sync_control WHERE id = 1 FOR UPDATE")
+        try:
+            cap = self.watermark_cap()
+        except QueueError:
+            return None
+        return low_water if cap is None else min(low_water, cap)
+
     # -- idle watermark ---------------------------------------------------------------------
 
     def advance_watermark(self, low_water: datetime) -> None:
@@ -500,11 +523,12 @@ class Sink:
             raise SinkError("not connected")
         try:
             with self.conn.cursor() as cur:
+                mark = self._capped(cur, low_water)
                 cur.execute(
                     "UPDATE sync_control SET watermark = GREATEST(watermark, %s::timestamp)"
                     " WHERE id = 1 AND watermark IS DISTINCT FROM"
                     " GREATEST(watermark, %s::timestamp)",
-                    (low_water, low_water),
+                    (mark, mark),
                 )
             self.conn.commit()
         except TIMEOUT_ERRORS as exc:

@@ -3,6 +3,7 @@ claims after a crash between commit and ack, poison rows, watermark, NOGROUP rec
 
 from __future__ import annotations
 
+import argparse
 import random
 import threading
 import time
@@ -11,6 +12,7 @@ from datetime import datetime, timedelta
 
 import redis
 
+from facusync.commands import resync
 from facusync.config import Config
 from facusync.consumer import SUSPECT_STOPS, Consumer
 from facusync.deadletter import forget
@@ -345,3 +347,27 @@ def test_one_refused_change_is_dead_lettered_once(cfg: Config, rds: redis.Redis)
     add(rds, cfg, [upsert("TL2", BASE, cliente="y" * 200)])
     drain(cfg)
     assert rds.xlen(keys.dead) == 1
+
+
+def test_resync_lowered_watermark_is_not_raised_by_an_older_batch(
+        cfg: Config, rds: redis.Redis) -> None:  # noqa: F811
+    """A batch read before `facusync resync --since T` commits after it: sync_control keeps T
+    (or lower), so a Redis loss right after the resync cannot skip the re-read."""
+    keys = Keys(cfg.redis_prefix)
+    lw, since = BASE - timedelta(hours=1), BASE - timedelta(days=3)
+    rds.set(keys.watermark, format_version(BASE))  # the producer's
+    add(rds, cfg, [upsert("A", BASE, lw=lw)])
+    c = Consumer(cfg, Service("t"), name="c1")
+    c.connect()
+    batch = c.read_batch()
+    assert batch.low_water == lw
+    code = resync.run(cfg, argparse.Namespace(all=False, since=since.isoformat(), yes=True,
+                                              lock_wait=5.0))
+    assert code == 0 and query(cfg, "SELECT watermark FROM sync_control") == [(since,)]
+    c.process(batch)  # read before the resync, committed after it
+    assert query(cfg, "SELECT watermark FROM sync_control") == [(since,)]
+    add(rds, cfg, [upsert("B", BASE, lw=lw)])  # an entry queued before the resync, still there
+    c.process(c.read_batch())
+    c.idle()
+    assert query(cfg, "SELECT watermark FROM sync_control") == [(since,)]
+    c.sink.close()
