@@ -222,9 +222,9 @@ def test_reconcile_replaces_a_newer_version_in_postgresql(cfg: Config, standin: 
             " eliminado_en_origen = true, eliminado_at = now() WHERE conduce = %s", (keys[2],))
     assert compare(cfg).differences == 3
     result = Reconciler(cfg).run()
-    assert result.replaced_newer == 3 and result.upserts == 3
     consume(cfg)
     assert compare(cfg).differences == 0
+    assert result.replaced_newer == 3 and result.upserts == 3
     assert pg(cfg, "SELECT nota FROM datos_seguimiento WHERE conduce = %s", (keys[0],)) == [
         ("entregar temprano",)]
     assert Reconciler(cfg).run().upserts == 0
