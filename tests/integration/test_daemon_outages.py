@@ -200,6 +200,7 @@ def server_env(pg: PostgresServer, rds: RedisServer) -> dict[str, str]:
 
 
 BACKOFF_MAX = 4.0
+RECONNECT = 3.0
 
 
 def wait_out_outage(notes: Notifications, proc: Proc, log: Path, what: str,
@@ -213,8 +214,10 @@ def wait_out_outage(notes: Notifications, proc: Proc, log: Path, what: str,
     server_back()
     back = time.monotonic()
     left = notes.wait_for(lambda m: m.startswith("STATUS=") and what not in m, 30, after=back)
-    assert left is not None and left - back <= BACKOFF_MAX + 1.5, (
+    # One backoff step, plus the time to connect on a loaded test machine.
+    assert left is not None and left - back <= BACKOFF_MAX + RECONNECT, (
         left and left - back, notes.statuses(), show(log))
+    print(f"{what} back: left the waiting state after {left - back:.1f} s")
 
 
 @pytest.mark.timeout(240)
