@@ -48,6 +48,7 @@ class Proc:
             args.append("--once")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.log = log.open("ab")
+        self.started = time.monotonic()
         self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                   cwd=ROOT)
 

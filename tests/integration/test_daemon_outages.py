@@ -220,6 +220,22 @@ def wait_out_outage(notes: Notifications, proc: Proc, log: Path, what: str,
     print(f"{what} back: left the waiting state after {left - back:.1f} s")
 
 
+def boot_through(notes: Notifications, proc: Proc, log: Path,
+                 outages: list[tuple[str, Callable[[], None]]]) -> float:
+    """READY soon after the start, although the servers are down; then each outage waited
+    out in turn. Returns when READY came."""
+    ready = notes.wait_for(lambda m: m == "READY=1", 30)
+    assert ready is not None and ready - proc.started < 10, show(log)
+    for what, server_back in outages:
+        wait_out_outage(notes, proc, log, what, server_back)
+    return ready
+
+
+def watchdog_fed_then_stop(notes: Notifications, proc: Proc, log: Path, since: float) -> None:
+    assert notes.watchdog_gaps(since, time.monotonic()) < WATCHDOG_SEC, show(log)
+    stop(proc, log)
+
+
 @pytest.mark.timeout(240)
 def test_consumer_starts_while_postgresql_and_redis_are_down(
         env: dict[str, str], down_servers: tuple[PostgresServer, RedisServer],
@@ -231,20 +247,16 @@ def test_consumer_starts_while_postgresql_and_redis_are_down(
            "LOG_LEVEL": "INFO"}
     cfg = config_from_mapping(env)
     log = tmp_path / "consumer.log"
-    started = time.monotonic()
     proc = notifications.start(write_env(tmp_path / "c.env", env), log)
     try:
-        ready = notifications.wait_for(lambda m: m == "READY=1", 30)
-        assert ready is not None and ready - started < 10, show(log)
-        wait_out_outage(notifications, proc, log, "PostgreSQL", pg.start_again)
-        wait_out_outage(notifications, proc, log, "Redis", rds_server.start)
+        ready = boot_through(notifications, proc, log, [("PostgreSQL", pg.start_again),
+                                                         ("Redis", rds_server.start)])
         rds = connect_redis(cfg)
         add(rds, cfg, [upsert(f"B{i:04d}", BASE) for i in range(300)])
         drain(rds, cfg, 30)
         assert len(table_state(cfg)) == 300, show(log)
         rds.close()
-        assert notifications.watchdog_gaps(ready, time.monotonic()) < WATCHDOG_SEC
-        stop(proc, log)
+        watchdog_fed_then_stop(notifications, proc, log, ready)
     finally:
         if proc.p.poll() is None:
             proc.kill()
@@ -261,22 +273,18 @@ def test_producer_starts_while_postgresql_and_redis_are_down(
            "BACKOFF_MAX": str(BACKOFF_MAX), "LOG_LEVEL": "INFO", "MSSQL_LOGIN_TIMEOUT": "3"}
     cfg = config_from_mapping(env)
     log = tmp_path / "producer.log"
-    started = time.monotonic()
     proc = notifications.start(write_env(tmp_path / "p.env", env), log, "facusync.producer")
     try:
-        ready = notifications.wait_for(lambda m: m == "READY=1", 30)
-        assert ready is not None and ready - started < 10, show(log)
         # The producer asks Redis first (its watermark), PostgreSQL only when Redis has none.
-        wait_out_outage(notifications, proc, log, "Redis", rds_server.start)
-        wait_out_outage(notifications, proc, log, "PostgreSQL", pg.start_again)
+        ready = boot_through(notifications, proc, log, [("Redis", rds_server.start),
+                                                         ("PostgreSQL", pg.start_again)])
         rds = connect_redis(cfg)
         deadline = time.monotonic() + 30
         while stream_len(rds, cfg) < 100 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert stream_len(rds, cfg) == 100, show(log)
         rds.close()
-        assert notifications.watchdog_gaps(ready, time.monotonic()) < WATCHDOG_SEC
-        stop(proc, log)
+        watchdog_fed_then_stop(notifications, proc, log, ready)
     finally:
         if proc.p.poll() is None:
             proc.kill()
