@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from facusync.config import Config
 from facusync.errors import QueueError
@@ -95,7 +97,12 @@ def describe_redis_error(exc: Exception) -> str:
 
 
 def connect_redis(cfg: Config, *, check: bool = True) -> redis.Redis:
-    """A client with timeouts, so a dead server can never hang a loop."""
+    """A client with timeouts, so a dead server can never hang a loop.
+
+    No retries inside the driver (newer redis-py retries a refused connection ten times with
+    its own backoff, seconds in all): the loops retry with BACKOFF_MAX and log the outage
+    once, so a server's return is noticed within one of their backoff steps.
+    """
     client = redis.Redis(
         host=cfg.redis_host,
         port=cfg.redis_port,
@@ -104,6 +111,7 @@ def connect_redis(cfg: Config, *, check: bool = True) -> redis.Redis:
         socket_connect_timeout=cfg.redis_connect_timeout,
         socket_timeout=max(30.0, cfg.redis_connect_timeout),
         health_check_interval=30,
+        retry=Retry(NoBackoff(), 0),
     )
     if check:
         try:

@@ -200,7 +200,7 @@ def server_env(pg: PostgresServer, rds: RedisServer) -> dict[str, str]:
 
 
 BACKOFF_MAX = 4.0
-RECONNECT = 3.0
+RECONNECT = 2.0
 
 
 def wait_out_outage(notes: Notifications, proc: Proc, log: Path, what: str,
