@@ -7,19 +7,26 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 APT_PACKAGES := postgresql redis-server freetds-bin python3-venv python3-dev \
 	python3-pymssql python3-psycopg2 python3-redis python3-hiredis python3-dateutil \
-	python3-sdnotify python3-pythonjsonlogger \
+	python3-sdnotify python3-pythonjsonlogger python3-prometheus-client \
 	dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
-	lintian systemd-container debootstrap iproute2 procps
+	lintian systemd-container debootstrap iproute2 procps \
+	chromium chromium-driver python3-selenium
+# Installed without their Recommends: prometheus for promtool (make test-rules) alone, not
+# node_exporter and its hardware collectors.
+APT_PACKAGES_LEAN := prometheus
 
 .PHONY: deps test test-suite test-fast lint demo bench clean deb test-system
 
 deps: $(VENV)/.installed
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
-		| grep -q '^install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-		echo "installing: $$missing"; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
-	fi
+	@missing() { for p in "$$@"; do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+		| grep -q '^install ok installed' || echo $$p; done; }; \
+	full=$$(missing $(APT_PACKAGES)); lean=$$(missing $(APT_PACKAGES_LEAN)); \
+	if [ -n "$$full$$lean" ]; then \
+		echo "installing: $$full $$lean"; apt-get update -q || exit 1; \
+	fi; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	if [ -n "$$full" ]; then apt-get install -y -q $$full || exit 1; fi; \
+	if [ -n "$$lean" ]; then apt-get install -y -q --no-install-recommends $$lean || exit 1; fi
 
 $(VENV)/.installed: requirements-dev.txt pyproject.toml
 	@command -v dpkg-query >/dev/null && { dpkg-query -W python3-venv >/dev/null 2>&1 || \
@@ -35,7 +42,15 @@ lint: deps
 
 # The whole suite, what CI runs: lint; unit and integration tests against real servers; the
 # .deb on a booted systemd; the chaos run (CHAOS_MINUTES, 3 by default); a real NocoDB.
-test: deps lint test-suite test-system test-chaos test-nocodb
+test: deps lint test-rules test-suite test-system test-chaos test-nocodb
+
+# The Prometheus alert rules shipped in examples/prometheus (installed with the package's
+# examples): the example configuration and rules parse, and promtool's unit tests hold, with
+# series that must fire each alert and series that must not.
+.PHONY: test-rules
+test-rules: deps
+	cd examples/prometheus && promtool check config prometheus.yml && \
+		promtool test rules facusync-alerts.test.yml
 
 # Unit and integration tests only (the long suites above skip themselves here).
 test-suite: deps
@@ -52,8 +67,11 @@ clean:
 deb: deps
 	scripts/build-deb dist
 
-# The .deb installed and run in a booted Debian 12 container (root; the container's root is
-# built once by scripts/nspawn-root and cached in /var/cache/facusync-test).
+# The .deb installed and run in booted Debian 12 containers (root; the containers' root is
+# built once by scripts/nspawn-root and cached in /var/cache/facusync-test): the package's
+# behaviour on systemd, the README's Administration commands typed as written (Debian's
+# PostgreSQL and Redis), and the upgrade from the previous release's tag (its .deb built once
+# by scripts/release-deb).
 test-system: deb
 	scripts/nspawn-root
 	FACUSYNC_SYSTEM_TEST=1 FACUSYNC_DEB=$(CURDIR)/dist/facusync_$$(dpkg-parsechangelog -S Version)_all.deb \
@@ -66,13 +84,17 @@ test-system: deb
 demo: deps
 	scripts/demo
 
-# NocoDB acceptance: planners edit tracking rows through a real NocoDB 0.262.5 (installed once,
-# keyed by version and lock, into /var/cache/facusync-test/nocodb by tests/nocodb/install.sh;
-# about 4 minutes the first time, nothing afterwards) while the real daemons sync.
+# NocoDB acceptance: planners edit tracking rows through each real NocoDB in NOCODB_VERSIONS
+# (installed once each, keyed by version and lock, into /var/cache/facusync-test/nocodb by
+# tests/nocodb/install.sh; about 4 minutes each the first time, nothing afterwards) while the
+# real daemons sync, and through a headless chromium (tests/nocodb/test_browser.py).
+NOCODB_VERSIONS ?= 0.262.5 0.301.3
 .PHONY: test-nocodb
 test-nocodb: deps
-	set -o pipefail; home=$$(tests/nocodb/install.sh | tail -n 1) && \
-	FACUSYNC_NOCODB_TEST=1 FACUSYNC_NOCODB_HOME="$$home" \
+	set -o pipefail; homes=""; for version in $(NOCODB_VERSIONS); do \
+		home=$$(tests/nocodb/install.sh $$version | tail -n 1) || exit 1; homes="$$homes $$home"; \
+	done; \
+	FACUSYNC_NOCODB_TEST=1 FACUSYNC_NOCODB_HOMES="$$homes" \
 		$(PY) -m pytest -q -p no:cacheprovider -rs tests/nocodb
 
 # The chaos suite (tests/chaos): both daemons as real processes against private servers, with

@@ -39,6 +39,7 @@ from tests.servers import PostgresServer, RedisServer  # noqa: E402
 TARGETS = {  # from issue 13
     "insert_pct_copy": 30.0, "update_pct_copy": 20.0, "two_consumers_x": 1.3, "vs_naive_x": 8.0,
     "backfill_s": 25.0, "backfill_pct_raw": 50.0, "rss_mb": 100.0, "idle_cpu_pct": 1.0,
+    "metrics_cost_pct": 1.0,  # issue 18
 }
 
 
@@ -87,6 +88,11 @@ def summarize(results: dict[str, Any], defaults: dict[str, int]) -> dict[str, An
             check(f"{op}: consumer / naive baseline (x)", s["vs_naive_x"][op], TARGETS["vs_naive_x"])
         for op in ("insert", "update"):
             check(f"{op}: two consumers / one (x)", s["two_vs_one_x"][op], TARGETS["two_consumers_x"])
+        if "metrics" in w:
+            s["metrics"] = metrics_cost(w["metrics"])
+            for op in ("insert", "update"):
+                check(f"{op}: metrics' CPU, % of the consumer's, scraped every 1 s",
+                      s["metrics"][op]["cost_pct_scrape_1s"], TARGETS["metrics_cost_pct"], at_most=True)
     p = results.get("pipeline")
     if p:
         runs = p["backfill"]
@@ -121,6 +127,42 @@ def summarize(results: dict[str, Any], defaults: dict[str, int]) -> dict[str, An
     return s
 
 
+def metrics_cost(m: dict[str, Any]) -> dict[str, Any]:
+    """The metrics' cost on the consumer, two ways, from the same run.
+
+    End to end: on against off, paired in measuring order (off, on, on, off per repetition);
+    on this shared machine its spread is several percent either way. By parts: the CPU of the
+    per-batch hook and of one scrape, measured alone, over the consumer's own CPU per row (its
+    `off` runs): the share the metrics add at a given scrape interval.
+    """
+    hook = median(c["hook_us_per_batch"] for c in m["cost"])
+    scrape = median(c["scrape_cpu_ms"] for c in m["cost"])
+    out: dict[str, Any] = {"scrape_every_s": m["scrape_every_s"], "batch_size": m["batch_size"],
+                           "scrapes_median": median(m["on"]["scrapes"]),
+                           "hook_us_per_batch": hook, "scrape_cpu_ms": scrape}
+    for op in ("insert", "update"):
+        on, off = m["on"], m["off"]
+        cpu_ratios = [a / b for a, b in zip(on[f"{op}_cpu_us_per_row"], off[f"{op}_cpu_us_per_row"],
+                                            strict=True)]
+        cpu_row = median(off[f"{op}_cpu_us_per_row"])
+        rate = median(off[op])
+
+        def share(every: float, cpu_row: float = cpu_row, rate: float = rate) -> float:
+            return round(100 * (hook / m["batch_size"] + 1000 * scrape / (every * rate)) / cpu_row, 3)
+
+        out[op] = {
+            "rows_per_s_off": round(rate), "rows_per_s_on": round(median(on[op])),
+            "rows_per_s_change_pct": round(100 * (ratios(on[op], off[op]) - 1), 2),
+            "cpu_us_per_row_off": round(cpu_row, 2),
+            "cpu_us_per_row_on": round(median(on[f"{op}_cpu_us_per_row"]), 2),
+            "cpu_change_pct": round(100 * (median(cpu_ratios) - 1), 2),
+            "cpu_change_pct_range": [round(100 * (min(cpu_ratios) - 1), 1),
+                                     round(100 * (max(cpu_ratios) - 1), 1)],
+            "cost_pct_scrape_1s": share(1.0), "cost_pct_scrape_15s": share(15.0),
+        }
+    return out
+
+
 def print_table(results: dict[str, Any], s: dict[str, Any]) -> None:
     meta = results["meta"]
     print(f"\nfacusync benchmark  {meta['date']}  {meta['cpus']} CPUs  load average "
@@ -141,6 +183,23 @@ def print_table(results: dict[str, Any], s: dict[str, Any]) -> None:
         print(f"   two / one: insert {s['two_vs_one_x']['insert']}x, update {s['two_vs_one_x']['update']}x"
               + f";  default batch / naive: insert {s['vs_naive_x']['insert']}x, update "
               f"{s['vs_naive_x']['update']}x")
+        if "metrics" in s:
+            m = s["metrics"]
+            print(f"   metrics on vs off (BATCH_SIZE={m['batch_size']}, scraped every "
+                  f"{m['scrape_every_s']:g} s, {m['scrapes_median']:g} scrapes per run; "
+                  "median of paired ratios)")
+            for op in ("insert", "update"):
+                c = m[op]
+                low, high = c["cpu_change_pct_range"]
+                print(f"     {op}: {c['rows_per_s_on']:,} vs {c['rows_per_s_off']:,} rows/s "
+                      f"({c['rows_per_s_change_pct']:+}%); consumer CPU {c['cpu_us_per_row_on']} vs "
+                      f"{c['cpu_us_per_row_off']} µs/row ({c['cpu_change_pct']:+}%, pairs "
+                      f"{low:+}% to {high:+}%)")
+            print(f"     by parts: hook {m['hook_us_per_batch']} µs per batch, one scrape "
+                  f"{m['scrape_cpu_ms']} ms CPU = "
+                  + ", ".join(f"{op} {m[op]['cost_pct_scrape_1s']}% (scraped every 1 s), "
+                              f"{m[op]['cost_pct_scrape_15s']}% (15 s)" for op in ("insert", "update"))
+                  + " of the consumer's CPU")
     p = results.get("pipeline")
     if p:
         b = s["backfill"]

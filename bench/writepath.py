@@ -8,10 +8,14 @@ Every repetition measures, back to back on the same servers and the same rows:
   in its own process like the daemon, at each BATCH_SIZE, first inserting the rows, then
   updating them (newer version, other values); timed from just before ``run()`` (imported,
   connected) to its last commit;
-- the naive baseline of the original design: single BRPOPs from a Redis list, a per-row
+- the naive baseline of the first design: single BRPOPs from a Redis list, a per-row
   ``INSERT … ON CONFLICT`` through ``executemany``, a commit every 50 rows;
 - two consumer processes of one group at the default batch size (against one: the
-  default batch size's own measurement).
+  default batch size's own measurement);
+- the cost of the Prometheus metrics: one consumer at the default batch size with
+  METRICS_CONSUMER_PORT set and its endpoint scraped every SCRAPE_EVERY seconds, against the
+  same consumer without it, in the order off, on, on, off in every repetition (so a drift of
+  the machine's load favours neither); rows/s and the consumer process's CPU time per row.
 
 The stream is filled with the producer's own encoder and Lua append (facusync.enqueue), so
 the entries are byte for byte what the producer writes. PostgreSQL is checkpointed before
@@ -25,14 +29,17 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+import urllib.request
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from facusync import metrics
 from facusync.config import Config, load_config
 from facusync.consumer import Consumer
 from facusync.enqueue import EncodedRow, append_upserts, encode
@@ -40,7 +47,8 @@ from facusync.logsetup import setup_logging
 from facusync.pgconn import connect_pg
 from facusync.redisconn import Keys, connect_redis
 from facusync.service import Service
-from tests.servers import PostgresServer, RedisServer
+from facusync.sink import WriteResult
+from tests.servers import PostgresServer, RedisServer, free_port
 from tests.standin.seed import generate_rows
 
 from .common import ROOT, BenchError, checkpoint, create_database, env_values, reset_tables, write_env_file
@@ -51,6 +59,7 @@ KEY_INDEX, VERSION_INDEX = 0, 6
 NAIVE_COMMIT_EVERY = 50
 DATABASE = "bench_write"
 PREFIX = "bw:"
+SCRAPE_EVERY = 1.0  # seconds; Prometheus' default is 15 s, so this is pessimistic
 
 Row = tuple[Any, ...]
 
@@ -117,7 +126,7 @@ def copy_ceiling(cfg: Config, payload: str, rows: int) -> float:
 
 
 def naive(cfg: Config, client: redis.Redis, rows: Sequence[Row]) -> float:
-    """The original design: BRPOP one JSON row at a time, executemany per 50, commit."""
+    """The first design (a Redis list): BRPOP one JSON row at a time, executemany per 50, commit."""
     key = PREFIX + "naive"
     client.delete(key)
     pipe = client.pipeline(transaction=False)
@@ -166,7 +175,87 @@ def naive(cfg: Config, client: redis.Redis, rows: Sequence[Row]) -> float:
 
 
 def consume(env_file: Path, workers: int, expect: int, op: str) -> float:
-    """rows/s of `workers` consumer processes of one group, started together on a full stream.
+    """rows/s of `workers` consumer processes of one group, started together on a full stream."""
+    return rows_per_s(run_workers(env_file, workers, expect, op))
+
+
+def rows_per_s(parts: list[dict[str, Any]]) -> float:
+    return float(sum(p["rows"] for p in parts)
+                 / (max(p["last"] for p in parts) - min(p["start"] for p in parts)))
+
+
+def consume_scraped(env_file: Path, expect: int, op: str, port: int | None) -> dict[str, float]:
+    """One consumer; with a metrics port, scraped every SCRAPE_EVERY s while it works.
+
+    Returns rows/s, the worker's CPU time per row (all its threads, the metrics server's
+    included) and the number of scrapes answered.
+    """
+    done = threading.Event()
+    scrapes = [0]
+
+    def scraper() -> None:  # at once (the worker serves before it says ready), then steadily
+        while port is not None:
+            try:
+                scrape(port)
+            except OSError:
+                return  # the worker finished and closed the port meanwhile
+            scrapes[0] += 1
+            if done.wait(SCRAPE_EVERY):
+                return
+
+    thread = threading.Thread(target=scraper, daemon=True)
+    try:
+        parts = run_workers(env_file, 1, expect, op, on_ready=thread.start)
+    finally:
+        done.set()
+        if thread.is_alive():
+            thread.join()
+    if port is not None and scrapes[0] == 0:
+        raise BenchError("the consumer's metrics endpoint was never scraped")
+    return {"rows_per_s": rows_per_s(parts), "cpu_us_per_row": 1e6 * parts[0]["cpu_s"] / expect,
+            "scrapes": scrapes[0]}
+
+
+def scrape(port: int) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return bytes(response.read())
+
+
+def metrics_cost(env_file: Path) -> dict[str, float]:
+    """The metrics' own CPU cost, in a fresh process (see cost_worker)."""
+    out = subprocess.run([sys.executable, "-m", "bench.writepath", "--metrics-cost", str(env_file)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
+    if out.returncode != 0:
+        raise BenchError(f"the metrics cost worker failed: {out.stderr.strip()[-500:]}")
+    return dict(json.loads(out.stdout))
+
+
+def cost_worker(env_file: str, batches: int = 20_000, scrapes: int = 300) -> int:
+    """CPU time of the consumer's per-batch hook, and of one whole scrape (server and client
+    both in this process, so it is counted twice over: an upper bound)."""
+    cfg = load_config(env_file, environ={})
+    registry = metrics.Metrics(cfg, "consumer")
+    result = WriteResult(inserted=cfg.batch_size // 2, updated=cfg.batch_size // 2)
+    version = datetime(2026, 3, 1)
+    started = time.process_time()
+    for _ in range(batches):
+        registry.consumer_batch(result, 0, 0.05, version, version.timestamp())
+    hook = time.process_time() - started
+    port = free_port()
+    server = metrics.serve(registry, "127.0.0.1", port)
+    started = time.process_time()
+    size = sum(len(scrape(port)) for _ in range(scrapes))
+    cost = time.process_time() - started
+    server.shutdown()
+    print(json.dumps({"hook_us_per_batch": round(1e6 * hook / batches, 2),
+                      "scrape_cpu_ms": round(1e3 * cost / scrapes, 3),
+                      "scrape_bytes": size // scrapes}), flush=True)
+    return 0
+
+
+def run_workers(env_file: Path, workers: int, expect: int, op: str,
+                on_ready: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    """Start `workers` consumer processes, let them drain the stream together; their reports.
 
     Processes, like the daemon, also for one consumer: in the benchmark's own process, the
     garbage collector walking its million test objects slowed the consumer by a quarter.
@@ -179,6 +268,8 @@ def consume(env_file: Path, workers: int, expect: int, op: str) -> float:
             assert p.stdout is not None
             if p.stdout.readline().strip() != "ready":
                 raise BenchError("a consumer worker failed to start")
+        if on_ready is not None:
+            on_ready()
         for p in procs:
             assert p.stdin is not None
             p.stdin.write("go\n")
@@ -194,23 +285,26 @@ def consume(env_file: Path, workers: int, expect: int, op: str) -> float:
     if rows != expect or done != expect:
         raise BenchError(f"{workers} consumer(s) read {rows} entries and made {done} {op}s "
                          f"of {expect}")
-    return float(rows / (max(p["last"] for p in parts) - min(p["start"] for p in parts)))
+    return parts
 
 
 def worker(env_file: str) -> int:
     """One consumer process for `parallel`: connect, say ready, wait for go, drain."""
     cfg = load_config(env_file, environ={})
     setup_logging("WARNING", "text", sys.stderr)
+    metrics.start(cfg, "facusync-consumer")  # as the daemon does: nothing without a port
     consumer = Consumer(cfg, Service("bench"), name=f"bench-w{time.time_ns()}")
     consumer.connect()
     print("ready", flush=True)
     sys.stdin.readline()
     started = time.time()
+    cpu = time.process_time()
     consumer.run(once=True)
+    cpu = time.process_time() - cpu
     totals = consumer.stats.totals
     print(json.dumps({"rows": totals["rows"], "inserted": totals["inserted"],
                       "updated": totals["updated"], "start": started,
-                      "last": consumer.stats.last_commit or started}), flush=True)
+                      "last": consumer.stats.last_commit or started, "cpu_s": cpu}), flush=True)
     return 0
 
 
@@ -234,14 +328,18 @@ def run(pg: PostgresServer, rds: RedisServer, workdir: Path, *, rows: int, naive
         "batches": {str(b): {"insert": [], "update": []} for b in batch_sizes},
         "naive": {"insert": [], "update": []},
         "two_consumers": {"insert": [], "update": []},
+        "metrics": {"scrape_every_s": SCRAPE_EVERY, "batch_size": default_batch, "cost": [],
+                    **{setting: {"insert": [], "update": [], "insert_cpu_us_per_row": [],
+                                 "update_cpu_us_per_row": [], "scrapes": []}
+                       for setting in ("off", "on")}},
     }
 
     def fresh() -> None:
         reset_tables(base)
         client.flushdb()
 
-    def config(batch: int) -> Path:
-        return write_env_file(workdir / "write.env", {**values, "BATCH_SIZE": str(batch)})
+    def config(batch: int, **extra: str) -> Path:
+        return write_env_file(workdir / "write.env", {**values, "BATCH_SIZE": str(batch), **extra})
 
     wall: dict[str, float] = {}
 
@@ -268,6 +366,20 @@ def run(pg: PostgresServer, rds: RedisServer, workdir: Path, *, rows: int, naive
             measure(target, "insert", consume, env_file, workers, rows, "insert")
             timed("fill", fill_stream, client, keys, enc_updates)
             measure(target, "update", consume, env_file, workers, rows, "update")
+        for setting in ("off", "on", "on", "off"):
+            port = free_port() if setting == "on" else None
+            env_file = config(default_batch, **({"METRICS_CONSUMER_PORT": str(port)} if port else {}))
+            target = result["metrics"][setting]
+            timed("reset", fresh)
+            for op, rows_in in (("insert", enc_data), ("update", enc_updates)):
+                timed("fill", fill_stream, client, keys, rows_in)
+                timed("checkpoint", checkpoint, pg)
+                got = timed("measure metrics", consume_scraped, env_file, rows, op, port)
+                target[op].append(round(got["rows_per_s"]))
+                target[f"{op}_cpu_us_per_row"].append(round(got["cpu_us_per_row"], 2))
+                target["scrapes"].append(got["scrapes"])
+        result["metrics"]["cost"].append(timed("measure metrics", metrics_cost,
+                                               config(default_batch)))
         timed("reset", fresh)
         measure(result["naive"], "insert", naive, base, client, data[:naive_rows])
         measure(result["naive"], "update", naive, base, client, updates[:naive_rows])
@@ -280,9 +392,10 @@ def run(pg: PostgresServer, rds: RedisServer, workdir: Path, *, rows: int, naive
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="consumer worker for bench/run.py")
-    parser.add_argument("--worker", required=True, help="env file")
+    parser.add_argument("--worker", help="env file")
+    parser.add_argument("--metrics-cost", help="env file")
     args = parser.parse_args()
-    return worker(args.worker)
+    return cost_worker(args.metrics_cost) if args.metrics_cost else worker(args.worker)
 
 
 if __name__ == "__main__":

@@ -1,3 +1,3 @@
 """facusync: keep a PostgreSQL copy of a SQL Server view current through a Redis stream."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

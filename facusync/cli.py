@@ -1,4 +1,5 @@
-"""`facusync`, the admin command: check, migrate, status, verify, reconcile, resync, dead-letter.
+"""`facusync`, the admin command: check, migrate, status, verify, reconcile, resync, dead-letter,
+nocodb-setup.
 
 Each subcommand lives in its own module with a ``register(subparsers)`` function that sets
 ``func(cfg, args) -> int``. Failures of a server print one line naming it and why, never a
@@ -15,7 +16,7 @@ import sys
 
 from facusync import __version__
 from facusync.config import DEFAULT_ENV_FILE, load_config
-from facusync.errors import EX_CONFIG, EX_SOFTWARE, ConfigError, FacusyncError
+from facusync.errors import EX_CONFIG, EX_SOFTWARE, AccessError, ConfigError, FacusyncError
 from facusync.logsetup import setup_logging
 
 COMMAND_MODULES = (
@@ -26,6 +27,7 @@ COMMAND_MODULES = (
     "facusync.commands.status",
     "facusync.commands.resync",
     "facusync.commands.deadletter",
+    "facusync.nocodb_setup",
 )
 
 log = logging.getLogger("facusync.cli")
@@ -48,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `facusync` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    standalone = getattr(args, "standalone", None)
+    if standalone is not None:  # nocodb-setup: its own settings, not the services'
+        return int(standalone(args, os.environ))
     env_file = args.env_file
     # Installed from the .deb, the admin's configuration is the services' env file.
     if env_file is None and "FACUSYNC_ENV_FILE" not in os.environ and os.path.exists(DEFAULT_ENV_FILE):
@@ -57,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"facusync: {exc}", file=sys.stderr)
         return EX_CONFIG
+    except AccessError as exc:  # not a wrong setting: the wrong user
+        print(f"facusync: {exc}", file=sys.stderr)
+        return exc.exit_code
     # The admin command talks to people: text on a terminal, JSON when asked or piped.
     setup_logging("WARNING" if cfg.log_level == "INFO" else cfg.log_level, cfg.log_format,
                   sys.stderr)

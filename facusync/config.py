@@ -8,8 +8,11 @@ else in facusync reads ``os.environ``.
 
 from __future__ import annotations
 
+import grp
+import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from facusync.errors import ConfigError
+from facusync.errors import AccessError, ConfigError
 
 PLACEHOLDER = "CHANGE_ME"
 DEFAULT_ENV_FILE = "/etc/facusync/facusync.env"
@@ -66,6 +69,9 @@ class Config:
     mssql_login_timeout: int
     mssql_query_timeout: int
     mssql_tds_version: str
+    mssql_encrypt: str
+    mssql_ca_file: str
+    mssql_check_hostname: bool
     pg_host: str
     pg_port: int
     pg_database: str
@@ -79,6 +85,9 @@ class Config:
     pg_sync_role_password: Secret = field(repr=False)
     pg_nocodb_role: str
     pg_nocodb_role_password: Secret = field(repr=False)
+    pg_admin_user: str
+    pg_admin_host: str
+    pg_admin_password: Secret = field(repr=False)
     redis_host: str
     redis_port: int
     redis_password: Secret = field(repr=False)
@@ -98,6 +107,10 @@ class Config:
     source_timezone: str
     lag_warn: float
     reconcile_max_delete_pct: float
+    reconcile_interval: float
+    metrics_address: str
+    metrics_producer_port: int | None
+    metrics_consumer_port: int | None
     log_level: str
     log_format: str
 
@@ -158,6 +171,24 @@ class _Reader:
             return cast(default)
         return value
 
+    def optional_port(self, name: str) -> int | None:
+        """A TCP port, or None when unset (the feature it enables stays off)."""
+        if not (self.env.get(name) or "").strip():
+            return None
+        before = len(self.problems)
+        port: int = self.number(name, "1", 1, 65535)
+        return port if len(self.problems) == before else None  # a wrong one is reported once
+
+    def ip_address(self, name: str, default: str) -> str:
+        value = self.text(name, default)
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            self.problems.append(f"{name}={value!r} is not an IP address: use one such as "
+                                 "127.0.0.1 (this host only) or ::1")
+            return default
+        return value
+
     def identifier(self, name: str, default: str, *, qualified: bool = False) -> str:
         value = self.text(name, default)
         parts = value.split(".") if qualified else [value]
@@ -187,6 +218,35 @@ class _Reader:
             self.problems.append(f"{name}={value!r} must be the source's local time, without an offset")
             return datetime.fromisoformat(default)
         return parsed
+
+    def boolean(self, name: str, default: str) -> bool:
+        return self.choice(name, default, ("yes", "no", "true", "false", "1", "0")) in (
+            "yes", "true", "1")
+
+    def ca_file(self, name: str) -> str:
+        """A readable PEM file of CA certificates, or "" when unset."""
+        path = self.text(name, "")
+        if not path:
+            return ""
+        if any(c in path for c in ";#\n"):
+            self.problems.append(f"{name}={path!r} contains ; or # (a comment in freetds.conf): "
+                                 "move the file to a plain path")
+            return path
+        try:
+            text = Path(path).read_text(encoding="ascii", errors="replace")
+        except OSError as exc:
+            self.problems.append(f"{name}={path!r} cannot be read ({exc.strerror}): give the path of "
+                                 "a PEM file the service user can read")
+            return path
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            self.problems.append(f"{name}={path!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+                                 ": give the CA certificate that signed the server's certificate")
+            return path
+        try:
+            ssl.create_default_context(cafile=path)
+        except (ssl.SSLError, ValueError) as exc:
+            self.problems.append(f"{name}={path!r} is not a valid PEM certificate file ({exc})")
+        return path
 
     def timezone(self, name: str, default: str) -> str:
         value = self.text(name, default)
@@ -244,12 +304,25 @@ def load_config(
     if env_file is not None:
         try:
             env.update(parse_env_file(Path(env_file).read_text(encoding="utf-8")))
+        except PermissionError:
+            raise AccessError(_unreadable(Path(env_file))) from None
         except OSError as exc:
             raise ConfigError([f"cannot read env file {env_file}: {exc.strerror}"], source) from None
     real = os.environ if environ is None else environ
     env.update(real)
     source = source or real.get("FACUSYNC_ENV_FILE") or None
     return config_from_mapping(env, source)
+
+
+def _unreadable(path: Path) -> str:
+    """Why the env file cannot be read, and who can: it holds passwords, so not everyone."""
+    try:
+        group = grp.getgrgid(path.stat().st_gid).gr_name
+    except (OSError, KeyError):
+        group = ""
+    who = f" or as a member of group {group}" if group and group != "root" else ""
+    return (f"cannot read {path}: permission denied (it holds passwords): run the command as "
+            f"root (sudo facusync ...){who}")
 
 
 def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Config:
@@ -268,6 +341,10 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
         mssql_login_timeout=r.number("MSSQL_LOGIN_TIMEOUT", "5", 1, 300),
         mssql_query_timeout=r.number("MSSQL_QUERY_TIMEOUT", "120", 1, 3600),
         mssql_tds_version=r.choice("MSSQL_TDS_VERSION", "auto", ("auto", "7.1", "7.2", "7.3", "7.4")),
+        # FreeTDS's `encryption`: request encrypts whenever the server has a certificate.
+        mssql_encrypt=r.choice("MSSQL_ENCRYPT", "request", ("off", "request", "require")),
+        mssql_ca_file=r.ca_file("MSSQL_CA_FILE"),
+        mssql_check_hostname=r.boolean("MSSQL_CHECK_HOSTNAME", "yes"),
         pg_host=r.text("PG_HOST"),
         pg_port=r.number("PG_PORT", "5432", 1, 65535),
         pg_database=r.identifier("PG_DATABASE", "syncdb"),
@@ -282,6 +359,10 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
         pg_sync_role_password=r.secret("PG_SYNC_ROLE_PASSWORD", required=False),
         pg_nocodb_role=r.identifier("PG_NOCODB_ROLE", "facusync_nocodb"),
         pg_nocodb_role_password=r.secret("PG_NOCODB_ROLE_PASSWORD", required=False),
+        # Only `facusync migrate --admin` uses these (see facusync.adminconn).
+        pg_admin_user=r.identifier("PG_ADMIN_USER", "postgres"),
+        pg_admin_host=r.text("PG_ADMIN_HOST", "/var/run/postgresql"),
+        pg_admin_password=r.secret("PG_ADMIN_PASSWORD", required=False),
         redis_host=r.text("REDIS_HOST", "127.0.0.1"),
         redis_port=r.number("REDIS_PORT", "6379", 1, 65535),
         redis_password=r.secret("REDIS_PASSWORD", required=False),
@@ -301,11 +382,24 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
         source_timezone=r.timezone("SOURCE_TIMEZONE", "America/Santo_Domingo"),
         lag_warn=r.number("LAG_WARN", "120", 1, 30 * day, float),
         reconcile_max_delete_pct=r.number("RECONCILE_MAX_DELETE_PCT", "10", 0, 100, float),
+        # How often facusync-reconcile.timer runs (status and the alert rules call a run
+        # overdue after two of these); the timer itself is configured in systemd.
+        reconcile_interval=r.number("RECONCILE_INTERVAL", "3600", 60, 30 * day, float),
+        # The Prometheus endpoints (facusync.metrics): off unless a port is set.
+        metrics_address=r.ip_address("METRICS_ADDRESS", "127.0.0.1"),
+        metrics_producer_port=r.optional_port("METRICS_PRODUCER_PORT"),
+        metrics_consumer_port=r.optional_port("METRICS_CONSUMER_PORT"),
         log_level=r.choice("LOG_LEVEL", "INFO", ("debug", "info", "warning", "error")).upper(),
         log_format=r.choice("LOG_FORMAT", "auto", ("auto", "json", "text")),
     )
     if not cfg.redis_prefix or any(c.isspace() for c in cfg.redis_prefix):
         r.problems.append(f"REDIS_PREFIX={cfg.redis_prefix!r} must be non-empty, without spaces")
+    if cfg.mssql_ca_file and cfg.mssql_encrypt == "off":
+        r.problems.append("MSSQL_CA_FILE is set but MSSQL_ENCRYPT=off: set MSSQL_ENCRYPT=request or "
+                          "require to verify SQL Server's certificate, or remove MSSQL_CA_FILE")
+    if cfg.metrics_producer_port is not None and cfg.metrics_producer_port == cfg.metrics_consumer_port:
+        r.problems.append(f"METRICS_PRODUCER_PORT and METRICS_CONSUMER_PORT are both "
+                          f"{cfg.metrics_producer_port}: each daemon needs its own port")
     if r.problems:
         raise ConfigError(r.problems, source)
     return cfg

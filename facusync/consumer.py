@@ -55,6 +55,7 @@ from typing import Any
 
 import redis
 
+from facusync import metrics
 from facusync.config import Config
 from facusync.deadletter import dead_letter_fields, queue_dead_letter
 from facusync.errors import QueueError, SinkError
@@ -423,6 +424,7 @@ class Consumer:
         newest = (result.newest_version.replace(tzinfo=self.cfg.tz).timestamp()
                   if result.newest_version else None)
         self.stats.batch(len(batch), result, len(dead), newest)
+        metrics.consumer_batch(result, len(dead), duration_ms / 1000, batch.low_water, self.stats.newest)
         if not self._acknowledge(batch, dead, result, duration_ms, retry=retry):
             return False
         extra = {
@@ -619,6 +621,7 @@ class Consumer:
                 self.sink.advance_watermark(mark)
                 self._idle_watermark = mark
         self._write_stats(0, 0.0)
+        metrics.consumer_progress(self._idle_watermark, self.stats.newest)
         self.service.status(self.stats.status_line())
 
     # -- the loop ---------------------------------------------------------------------------
@@ -668,6 +671,8 @@ class Consumer:
             reader.halt.set()
             self._drain(reader)
             self.sink.close()
+            self._state = "stopped"  # status shows a clean stop at once, not a silence
+            self._write_stats(0, 0.0)
         log.info("consumer stopped", extra={"consumer": self.name, **self.stats.totals})
         return 0
 

@@ -3,7 +3,7 @@
 A dead letter keeps the entry's original fields (so it can be inspected and re-queued as it
 was) plus why and when it failed: ``error`` (PostgreSQL's first line, or the contract
 violation), ``original_id``, ``consumer``, ``failed_at`` (Unix seconds) and ``deliveries``.
-Bad data never stops the line (DESIGN invariant 4): the entry is acknowledged and deleted
+Bad data never stops the line (docs/DESIGN.md, invariant 4): the entry is acknowledged and deleted
 from the change stream in the same MULTI/EXEC that writes its dead letter.
 
 A row is dead-lettered once. The same poison row can reach the consumer twice: after Redis

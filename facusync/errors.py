@@ -10,6 +10,7 @@ EX_DATAERR = 65
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
+EX_NOPERM = 77
 EX_CONFIG = 78
 
 
@@ -30,6 +31,13 @@ class ConfigError(FacusyncError):
         where = f" (edit {source})" if source else ""
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"invalid configuration{where}:\n{lines}")
+
+
+class AccessError(FacusyncError):
+    """The person or process running facusync may not do what it needs (read the env file,
+    log in by peer authentication): fixed by running it as another user, not by editing."""
+
+    exit_code = EX_NOPERM
 
 
 class UnavailableError(FacusyncError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import datetime
 from typing import Any
 
 try:  # python-json-logger 3.x moved the class; Debian 12 ships 2.0.1
@@ -18,8 +19,22 @@ except ImportError:  # pragma: no cover - depends on the installed version
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 
 
+def iso_time(record: logging.LogRecord) -> str:
+    """The record's time in ISO 8601 with the machine's UTC offset, to the millisecond:
+    a line read on another machine, or next to SQL Server's local times, is unambiguous."""
+    return datetime.fromtimestamp(record.created).astimezone().isoformat(timespec="milliseconds")
+
+
+class _JsonFormatter(JsonFormatter):  # type: ignore[misc]
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return iso_time(record)
+
+
 class _TextFormatter(logging.Formatter):
     """Human text with the structured extras appended as key=value."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return iso_time(record)
 
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
@@ -38,7 +53,7 @@ def setup_logging(level: str = "INFO", fmt: str = "auto", stream: Any = None) ->
         handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     else:
         handler.setFormatter(
-            JsonFormatter(
+            _JsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
                 json_ensure_ascii=False,

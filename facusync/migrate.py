@@ -24,11 +24,12 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from facusync.config import Config
-from facusync.errors import SchemaError, SinkError
+from facusync.errors import AccessError, SchemaError, SinkError
 from facusync.pgconn import describe_pg_error
 
 log = logging.getLogger("facusync.migrate")
 
+ADMIN = "sudo facusync migrate --admin"
 # Any fixed 64-bit number works; it only has to be ours.
 ADVISORY_LOCK_ID = 0x66616375_73796E63  # "facusync"
 SCHEMA = "public"
@@ -108,6 +109,13 @@ def render(text: str, cfg: Config) -> str:
 
 
 def _ensure_table(cur: psycopg2.extensions.cursor) -> None:
+    # Looked up first: CREATE ... IF NOT EXISTS needs CREATE on the schema even when the
+    # table is there, which a role that may only read it (the sync role) lacks. IF NOT EXISTS
+    # stays for a concurrent run whose cached catalog has not seen the table yet.
+    cur.execute(f"SELECT to_regclass('{SCHEMA}.schema_migrations') IS NOT NULL")
+    row = cur.fetchone()
+    if row and row[0]:
+        return
     cur.execute(
         f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations ("
         " version integer PRIMARY KEY, name text NOT NULL,"
@@ -127,8 +135,10 @@ def applied_versions(conn: psycopg2.extensions.connection) -> set[int]:
             return {int(r[0]) for r in cur.fetchall()}
     except psycopg2.errors.InsufficientPrivilege:
         conn.rollback()
-        raise SchemaError("cannot read schema_migrations: run migrate as the database owner "
-                          "(e.g. PG_USER=postgres PG_PASSWORD=... facusync migrate)") from None
+        # SchemaError, not AccessError: a daemon meeting this exits 78, which systemd does
+        # not restart in a loop.
+        raise SchemaError("cannot read schema_migrations: PG_USER may not; grant it with "
+                          f"`{ADMIN} --refresh-grants`, or run migrate as the superuser") from None
 
 
 def pending(conn: psycopg2.extensions.connection, sql_dir: Path | None = None) -> list[Migration]:
@@ -182,8 +192,37 @@ def check_current(conn: psycopg2.extensions.connection, cfg: Config,
     if todo:
         names = ", ".join(f"{m.version:03d}_{m.name}" for m in todo)
         raise SchemaError(f"the PostgreSQL schema is not up to date ({names} pending): "
-                          "run `facusync migrate` as the database owner")
+                          f"run `{ADMIN}`")
     check_tables(conn, cfg)
+
+
+def may_apply(conn: psycopg2.extensions.connection) -> bool:
+    """Whether the connected role can apply migrations: create in the schema, and alter the
+    tables already there (only their owner or a superuser may). The daemons' role cannot."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+            " OR (has_schema_privilege(%s, 'CREATE') AND NOT EXISTS ("
+            "  SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            "  WHERE n.nspname = %s AND c.relname = 'schema_migrations'"
+            "  AND NOT pg_has_role(c.relowner, 'USAGE')))",
+            (SCHEMA, SCHEMA),
+        )
+        row = cur.fetchone()
+    conn.rollback()
+    return bool(row and row[0])
+
+
+def not_allowed(conn: psycopg2.extensions.connection, todo: list[Migration]) -> AccessError:
+    """The error for pending migrations the connected role may not apply."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT current_user")
+        row = cur.fetchone()
+    conn.rollback()
+    names = ", ".join(f"{m.version:03d}_{m.name}" for m in todo)
+    return AccessError(f"{len(todo)} migration(s) pending ({names}), and PostgreSQL role "
+                       f"{row[0] if row else '?'} (PG_USER) may not apply them: run "
+                       f"`{ADMIN}` (as the superuser)")
 
 
 def _lock(cur: psycopg2.extensions.cursor) -> None:
@@ -200,8 +239,7 @@ def _failure(migration: Migration, exc: psycopg2.Error) -> SchemaError:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     hint = ""
     if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
-        hint = ("; run migrate as the database owner or a superuser "
-                "(e.g. PG_USER=postgres PG_PASSWORD=... facusync migrate)")
+        hint = f"; run migrate as the superuser: `{ADMIN}`"
     return SchemaError(f"migration {migration.path.name} failed: {first}{hint}")
 
 

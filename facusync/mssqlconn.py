@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import pymssql
 
 from facusync.config import Config
 from facusync.errors import SourceError
+from facusync.freetdsconf import use_freetds_conf
+from facusync.mssqltls import probe_tls
 
 
 def describe_mssql_error(exc: Exception) -> str:
@@ -40,17 +43,40 @@ def connect_mssql(cfg: Config) -> Any:
     carries every type the view uses, is used instead.
     """
     version = None if cfg.mssql_tds_version == "auto" else cfg.mssql_tds_version
+    use_freetds_conf(cfg)  # MSSQL_ENCRYPT, MSSQL_CA_FILE: see facusync.freetdsconf
     try:
         return _connect(cfg, version)
     except (pymssql.Error, OSError) as exc:
-        raise SourceError(describe_mssql_error(exc)) from None
+        raise SourceError(_explain(cfg, exc)) from None
     except Exception as exc:
         if not (version == "7.4" and "unrecognized tds version" in str(exc).lower()):
-            raise SourceError(describe_mssql_error(exc)) from None
+            raise SourceError(_explain(cfg, exc)) from None
     try:
         return _connect(cfg, "7.3")
     except (pymssql.Error, OSError) as exc:
-        raise SourceError(describe_mssql_error(exc)) from None
+        raise SourceError(_explain(cfg, exc)) from None
+
+
+# FreeTDS's words for a login that failed before the server answered it; TLS failures look so.
+_GENERIC_FAILURES = ("20002", "connection failed", "20017", "unexpected eof", "20003", "timed out")
+
+
+def _explain(cfg: Config, exc: Exception) -> str:
+    """The likely cause; for FreeTDS's generic "connection failed", ask the TLS probe why."""
+    cause = describe_mssql_error(exc)
+    text = " ".join(str(a) for a in getattr(exc, "args", ())).lower() or str(exc).lower()
+    if not any(word in text for word in _GENERIC_FAILURES):
+        return cause
+    try:
+        state = probe_tls(cfg)
+    except (OSError, ValueError, struct.error):
+        return cause  # unreachable or not speaking TDS: the driver's cause stands
+    if state.problem:
+        return state.problem
+    if state.tls_version == "TLSv1.3" and "2.2." in getattr(pymssql, "__version__", ""):
+        return ("SQL Server negotiates TLS 1.3, which FreeTDS 1.3 (Debian 12) cannot finish inside"
+                " TDS 7.x: limit the server to TLS 1.2, or set MSSQL_ENCRYPT=off")
+    return cause
 
 
 def _connect(cfg: Config, tds_version: str | None) -> Any:

@@ -24,9 +24,15 @@ def describe_pg_error(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     low = text.lower()
     if "password authentication failed" in low or "no password supplied" in low:
-        return "authentication failed: check PG_USER and PG_PASSWORD"
+        return ("authentication failed: check PG_USER and PG_PASSWORD (a role that does not "
+                "exist yet is created by `sudo facusync migrate --admin --create-roles`)")
+    if "peer authentication failed" in low:
+        return ("peer authentication failed: over the local socket PostgreSQL admits only the "
+                "operating-system user of the same name; use PG_HOST=localhost and a password, "
+                "or `sudo facusync migrate --admin` for the superuser")
     if "does not exist" in low and "database" in low:
-        return "unknown database: check PG_DATABASE (create it, then run `facusync migrate`)"
+        return ("unknown database: check PG_DATABASE (create it, e.g. `sudo -u postgres "
+                "createdb syncdb`, then run `sudo facusync migrate --admin`)")
     if "connection refused" in low:
         return "connection refused: is PostgreSQL running on PG_HOST:PG_PORT?"
     if "timeout" in low or "timed out" in low:

@@ -214,6 +214,7 @@ class Reconciler:
         limit = result.pg_active_rows * self.cfg.reconcile_max_delete_pct / 100.0
         if len(candidates) > limit and not self.force:
             result.refused = True
+            result.finished_at = time.time()  # a refused run is a run: status shows when
             pct = 100.0 * len(candidates) / max(1, result.pg_active_rows)
             self._record(client, result)
             raise MassDeleteRefused(

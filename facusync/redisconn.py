@@ -25,7 +25,7 @@ class Keys:
 
     @property
     def stream(self) -> str:
-        """The change stream (the original design's change queue)."""
+        """The change stream (the change queue of docs/DESIGN.md)."""
         return self.prefix + "changes"
 
     @property
@@ -45,12 +45,12 @@ class Keys:
 
     @property
     def watermark(self) -> str:
-        """The last enqueued version (the original design's last sync timestamp)."""
+        """The last enqueued version (the last sync timestamp of docs/DESIGN.md)."""
         return self.prefix + "watermark"
 
     @property
     def fingerprints(self) -> str:
-        """key -> digest of the row last enqueued (the original design's client cache)."""
+        """key -> digest of the row last enqueued (the client cache of docs/DESIGN.md)."""
         return self.prefix + "fp"
 
     @property

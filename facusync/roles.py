@@ -71,7 +71,9 @@ def check_password(purpose: str, password: Secret) -> str | None:
     variable = PASSWORD_VARIABLES[purpose]
     value = password.reveal()
     if not value:
-        return f"{variable} is missing: set it in the environment (never in the repository)"
+        alternative = " (PG_PASSWORD serves when PG_USER is the sync role)" if purpose == "sync" else ""
+        return (f"{variable} is missing{alternative}: put it in the env file or the environment, "
+                "or run the command at a terminal to be asked for it")
     if len(value) < MIN_PASSWORD_LENGTH:
         return f"{variable} is too short: use at least {MIN_PASSWORD_LENGTH} characters"
     if "\x00" in value:
@@ -130,9 +132,16 @@ def scram_sha256_verifier(password: str, *, salt: bytes | None = None,
 
 
 def role_specs(cfg: Config) -> list[RoleSpec]:
-    """The two roles as configured (passwords may be empty: see check_password)."""
+    """The two roles as configured (passwords may be empty: see check_password).
+
+    When the daemons' PG_USER is the sync role, PG_PASSWORD is its password: the env file
+    names the role and its password once, and `migrate --admin --create-roles` makes them so.
+    """
+    sync_password = cfg.pg_sync_role_password
+    if not sync_password and cfg.pg_user == cfg.pg_sync_role:
+        sync_password = cfg.pg_password
     return [
-        RoleSpec("sync", cfg.pg_sync_role, cfg.pg_sync_role_password),
+        RoleSpec("sync", cfg.pg_sync_role, sync_password),
         RoleSpec("nocodb", cfg.pg_nocodb_role, cfg.pg_nocodb_role_password),
     ]
 
@@ -160,8 +169,8 @@ def _require_schema(cur: psycopg2.extensions.cursor, cfg: Config) -> None:
         if not row or not row[0]:
             missing.append(name)
     if missing:
-        raise SchemaError(f"cannot grant on missing {', '.join(missing)}: run `facusync migrate` "
-                          "first (without --dry-run)")
+        raise SchemaError(f"cannot grant on missing {', '.join(missing)}: run "
+                          "`sudo facusync migrate --admin` first (without --dry-run)")
 
 
 def _check_names(cur: psycopg2.extensions.cursor, cfg: Config, specs: list[RoleSpec]) -> None:
@@ -176,9 +185,8 @@ def _check_names(cur: psycopg2.extensions.cursor, cfg: Config, specs: list[RoleS
         variable = "PG_SYNC_ROLE" if spec.purpose == "sync" else "PG_NOCODB_ROLE"
         if spec.name == me:
             raise ConfigError([
-                f"{variable}={spec.name!r} is the role this command is connected as: run "
-                "`facusync migrate --create-roles` as the database owner or a superuser, e.g. "
-                "PG_USER=postgres PG_PASSWORD=... facusync migrate --create-roles"
+                f"{variable}={spec.name!r} is the role this command is connected as: create "
+                "the roles as the superuser: `sudo facusync migrate --admin --create-roles`"
             ])
         cur.execute(
             "SELECT rolsuper OR rolreplication OR rolbypassrls FROM pg_roles WHERE rolname = %s",
@@ -387,7 +395,7 @@ def apply_roles(conn: psycopg2.extensions.connection, cfg: Config, *,
                     done.append(f"{what} {spec.name}: exists, password kept")
                 else:
                     raise SchemaError(f"role {spec.name!r} does not exist: create it with "
-                                      "`facusync migrate --create-roles`")
+                                      "`sudo facusync migrate --admin --create-roles`")
                 _warn_memberships(cur, spec)
             done.extend(_grant(cur, cfg, specs[0].name, specs[1].name))
             done.append(f"privileges granted on database objects to {specs[0].name} and "
@@ -398,8 +406,8 @@ def apply_roles(conn: psycopg2.extensions.connection, cfg: Config, *,
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = ""
         if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
-            hint = ("; run it as a superuser, or as the tables' owner with CREATEROLE "
-                    "(e.g. PG_USER=postgres PG_PASSWORD=... facusync migrate --create-roles)")
+            hint = ("; run it as the superuser: `sudo facusync migrate --admin --create-roles` "
+                    "(or --refresh-grants)")
         raise SchemaError(f"creating roles failed: {first}{hint}") from None
     except Exception:
         conn.rollback()

@@ -18,8 +18,9 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from facusync import metrics
 from facusync.config import Config, load_config
-from facusync.errors import EX_CONFIG, EX_SOFTWARE, ConfigError, FacusyncError, SchemaError
+from facusync.errors import EX_CONFIG, EX_SOFTWARE, AccessError, ConfigError, FacusyncError, SchemaError
 from facusync.logsetup import setup_logging
 
 log = logging.getLogger("facusync.service")
@@ -59,6 +60,7 @@ class Service:
 
     def ready(self) -> None:
         self.notify("READY=1")
+        metrics.ready(self.stopping)
 
     def alive(self) -> None:
         """Feed the watchdog: call only from the loop, so a hung loop starves it."""
@@ -126,6 +128,7 @@ class StateLog:
         self.current: str | None = None
 
     def failing(self, what: str, cause: str, **extra: object) -> None:
+        metrics.failing(what, cause)
         state = f"{what}: {cause}"
         if state != self.current:
             self.logger.error("%s unavailable: %s (retrying with backoff)", what, cause,
@@ -133,6 +136,7 @@ class StateLog:
             self.current = state
 
     def ok(self, what: str = "") -> None:
+        metrics.recovered()
         if self.current is not None:
             self.logger.info("recovered: %s", what or self.current, extra={"recovered": self.current})
             self.current = None
@@ -149,19 +153,19 @@ def daemon_main(
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.env_file)
-    except ConfigError as exc:
+    except (ConfigError, AccessError) as exc:
+        # Once: as a JSON line under journald, as text on a terminal.
         setup_logging("INFO", "auto", sys.stderr)
-        log.error("%s", exc, extra={"problems": exc.problems})
-        print(f"{prog}: {exc}", file=sys.stderr)
+        log.error("%s", exc, extra={"problems": getattr(exc, "problems", [str(exc)])})
         return EX_CONFIG
     setup_logging(cfg.log_level, cfg.log_format)
     service = Service(prog)
     service.install_signal_handlers()
     try:
+        metrics.start(cfg, prog)
         return run(cfg, service, args)
     except SchemaError as exc:
         log.error("%s", exc)
-        print(f"{prog}: {exc}", file=sys.stderr)
         return EX_CONFIG
     except FacusyncError as exc:
         log.error("%s", exc)

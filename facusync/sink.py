@@ -6,7 +6,7 @@ WHERE guard``. (Staging the row's JSON text and letting PostgreSQL's json_to_rec
 was measured too: it saves ~0.5 µs of Python per row but costs PostgreSQL ~3 µs more, and
 both share the same two cores.)
 
-The guard makes every write idempotent and monotonic (DESIGN invariant 2):
+The guard makes every write idempotent and monotonic (docs/DESIGN.md, invariant 2):
 
 - a row is replaced only by a strictly newer ``ultima_modificacion``, or by the same version
   whose values differ (the source changed a column without touching the version), or when it
@@ -241,7 +241,7 @@ class Sink:
         if not needed <= found.keys() or not has_control:
             raise SchemaError(
                 f"PostgreSQL table {self.cfg.pg_table_vista} or sync_control is missing or "
-                "incomplete: run `facusync migrate`"
+                "incomplete: run `sudo facusync migrate --admin`"
             )
         return {n: c for n, c in found.items() if n not in BOOKKEEPING}
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -12,7 +15,8 @@ import pytest
 
 # Variables facusync (or libpq) reads: removed from the children's environment, because the
 # real environment wins over --env-file and a child must use only its own file.
-_CONFIG_PREFIXES = ("MSSQL_", "PG", "REDIS_", "SYNC_", "RECONCILE_", "LOG_", "FACUSYNC_")
+_CONFIG_PREFIXES = ("MSSQL_", "PG", "REDIS_", "SYNC_", "RECONCILE_", "LOG_", "FACUSYNC_",
+                    "METRICS_")
 _CONFIG_NAMES = {"BATCH_SIZE", "FETCH_SIZE", "CHUNK_SIZE", "QUEUE_MAX_PENDING", "CLAIM_IDLE",
                  "MAX_DELIVERIES", "BACKOFF_MAX", "SOURCE_TIMEZONE", "LAG_WARN"}
 
@@ -61,3 +65,28 @@ def sigterm_raises_keyboard_interrupt() -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupt)
+
+
+class Daemon:
+    """facusync-producer or facusync-consumer as a child process, its output in a log file."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}-{time.time_ns()}.log"
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", f"facusync.{name}"],
+                                         env={**os.environ, **env}, stdout=log, stderr=log)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        """Send `sig` (SIGTERM: a clean stop) and wait; kill if it does not end in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")

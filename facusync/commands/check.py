@@ -1,6 +1,6 @@
 """`facusync check`: can we reach SQL Server, PostgreSQL and Redis, and how fast?
 
-Step 4 of the original plan. Prints OK/FAIL per target with the server version and round-trip
+Prints OK/FAIL per target with the server version and round-trip
 time, or the likely cause. Exit 0 only when all three answer.
 """
 
@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from facusync.config import Config
 from facusync.errors import EX_OK, EX_UNAVAILABLE, FacusyncError
 from facusync.mssqlconn import connect_mssql, describe_mssql_error
+from facusync.mssqltls import session_tls
 from facusync.pgconn import connect_pg, describe_pg_error
 from facusync.redisconn import connect_redis, describe_redis_error
 
@@ -50,7 +51,8 @@ def probe_mssql(cfg: Config) -> Probe:
             cur = conn.cursor()
             cur.execute("SELECT @@VERSION")
             row = cur.fetchone()
-            return str(row[0]).splitlines()[0].strip() if row else "?"
+            version = str(row[0]).splitlines()[0].strip() if row else "?"
+            return f"{version}; {session_tls(cfg, conn).describe()}"
         finally:
             conn.close()
 

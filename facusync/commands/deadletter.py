@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import re
 import time
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -20,13 +20,12 @@ import redis
 from facusync.commands.resync import confirm
 from facusync.config import Config
 from facusync.deadletter import forget
-from facusync.errors import EX_OK, UsageError
+from facusync.errors import EX_OK
 from facusync.redisconn import Keys, connect_redis
+from facusync.timeparse import parse_moment
 
 # Fields the consumer adds when dead-lettering; the rest is the original message.
 ANNOTATIONS = ("error", "original_id", "consumer", "failed_at", "deliveries")
-_AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
-_UNIT = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def _s(value: Any) -> str:
@@ -35,13 +34,6 @@ def _s(value: Any) -> str:
 
 def _fields(raw: dict[Any, Any]) -> dict[str, str]:
     return {_s(k): _s(v) for k, v in raw.items()}
-
-
-def parse_age(text: str) -> float:
-    match = _AGE.match(text.strip().lower())
-    if not match:
-        raise UsageError(f"--older-than {text!r} is not an age like 30m, 12h, 7d")
-    return float(match.group(1)) * _UNIT[match.group(2)]
 
 
 def _when(entry_id: str) -> str:
@@ -108,7 +100,8 @@ def cmd_retry(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> int:
 
 def cmd_purge(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> int:
     if args.older_than:
-        cutoff_ms = int((time.time() - parse_age(args.older_than)) * 1000)
+        cutoff = parse_moment(args.older_than, datetime.now(), "--older-than")
+        cutoff_ms = int(cutoff.timestamp() * 1000)
         entries = client.xrange(keys.dead, "-", f"{cutoff_ms}-0")
         what = f"{len(entries)} dead letter(s) older than {args.older_than}"
     else:
@@ -155,7 +148,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--all", action="store_true")
     p.set_defaults(action=cmd_retry)
     p = actions.add_parser("purge", help="delete dead letters for good")
-    p.add_argument("--older-than", metavar="AGE", help="only those older than AGE (30m, 12h, 7d)")
+    p.add_argument("--older-than", metavar="AGE",
+                   help="only those older than AGE (30m, 12h, 7d) or a date of this host "
+                   "(01/11/2026 8:00, day first, or 2026-11-01)")
     p.add_argument("--yes", "-y", action="store_true")
     p.set_defaults(action=cmd_purge)
     parser.set_defaults(func=run)

@@ -11,12 +11,15 @@ import getpass
 import sys
 from pathlib import Path
 
+from facusync.adminconn import connect_admin
 from facusync.config import Config, Secret
 from facusync.errors import ConfigError
 from facusync.migrate import (
     apply_migrations,
     check_tables,
     list_migrations,
+    may_apply,
+    not_allowed,
     pending,
     unknown_versions,
 )
@@ -31,17 +34,25 @@ from facusync.roles import (
 )
 
 ROLES_HELP = """\
+the admin connection (--admin):
+  Creating or changing tables and roles takes the superuser, not the daemons' PG_USER.
+  With --admin this run connects as PG_ADMIN_USER (default postgres) instead: with
+  PG_ADMIN_PASSWORD empty, by peer authentication over the socket in PG_ADMIN_HOST
+  (default /var/run/postgresql), as Debian's PostgreSQL allows; run as root, facusync reads
+  its env file, then becomes the operating-system user PG_ADMIN_USER to connect:
+    sudo facusync migrate --admin --create-roles
+  With PG_ADMIN_PASSWORD (environment, or asked at a terminal) it connects to PG_ADMIN_HOST
+  with that password.
+
 roles (only with --create-roles or --refresh-grants):
-  Run as the database owner or a superuser, e.g.
-    PG_USER=postgres PG_PASSWORD=... facusync migrate --create-roles
   --create-roles creates the sync role (PG_SYNC_ROLE, default facusync_sync) and the NocoDB
   role (PG_NOCODB_ROLE, default facusync_nocodb), or sets the password of those that exist,
   then grants them exactly their privileges on this database. Passwords are never defaulted:
   they are read from PG_SYNC_ROLE_PASSWORD and PG_NOCODB_ROLE_PASSWORD (environment or
-  --env-file) or, when missing and stdin is a terminal, asked for (twice); at least 12
-  characters. A role that already exists keeps its password when none is given.
-  Afterwards put PG_USER=<sync role> and its password in the daemons' env file, and give
-  the NocoDB role's name and password to NocoDB.
+  env file) or, when missing and stdin is a terminal, asked for (twice); at least 12
+  characters. When PG_USER is the sync role, PG_PASSWORD is its password. A role that
+  already exists keeps its password when none is given. Give the NocoDB role's name and
+  password to NocoDB.
   --refresh-grants re-applies the grants to existing roles without touching passwords
   (run it after an upgrade whose migrations added columns).
 """
@@ -65,7 +76,7 @@ def _with_passwords(cfg: Config, existing: set[str]) -> Config:
     """
     sync, nocodb = cfg.pg_sync_role_password, cfg.pg_nocodb_role_password
     if sys.stdin.isatty():
-        if not sync and cfg.pg_sync_role not in existing:
+        if not role_specs(cfg)[0].password and cfg.pg_sync_role not in existing:
             sync = _ask("sync", cfg.pg_sync_role)
         if not nocodb and cfg.pg_nocodb_role not in existing:
             nocodb = _ask("nocodb", cfg.pg_nocodb_role)
@@ -80,7 +91,10 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
     sql_dir: Path | None = args.sql_dir
     list_migrations(sql_dir)  # fail on a missing or ambiguous folder before connecting
     roles_wanted = args.create_roles or args.refresh_grants
-    conn = connect_pg(cfg, application="facusync-migrate")
+    if args.admin:
+        conn = connect_admin(cfg, application="facusync-migrate")
+    else:
+        conn = connect_pg(cfg, application="facusync-migrate")
     try:
         if args.create_roles and not args.dry_run:
             # Before migrating: a missing password should fail before anything changes.
@@ -94,10 +108,15 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             for m in todo:
                 print(f"pending  {m.version:03d} {m.name}")
             print(f"{len(todo)} migration(s) pending")
+            if todo and not may_apply(conn):
+                print(f"note: {not_allowed(conn, todo)}")
             if roles_wanted:
                 for line in describe_plan(conn, cfg, set_passwords=args.create_roles):
                     print(line)
             return 0
+        todo = pending(conn, sql_dir)
+        if todo and not may_apply(conn):
+            raise not_allowed(conn, todo)
         count = 0
         for m in apply_migrations(conn, cfg, sql_dir):
             print(f"applied  {m.version:03d} {m.name}")
@@ -119,6 +138,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     "concurrent runs wait for each other. Safe to re-run.",
         epilog=ROLES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--admin", action="store_true",
+                        help="connect as the superuser PG_ADMIN_USER (default postgres; by peer "
+                             "authentication when run as root), not as PG_USER (see below)")
     parser.add_argument("--dry-run", action="store_true",
                         help="list pending migrations (and planned role changes) only")
     roles = parser.add_mutually_exclusive_group()

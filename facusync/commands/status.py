@@ -2,12 +2,18 @@
 
 Exit codes, for monitoring: 0 healthy, 1 degraded, 2 down.
 
-* down: Redis or PostgreSQL cannot be reached, the producer has never reported or has been
-  silent for a long time (10 intervals, at least 5 minutes), or changes are waiting and no
-  consumer is alive.
+* down: Redis or PostgreSQL cannot be reached, the producer has never reported, was stopped,
+  or has been silent for a long time (10 intervals, at least 5 minutes), or changes are
+  waiting and no consumer is alive.
 * degraded: lag above LAG_WARN, dead letters present, a daemon silent longer than its
-  interval (plus a grace period), the producer backing off (e.g. SQL Server unreachable) or
-  paused by backpressure.
+  interval (plus a grace period: it is then shown as stale), the producer backing off (e.g.
+  SQL Server unreachable) or paused by backpressure, or reconcile overdue: its last run is
+  older than two RECONCILE_INTERVALs, it never ran on a schema older than that, or it refused
+  to tombstone (mass-delete guard).
+
+A daemon that stops cleanly says so (state ``stopped``); one that died just falls silent.
+Consumers that stopped or fell silent are listed apart, marked, until their stats expire.
+In ``--json`` every number is a JSON number (times are Unix seconds), never a string.
 
 "Lag" is the age of the oldest change still waiting in the queue (0 when the queue is empty):
 a quiet source is not a late sync. The age of the newest committed change is shown beside it.
@@ -32,6 +38,9 @@ from facusync.redisconn import GROUP, Keys, connect_redis, describe_redis_error
 
 HEALTHY, DEGRADED, DOWN = 0, 1, 2
 CONSUMER_SILENT_S = 60.0
+PRODUCER_GRACE_S = 30.0  # beyond its interval, a silent producer is stale
+# Stats fields that hold text; every other one holds a number (or a flag) written as text.
+TEXT_FIELDS = frozenset({"state", "cause", "status_line", "watermark", "host"})
 
 
 @dataclass
@@ -48,14 +57,30 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _hash(client: redis.Redis, key: str) -> dict[str, str]:
-    return {_s(k): _s(v) for k, v in client.hgetall(key).items()}
+def _typed(name: str, text: str) -> Any:
+    """A stats field as JSON wants it: a number, a flag, None for empty, else the text."""
+    if name in TEXT_FIELDS:
+        return text
+    if text in ("True", "False"):
+        return text == "True"
+    if text == "":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
 
 
-def _f(d: dict[str, str], key: str) -> float | None:
+def _hash(client: redis.Redis, key: str) -> dict[str, Any]:
+    return {_s(k): _typed(_s(k), _s(v)) for k, v in client.hgetall(key).items()}
+
+
+def _f(d: dict[str, Any], key: str) -> float | None:
     try:
         return float(d[key])
-    except (KeyError, ValueError):
+    except (KeyError, TypeError, ValueError):
         return None
 
 
@@ -75,7 +100,7 @@ def gather_redis(cfg: Config, client: redis.Redis, now: float) -> dict[str, Any]
     keys = Keys(cfg.redis_prefix)
     out: dict[str, Any] = {}
     out["producer"] = _hash(client, keys.producer_stats)
-    consumers: dict[str, dict[str, str]] = {}
+    consumers: dict[str, dict[str, Any]] = {}
     for key in client.scan_iter(match=keys.consumer_stats_pattern, count=100):
         name = _s(key)[len(keys.consumer_stats("")):]
         consumers[name] = _hash(client, _s(key))
@@ -99,7 +124,8 @@ def gather_redis(cfg: Config, client: redis.Redis, now: float) -> dict[str, Any]
         "dead_letters": int(client.xlen(keys.dead)),
     }
     for name, stats in consumers.items():
-        stats["pending"] = str(pending_by_consumer.get(name, 0))
+        stats["pending"] = pending_by_consumer.get(name, 0)
+        stats["alive"] = _consumer_alive(stats, now)
     out["consumers"] = consumers
     out["reconcile"] = _hash(client, keys.reconcile_stats)
     batches = []
@@ -134,6 +160,9 @@ def gather_pg(cfg: Config) -> dict[str, Any]:
                 " FROM sync_control WHERE id = 1"
             )
             row = cur.fetchone()
+            # When the schema was created: how long reconcile has had to run at least once.
+            cur.execute("SELECT extract(epoch FROM now() - min(applied_at)) FROM schema_migrations")
+            schema_age = (cur.fetchone() or (None,))[0]
         conn.rollback()
     except psycopg2.Error as exc:
         raise FacusyncError(f"PostgreSQL: {describe_pg_error(exc)}") from None
@@ -149,7 +178,44 @@ def gather_pg(cfg: Config) -> dict[str, Any]:
         "last_commit_at": last_commit.isoformat() if isinstance(last_commit, datetime) else None,
         "last_commit_age_s": round(float(commit_age), 1) if commit_age is not None else None,
         "last_consumer": last_consumer,
+        "schema_age_s": round(float(schema_age), 1) if schema_age is not None else None,
     }
+
+
+def _consumer_alive(stats: dict[str, Any], now: float) -> bool:
+    return stats.get("state") != "stopped" and (_f(stats, "heartbeat") or 0) > now - CONSUMER_SILENT_S
+
+
+def producer_state(producer: dict[str, Any], cfg: Config, now: float) -> str:
+    """What the producer is doing, as far as we can tell: its own word, or stale if silent."""
+    state = str(producer.get("state") or "never started")
+    beat = _f(producer, "heartbeat")
+    if state == "stopped" or beat is None:
+        return state
+    interval = _f(producer, "interval") or cfg.sync_interval
+    return "stale" if now - beat > interval + PRODUCER_GRACE_S else state
+
+
+def reconcile_overdue(cfg: Config, reconcile: dict[str, Any], schema_age: float | None,
+                      now: float) -> str | None:
+    """Why reconcile needs attention (never ran, late, or refused), or None."""
+    every = cfg.reconcile_interval
+    finished = _f(reconcile, "finished_at") or None  # 0: a refused run of an older release
+    if finished is None:
+        if schema_age is not None and schema_age > 2 * every:
+            return (f"reconcile has never run (no record in Redis) on a schema created "
+                    f"{_age(schema_age)}: start its timer with `sudo systemctl enable --now "
+                    "facusync-reconcile.timer`")
+        return None
+    if now - finished > 2 * every:
+        return (f"reconcile last ran {_age(now - finished)}, more than twice "
+                f"RECONCILE_INTERVAL={every:g} s: is facusync-reconcile.timer active? "
+                "(`systemctl list-timers facusync-reconcile.timer`)")
+    if reconcile.get("refused") is True:
+        return (f"the last reconcile refused to tombstone {reconcile.get('delete_candidates', '?')} "
+                "row(s) (mass-delete guard): check the view; if the deletes are real, run "
+                "`facusync reconcile --force`")
+    return None
 
 
 def assess(cfg: Config, data: dict[str, Any], now: float) -> Health:
@@ -166,6 +232,8 @@ def assess(cfg: Config, data: dict[str, Any], now: float) -> Health:
     beat = _f(producer, "heartbeat")
     if beat is None:
         health.worse(DOWN, "the producer has never reported: is facusync-producer running?")
+    elif producer.get("state") == "stopped":
+        health.worse(DOWN, f"the producer was stopped {_age(now - beat)}: start facusync-producer")
     else:
         silent = now - beat
         if silent > max(10 * interval, 300.0):
@@ -179,8 +247,7 @@ def assess(cfg: Config, data: dict[str, Any], now: float) -> Health:
         elif state == "paused":
             health.worse(DEGRADED, "the producer is paused by backpressure (queue above "
                                    "QUEUE_MAX_PENDING): are the consumers keeping up?")
-    alive = [n for n, c in data["consumers"].items()
-             if (_f(c, "heartbeat") or 0) > now - CONSUMER_SILENT_S]
+    alive = [n for n, c in data["consumers"].items() if c["alive"]]
     if not alive:
         if queue["length"] > 0:
             health.worse(DOWN, f"{queue['length']} change(s) wait and no consumer is alive: "
@@ -192,6 +259,8 @@ def assess(cfg: Config, data: dict[str, Any], now: float) -> Health:
         health.worse(DEGRADED, f"lag {lag:.0f} s is above LAG_WARN={cfg.lag_warn:g} s")
     if queue["dead_letters"]:
         health.worse(DEGRADED, f"{queue['dead_letters']} dead letter(s): see `facusync dead-letter list`")
+    if data["reconcile"].get("overdue"):
+        health.worse(DEGRADED, data["reconcile"]["overdue"])
     return health
 
 
@@ -212,10 +281,27 @@ def collect(cfg: Config) -> tuple[dict[str, Any], Health]:
         data["postgresql"] = gather_pg(cfg)
     except FacusyncError as exc:
         data["postgresql_error"] = {"error": str(exc)}
+    if "producer" in data:
+        _annotate(cfg, data, now)
     health = assess(cfg, data, now)
     data["health"] = {"code": health.code, "state": ("healthy", "degraded", "down")[health.code],
                       "reasons": health.reasons}
     return data, health
+
+
+def _annotate(cfg: Config, data: dict[str, Any], now: float) -> None:
+    """What the raw stats mean now: a silent producer is stale, a reconcile may be overdue."""
+    producer = data["producer"]
+    state = producer_state(producer, cfg, now)
+    if state != producer.get("state", state):
+        producer["reported_state"] = producer["state"]
+    producer["state"] = state
+    reconcile = data["reconcile"]
+    finished = _f(reconcile, "finished_at")
+    reconcile["last_run_age_s"] = round(now - finished, 1) if finished else None
+    reconcile["interval_s"] = cfg.reconcile_interval
+    reconcile["overdue"] = reconcile_overdue(
+        cfg, reconcile, data.get("postgresql", {}).get("schema_age_s"), now)
 
 
 def _age(seconds: float | None) -> str:
@@ -238,8 +324,10 @@ def render(data: dict[str, Any], now: float) -> str:
         p = data["producer"]
         beat = _f(p, "heartbeat")
         lines.append("Producer")
-        lines.append(f"  state        {p.get('state', 'never started')}"
-                     + (f" ({p['cause']})" if p.get("cause") else ""))
+        said = (f"silent for {now - beat:.0f} s; it last said {p['reported_state']}"
+                if p["state"] == "stale" and beat else p.get("cause") or "")
+        when = f" {_age(now - beat)}" if p["state"] == "stopped" and beat else ""
+        lines.append(f"  state        {p['state']}{when}" + (f" ({said})" if said else ""))
         last = _f(p, "last_cycle_at")
         lines.append(f"  last cycle   {_age(now - last if last else None)}: read {p.get('last_read', '-')}, "
                      f"queued {p.get('last_queued', '-')}, unchanged {p.get('last_unchanged', '-')}, "
@@ -253,9 +341,15 @@ def render(data: dict[str, Any], now: float) -> str:
         lines.append("Consumers")
         if not data["consumers"]:
             lines.append("  none has reported")
-        for name, c in sorted(data["consumers"].items()):
+        # Live consumers first; the others stay listed (marked) until their stats expire.
+        for name, c in sorted(data["consumers"].items(), key=lambda kv: (not kv[1]["alive"], kv[0])):
             beat = _f(c, "heartbeat")
             last_batch = _f(c, "last_batch_at")
+            if not c["alive"]:
+                what = "STOPPED" if c.get("state") == "stopped" else "SILENT, not running?"
+                lines.append(f"  {name:<28} {what}: last heard {_age(now - beat if beat else None)}"
+                             f", pending {c.get('pending', 0)}")
+                continue
             lines.append(f"  {name:<28} last batch {c.get('last_batch_size', '-')} rows "
                          f"{_age(now - last_batch if last_batch else None)}, "
                          f"{c.get('rows_per_s', '-')} rows/s, pending {c.get('pending', 0)}, "
@@ -271,12 +365,15 @@ def render(data: dict[str, Any], now: float) -> str:
             lines.append(f"  lag {data['queue']['oldest_age_s']:.0f} s (oldest change still waiting)")
     if "reconcile" in data:
         r = data["reconcile"]
-        if r:
-            fin = _f(r, "finished_at")
-            lines.append("Reconcile")
-            lines.append(f"  last run {_age(now - fin if fin else None)}: {r.get('upserts', '?')} upserts, "
+        lines.append("Reconcile")
+        if r.get("finished_at"):
+            lines.append(f"  last run     {_age(r['last_run_age_s'])}: {r.get('upserts', '?')} upserts, "
                          f"{r.get('tombstones', '?')} tombstones"
-                         + (" — REFUSED (mass-delete guard)" if r.get("refused") == "True" else ""))
+                         + (" — REFUSED (mass-delete guard)" if r.get("refused") is True else ""))
+        else:
+            lines.append("  last run     never (no record in Redis)")
+        lines.append(f"  expected     every {r['interval_s']:g} s (RECONCILE_INTERVAL), overdue after "
+                     f"{2 * r['interval_s']:g} s")
         perf = data["performance"]
         lines.append("Recent performance")
         p50, p95 = perf["batch_ms_p50"], perf["batch_ms_p95"]

@@ -131,7 +131,7 @@ def verify(stack: Stack) -> tuple[int, dict[str, Any]]:
 
 def check_polling(stack: Stack, erp: ErpWorkload, injector: Injector, outcome: Outcome) -> None:
     """Before reconcile, polling alone must have carried every change that bumped the version
-    (DESIGN invariant 1), whatever crashed meanwhile. Only what polling cannot see by design may
+    (docs/DESIGN.md, invariant 1), whatever crashed meanwhile. Only what polling cannot see by design may
     differ: a row whose last change did not bump ULTIMA_MODIFICACION, and a deleted row.
     """
     client = _redis(stack)

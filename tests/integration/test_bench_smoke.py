@@ -55,6 +55,15 @@ def test_quick_benchmark_measures_every_section_and_cleans_up(bench_tmp: Path) -
     for measured in [*write["batches"].values(), write["naive"], write["two_consumers"]]:
         assert len(measured["insert"]) == 1 and len(measured["update"]) == 1
 
+    costs = write["metrics"]  # off, on, on, off: two of each, every one scraped when on
+    for setting in ("off", "on"):
+        assert len(costs[setting]["insert"]) == 2 and len(costs[setting]["update_cpu_us_per_row"]) == 2
+    assert min(costs["on"]["scrapes"]) >= 1 and max(costs["off"]["scrapes"]) == 0
+    assert len(costs["cost"]) == 1 and costs["cost"][0]["scrape_cpu_ms"] > 0
+    assert costs["cost"][0]["hook_us_per_batch"] > 0 and costs["cost"][0]["scrape_bytes"] > 1000
+    assert "metrics on vs off" in result.stdout and "by parts: hook" in result.stdout
+    assert "cost_pct_scrape_15s" in data["summary"]["metrics"]["insert"]
+
     pipe = data["pipeline"]
     backfill = pipe["backfill"][0]
     assert backfill["raw_read"]["rows"] == pipe["rows"]  # the bench also counted PostgreSQL's rows

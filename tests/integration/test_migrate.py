@@ -207,7 +207,7 @@ def test_migrating_as_an_unprivileged_role_says_who_should(
         cur.execute("CREATE ROLE t_weak_" + pg_db + " LOGIN PASSWORD 'weak-but-long-enough'")
     try:
         cfg = make_config(PG_USER="t_weak_" + pg_db, PG_PASSWORD="weak-but-long-enough")
-        with pytest.raises(SchemaError, match=r"permission denied.*database owner"):
+        with pytest.raises(SchemaError, match=r"permission denied.*migrate --admin"):
             migrate(cfg)
     finally:
         with admin.cursor() as cur:

@@ -111,7 +111,7 @@ def test_dead_letter_purge_asks_and_honours_older_than(running: dict[str, str], 
     assert cli(running, "dead-letter", "purge", "--yes").returncode == 0
     assert "0 dead letter(s)" in cli(running, "dead-letter", "list").stdout
     bad = cli(running, "dead-letter", "purge", "--older-than", "soon", "--yes")
-    assert bad.returncode == 64 and "not an age" in bad.stderr
+    assert bad.returncode == 64 and "not a date or an age" in bad.stderr
 
 
 def test_resync_moves_the_watermark_back_while_running(running: dict[str, str]) -> None:

@@ -1,5 +1,7 @@
 #!/bin/bash
-# Install (once) the NocoDB that the acceptance test runs, into a cache outside the repository.
+# Install (once) one NocoDB version that the acceptance test runs, into a cache outside the
+# repository. Each version has its own directory versions/<version>/ with package.json (NocoDB,
+# express, and in "engines" the Node.js it runs on) and package-lock.json.
 #
 # The install is keyed by NocoDB's version and a hash of package.json + package-lock.json, so a
 # re-run with the same files takes no time and a changed lock gets a fresh directory. It is
@@ -12,20 +14,23 @@
 #     rebuild the three native modules that need their scripts (sqlite3, sharp, msgpackr-extract);
 #   - sqlite3 finds no prebuilt binary it may download and compiles itself (about 45-130 s):
 #     it needs g++, make, python3 and Node's headers (--nodedir).
-# NocoDB 0.262.5 needs Node.js 20 (later NocoDB releases need 22). When the machine's node is
-# older (Debian 12's own nodejs is 18), Node.js 20 comes from the registry's node-linux-<arch>
-# package, installed into the cache too.
+#   - 0.301.3 also builds lz4 natively.
+# NocoDB 0.262.5 needs Node.js 20, 0.301.3 needs 22. Unless the machine's node has the major
+# version that package.json's "engines" names, that Node.js comes from the registry's
+# node-linux-<arch> package (the registry the machine's npm is configured with), installed into
+# the cache too.
 #
-# usage: tests/nocodb/install.sh [CACHE_DIR]   (default /var/cache/facusync-test/nocodb)
+# usage: tests/nocodb/install.sh VERSION [CACHE_DIR]  (default /var/cache/facusync-test/nocodb)
 # env:   FACUSYNC_NOCODB_NODE_PACKAGE=1         use the registry's Node.js even when the
-#                                               machine's node is version 20
+#                                               machine's node has the right major version
 # prints the install directory (holding node_modules/ and bin/node) as its last line.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
-CACHE=${1:-${FACUSYNC_NOCODB_CACHE:-/var/cache/facusync-test/nocodb}}
-NODE_MAJOR=20
-NODE_PACKAGE_VERSION=20.20.2
+[ $# -ge 1 ] || { echo "usage: $0 VERSION [CACHE_DIR]; versions: $(ls "$HERE/versions")" >&2; exit 64; }
+SPEC="$HERE/versions/$1"
+[ -f "$SPEC/package.json" ] || { echo "no $SPEC/package.json; versions: $(ls "$HERE/versions")" >&2; exit 64; }
+CACHE=${2:-${FACUSYNC_NOCODB_CACHE:-/var/cache/facusync-test/nocodb}}
 
 log() { echo "nocodb-install: $*" >&2; }
 die() { log "$*"; exit "${2:-1}"; }
@@ -47,15 +52,18 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v flock >/dev/null || missing+=(util-linux)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
-VERSION=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["dependencies"]["nocodb"])' \
-    "$HERE/package.json")
-KEY=$(cat "$HERE/package.json" "$HERE/package-lock.json" | sha256sum | cut -c1-12)
+field() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]][sys.argv[3]])' \
+    "$SPEC/package.json" "$@"; }
+VERSION=$(field dependencies nocodb)
+NODE_PACKAGE_VERSION=$(field engines node)
+NODE_MAJOR=${NODE_PACKAGE_VERSION%%.*}
+KEY=$(cat "$SPEC/package.json" "$SPEC/package-lock.json" | sha256sum | cut -c1-12)
 
 mkdir -p "$CACHE"
-exec 9>"$CACHE/.lock"
-flock -w 1800 9 || die "another install holds $CACHE/.lock" 75
+exec 9>"$CACHE/.lock-$VERSION"
+flock -w 1800 9 || die "another install holds $CACHE/.lock-$VERSION" 75
 
-# --- Node.js 20 -------------------------------------------------------------------------------
+# --- Node.js -------------------------------------------------------------------------------
 NODE_DIR=""   # a directory with bin/node and include/node/node.h
 system_node=$(command -v node || true)
 if [ -z "${FACUSYNC_NOCODB_NODE_PACKAGE:-}" ] && [ -n "$system_node" ] \
@@ -101,12 +109,16 @@ TMP="$DEST.tmp.$$"
 trap 'rm -rf "$TMP"' EXIT
 rm -rf "$CACHE/$VERSION-"*.tmp.*
 mkdir -p "$TMP"
-cp "$HERE/package.json" "$HERE/package-lock.json" "$TMP/"
+cp "$SPEC/package.json" "$SPEC/package-lock.json" "$TMP/"
 log "installing nocodb $VERSION into $DEST (once; a few minutes)"
 (
     cd "$TMP"
     npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2
-    npm rebuild sqlite3 sharp msgpackr-extract --nodedir="$NODE_DIR" --loglevel=error >&2
+    native=()
+    for module in sqlite3 sharp msgpackr-extract lz4; do
+        [ ! -d "node_modules/$module" ] || native+=("$module")
+    done
+    npm rebuild "${native[@]}" --nodedir="$NODE_DIR" --loglevel=error >&2
 )
 node -e 'require(process.argv[1] + "/node_modules/sqlite3")' "$TMP" \
     || die "sqlite3's native module does not load; see the output above"

@@ -26,6 +26,13 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--control", type=Path, help="JSON fault-control file, re-read when changed")
     serve.add_argument("--packet-size", type=int, help="force a TDS packet size")
     serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--encryption", choices=("not_sup", "off", "on"), default="not_sup",
+                       help="SQL Server's setting: no certificate, certificate (login encrypted),"
+                            " Force Encryption (whole session)")
+    serve.add_argument("--cert", type=Path, help="server certificate (PEM) for off/on")
+    serve.add_argument("--key", type=Path, help="its private key (PEM)")
+    serve.add_argument("--tls-min", choices=("1.0", "1.1", "1.2", "1.3"), default="1.2")
+    serve.add_argument("--tls-max", choices=("1.0", "1.1", "1.2", "1.3"), default="1.2")
 
     seed = sub.add_parser("seed", help="fill VW_VENTAS_SYNC with realistic rows")
     seed.add_argument("--db", type=Path, required=True)
@@ -52,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
         config = ServerConfig(db_path=args.db, user=args.user, password=args.password,
                               database=args.database, control=args.control,
-                              packet_size=args.packet_size)
+                              packet_size=args.packet_size, encryption=args.encryption,
+                              cert_file=args.cert, key_file=args.key, tls_min=args.tls_min,
+                              tls_max=args.tls_max)
         run(config, args.host, args.port, args.port_file)
         return 0
     if args.command == "seed":

@@ -55,6 +55,7 @@ class Session:
     server_database: str
     trancount: int = 0
     rowcount: int = 0
+    encrypted: bool = False  # the whole session over TLS (CONNECTIONPROPERTY('encrypt_option'))
 
 
 @dataclass
@@ -372,8 +373,10 @@ class Planner:
 
     def _sqlite_has(self, name: str) -> bool:
         row = self.conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type IN ('table','view') AND name = ? COLLATE NOCASE",
-            (name,),
+            "SELECT 1 FROM sqlite_master WHERE type IN ('table','view') AND name = ? COLLATE NOCASE "
+            "UNION ALL SELECT 1 FROM sqlite_temp_master WHERE type = 'table' AND name = ? "
+            "COLLATE NOCASE",
+            (name, name),
         ).fetchone()
         return row is not None
 
@@ -423,6 +426,11 @@ class Planner:
                      "edition": "Developer Edition (64-bit)", "servername": "STANDIN",
                      "collation": "SQL_Latin1_General_CP1_CI_AS"}
             return _string(props.get(arg.lower(), ""), sqltypes.nvarchar(128))
+        if name == "CONNECTIONPROPERTY":
+            arg = node.expressions[0].name if node.expressions else ""
+            connection = {"net_transport": "TCP", "protocol_type": "TSQL", "auth_scheme": "SQL",
+                          "encrypt_option": "TRUE" if session.encrypted else "FALSE"}
+            return _string(connection.get(arg.lower(), ""), sqltypes.nvarchar(128))
         return None
 
     def _scope(self, select: exp.Expression) -> list[tuple[str, str]]:

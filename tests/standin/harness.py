@@ -79,6 +79,9 @@ class StandIn:
         port: int = 0,
         packet_size: int | None = None,
         log_level: str = "INFO",
+        encryption: str = "not_sup",
+        certificate: tuple[Path, Path] | None = None,
+        tls_versions: tuple[str, str] = ("1.2", "1.2"),
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -93,6 +96,11 @@ class StandIn:
         self.port = port
         self.packet_size = packet_size
         self.log_level = log_level
+        # TLS: SQL Server's encryption setting ("not_sup", "off", "on"), the (cert, key)
+        # files, and the lowest and highest TLS version the server accepts.
+        self.encryption = encryption
+        self.certificate = certificate
+        self.tls_versions = tls_versions
         self.process: subprocess.Popen[bytes] | None = None
         schema.init_db(self.db_path)
 
@@ -112,6 +120,10 @@ class StandIn:
         ]
         if self.packet_size:
             cmd += ["--packet-size", str(self.packet_size)]
+        cmd += ["--encryption", self.encryption, "--tls-min", self.tls_versions[0],
+                "--tls-max", self.tls_versions[1]]
+        if self.certificate is not None:
+            cmd += ["--cert", str(self.certificate[0]), "--key", str(self.certificate[1])]
         env = dict(os.environ)
         env["STANDIN_PASSWORD"] = self.password  # not on the command line (ps shows it)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)

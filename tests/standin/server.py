@@ -15,6 +15,7 @@ import os
 import select
 import socket
 import sqlite3
+import ssl
 import struct
 import threading
 import time
@@ -95,6 +96,35 @@ class ServerConfig:
     database: str = "g_FACU"
     control: Path | None = None
     packet_size: int | None = None  # None: use what the client asks for
+    # SQL Server's encryption setting: "not_sup" (no certificate), "off" (a certificate,
+    # Force Encryption off: TLS for the login packet unless the client asks for more) or
+    # "on" (Force Encryption: the whole session over TLS). See tds.answer_encryption.
+    encryption: str = "not_sup"
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_min: str = "1.2"
+    tls_max: str = "1.2"  # SQL Server 2016 speaks TLS 1.0 to 1.2
+
+
+TLS_VERSIONS = {"1.0": ssl.TLSVersion.TLSv1, "1.1": ssl.TLSVersion.TLSv1_1,
+                "1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """The server side of the TLS handshake, or None when the server has no certificate."""
+    if config.encryption == "not_sup":
+        return None
+    if config.cert_file is None or config.key_file is None:
+        raise ValueError(f"encryption {config.encryption!r} needs a certificate and its key")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(config.cert_file, config.key_file)
+    if TLS_VERSIONS[config.tls_min] < ssl.TLSVersion.TLSv1_2:
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let the old versions be offered at all
+    context.minimum_version = TLS_VERSIONS[config.tls_min]
+    context.maximum_version = TLS_VERSIONS[config.tls_max]
+    # Tickets would arrive after the client thinks the handshake (in PRELOGIN packets) is over.
+    context.num_tickets = 0
+    return context
 
 
 _encoders: dict[tuple[tuple[SqlType, ...], int], Callable[[list[tuple[Any, ...]]], bytes]] = {}
@@ -111,8 +141,15 @@ def row_encoder(types: list[SqlType], tds_version: int) -> Callable[[list[tuple[
 class Connection:
     """One client: login, then a loop of requests until the client leaves."""
 
-    def __init__(self, config: ServerConfig, faults: FaultFile, sock: socket.socket, spid: int) -> None:
+    def __init__(self, config: ServerConfig, faults: FaultFile, sock: socket.socket, spid: int,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.config = config
+        self.tls_context = tls
+        # Once TLS is up, socket bytes go through this object (MemoryBIOs both ways).
+        self.tls: ssl.SSLObject | None = None
+        self.tls_in = ssl.MemoryBIO()
+        self.tls_out = ssl.MemoryBIO()
+        self.encrypted_session = False
         self.faults = faults
         self.sock = sock
         self.spid = spid
@@ -137,8 +174,28 @@ class Connection:
         data = self.sock.recv(65536)
         if not data:
             raise ClientGone()
-        self.inbuf += data
+        self.inbuf += self._decrypt(data) if self.tls is not None else data
         return True
+
+    def _decrypt(self, data: bytes) -> bytes:
+        """Plaintext from raw TLS records (may be empty until a whole record arrived)."""
+        assert self.tls is not None
+        self.tls_in.write(data)
+        plain = bytearray()
+        while True:
+            try:
+                chunk = self.tls.read(65536)
+            except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+                return bytes(plain)
+            if not chunk:
+                return bytes(plain)
+            plain += chunk
+
+    def _send(self, data: bytes) -> None:
+        if self.tls is not None:
+            self.tls.write(data)
+            data = self.tls_out.read()
+        self.sock.sendall(data)
 
     def _take_packet(self) -> tuple[int, int, bytes] | None:
         if len(self.inbuf) < tds.HEADER_SIZE:
@@ -192,7 +249,7 @@ class Connection:
 
     # -- socket output ------------------------------------------------------
 
-    def _packets(self, data: bytes | bytearray, final: bool) -> bytes:
+    def _packets(self, data: bytes | bytearray, final: bool, ptype: int = tds.PKT_REPLY) -> bytes:
         size = self.packet_size - tds.HEADER_SIZE
         chunks = []
         view = memoryview(data)
@@ -200,7 +257,7 @@ class Connection:
             body = view[start : start + size]
             last = final and start + size >= len(data)
             status = tds.STATUS_EOM if last else 0
-            chunks.append(tds.HEADER.pack(tds.PKT_REPLY, status, len(body) + 8, self.spid, self.packet_id, 0))
+            chunks.append(tds.HEADER.pack(ptype, status, len(body) + 8, self.spid, self.packet_id, 0))
             chunks.append(bytes(body))
             self.packet_id = (self.packet_id + 1) & 0xFF
         return b"".join(chunks)
@@ -213,7 +270,7 @@ class Connection:
             return
         data = self.out[:cut]
         del self.out[:cut]
-        self.sock.sendall(self._packets(data, final))
+        self._send(self._packets(data, final))
         if final:
             self.packet_id = 1
 
@@ -235,6 +292,8 @@ class Connection:
             pass
         except tds.ProtocolError as exc:
             log.warning("spid %d (%s): protocol error: %s", self.spid, peer, exc)
+        except ssl.SSLError as exc:
+            log.info("spid %d (%s): TLS failed: %s", self.spid, peer, exc)
         except OSError as exc:
             log.debug("spid %d (%s): socket error: %s", self.spid, peer, exc)
         except Exception:
@@ -280,10 +339,25 @@ class Connection:
 
     def login(self) -> bool:
         ptype, payload = self.read_message()
+        login_only = False
         if ptype == tds.PKT_PRELOGIN:
-            tds.parse_prelogin(payload)
-            self.reply(tds.build_prelogin_reply())
+            options = tds.parse_prelogin(payload)
+            client = (options.get(tds.OPTION_ENCRYPTION) or bytes([tds.ENCRYPT_NOT_SUP]))[0]
+            answer, terminate = tds.answer_encryption(self.config.encryption, client)
+            self.reply(tds.build_prelogin_reply(answer))
+            if terminate:
+                log.info("spid %d: client encryption %#x, server %s: connection terminated",
+                         self.spid, client, self.config.encryption)
+                return False
+            if answer != tds.ENCRYPT_NOT_SUP:
+                self.start_tls()
+                login_only = answer == tds.ENCRYPT_OFF
+                self.encrypted_session = not login_only
             ptype, payload = self.read_message()
+        elif self.config.encryption == "on":
+            raise tds.ProtocolError("encryption is forced and the client sent no PRELOGIN")
+        if login_only:
+            self.tls = None  # ENCRYPT_OFF: the client dropped TLS after the login packet
         if ptype != tds.PKT_LOGIN7:
             raise tds.ProtocolError(f"expected LOGIN7, got packet type {ptype:#x}")
         login = tds.parse_login7(payload)
@@ -314,9 +388,11 @@ class Connection:
         requested = login.packet_size or 4096
         self.packet_size = max(512, min(self.config.packet_size or requested, MAX_PACKET))
         self.db = schema.connect(self.config.db_path, readonly=True)
+        self._describe_connection()
         self.planner = engine.Planner(self.db)
         self.session = engine.Session(database=match, user=login.user, spid=self.spid,
-                                      server_database=self.config.database)
+                                      server_database=self.config.database,
+                                      encrypted=self.encrypted_session)
         tokens = [
             tds.token_envchange(tds.ENV_DATABASE, match, "master"),
             tds.token_message(5701, f"Changed database context to '{match}'.", v, severity=0,
@@ -335,6 +411,52 @@ class Connection:
         log.info("spid %d: %s logged in (TDS %08x, packet %d, app %r)", self.spid, login.user,
                  v, self.packet_size, login.app_name)
         return True
+
+    def start_tls(self) -> None:
+        """The TLS handshake, its records carried inside PRELOGIN packets (TDS 7.x).
+
+        Afterwards TLS records travel on the socket as they are, TDS packets inside them.
+        """
+        if self.tls_context is None:
+            raise tds.ProtocolError("TLS requested but the server has no certificate")
+        handshake = self.tls_context.wrap_bio(self.tls_in, self.tls_out, server_side=True)
+        while True:
+            try:
+                handshake.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._send_handshake()
+            except ssl.SSLError:
+                self._send_handshake()  # the alert that tells the client why
+                raise
+            ptype, payload = self.read_message()
+            if ptype != tds.PKT_PRELOGIN:
+                raise tds.ProtocolError(f"expected TLS in a PRELOGIN packet, got type {ptype:#x}")
+            self.tls_in.write(payload)
+        self._send_handshake()
+        self.tls = handshake
+        log.info("spid %d: TLS up (%s, %s)", self.spid, handshake.version(),
+                 (handshake.cipher() or ("?",))[0])
+        early, self.inbuf = bytes(self.inbuf), bytearray()
+        if early:  # records sent right behind the handshake (TLS 1.3 clients do)
+            self.inbuf += self._decrypt(early)
+
+    def _send_handshake(self) -> None:
+        pending = self.tls_out.read()
+        if pending:
+            self.sock.sendall(self._packets(pending, True, tds.PKT_PRELOGIN))
+            self.packet_id = 1
+
+    def _describe_connection(self) -> None:
+        """sys.dm_exec_connections for this session, as a temp table the planner can read."""
+        assert self.db is not None
+        self.db.execute("PRAGMA query_only = OFF")
+        self.db.execute("CREATE TEMP TABLE dm_exec_connections (session_id INTEGER, "
+                        "net_transport TEXT, protocol_type TEXT, encrypt_option TEXT, "
+                        "auth_scheme TEXT)")
+        self.db.execute("INSERT INTO dm_exec_connections VALUES (?, 'TCP', 'TSQL', ?, 'SQL')",
+                        (self.spid, "TRUE" if self.encrypted_session else "FALSE"))
+        self.db.execute("PRAGMA query_only = ON")
 
     # -- requests -----------------------------------------------------------
 
@@ -478,6 +600,7 @@ class Server:
         self.faults = FaultFile(config.control)
         self.listener = socket.create_server((host, port), backlog=128, reuse_port=False)
         self.host, self.port = self.listener.getsockname()[:2]
+        self.tls = tls_context(config)
         self._spid = 50
         self._stopping = False
 
@@ -492,7 +615,7 @@ class Server:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             self._spid = self._spid + 1 if self._spid < 32000 else 51
-            conn = Connection(self.config, self.faults, sock, self._spid)
+            conn = Connection(self.config, self.faults, sock, self._spid, self.tls)
             threading.Thread(target=conn.serve, name=f"spid-{self._spid}", daemon=True).start()
 
     def stop(self) -> None:

@@ -102,16 +102,43 @@ def parse_prelogin(payload: bytes) -> dict[int, bytes]:
     return options
 
 
-def build_prelogin_reply() -> bytes:
-    """VERSION, ENCRYPTION=NOT_SUP (0x02), INSTOPT, THREADID, MARS=off.
+# PRELOGIN ENCRYPTION values ([MS-TDS] 2.2.6.5).
+ENCRYPT_OFF = 0x00  # server: TLS for the LOGIN7 packet only, then plaintext
+ENCRYPT_ON = 0x01  # the whole session over TLS
+ENCRYPT_NOT_SUP = 0x02  # no TLS at all (no certificate)
+ENCRYPT_REQ = 0x03  # server: the whole session over TLS, the client did not ask for it
 
-    Encryption must be NOT_SUP: answering OFF (0x00) makes FreeTDS start TLS
-    for the login packet, which this stand-in does not speak.
+OPTION_ENCRYPTION = 0x01
+
+
+def answer_encryption(server_setting: str, client_value: int) -> tuple[int, bool]:
+    """The ENCRYPTION value SQL Server answers, and whether it then drops the connection.
+
+    ``server_setting`` is "not_sup" (no certificate), "off" (a certificate, Force Encryption
+    off: SQL Server's default) or "on" (Force Encryption). The table is [MS-TDS] 2.2.6.5.
+    """
+    client_wants = client_value in (ENCRYPT_ON, ENCRYPT_REQ)
+    if server_setting == "not_sup":
+        return ENCRYPT_NOT_SUP, client_wants
+    if client_value == ENCRYPT_NOT_SUP:
+        if server_setting == "on":
+            return ENCRYPT_REQ, True
+        return ENCRYPT_NOT_SUP, False
+    if client_wants:
+        return ENCRYPT_ON, False
+    return (ENCRYPT_REQ if server_setting == "on" else ENCRYPT_OFF), False
+
+
+def build_prelogin_reply(encryption: int = ENCRYPT_NOT_SUP) -> bytes:
+    """VERSION, ENCRYPTION, INSTOPT, THREADID, MARS=off.
+
+    Any ENCRYPTION other than NOT_SUP makes the client start TLS right after this reply
+    (handshake records inside PRELOGIN packets); OFF then covers the LOGIN7 packet only.
     """
     major, minor, build = PROG_VERSION
     items = [
         (0x00, struct.pack(">BBHH", major, minor, build, 0)),
-        (0x01, b"\x02"),
+        (OPTION_ENCRYPTION, bytes([encryption])),
         (0x02, b"\x00"),
         (0x03, b""),
         (0x04, b"\x00"),

@@ -50,10 +50,11 @@ def image() -> Path:
     """The cached Debian 12 root (built by scripts/nspawn-root once, reused afterwards)."""
     if os.geteuid() != 0:
         pytest.fail("the system test needs root (debootstrap, systemd-nspawn, cgroups)")
-    root = Path(os.environ.get("FACUSYNC_TEST_ROOT", "/var/cache/facusync-test/bookworm"))
-    subprocess.run([str(REPO / "scripts" / "nspawn-root"), str(root)], check=True, timeout=1800)
+    # Its path (a cache directory named after its contents) is the script's last line.
+    out = subprocess.run([str(REPO / "scripts" / "nspawn-root")], check=True, timeout=1800,
+                         stdout=subprocess.PIPE, text=True).stdout
     cleanup_stale()
-    return root
+    return Path(out.split()[-1])
 
 
 @pytest.fixture(scope="session")
@@ -97,12 +98,4 @@ def box(image: Path, deb_path: Path) -> Iterator[Container]:
         container.boot(timeout=120)
         yield container
     finally:
-        try:
-            if container.pid and container.nspawn and container.nspawn.poll() is None:
-                logs = container.run("journalctl", "--no-pager", "-n", "150", "-u", "facusync*",
-                                     check=False, timeout=20)
-                print("--- journal of the facusync units ---\n" + logs.stdout)
-        except Exception as exc:  # diagnostics only; the teardown below matters
-            print(f"(journal not available: {exc})")
-        finally:
-            container.destroy()
+        container.destroy_showing_journal()

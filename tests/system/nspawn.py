@@ -26,6 +26,9 @@ WORK_PARENT = Path("/var/tmp")
 NAME_PREFIX = "facusync-test-"
 T = TypeVar("T")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The root has Debian's PostgreSQL and Redis (for the README walkthrough). In a container that
+# shares the host's network they must not start: they would take the host's ports.
+HOST_NETWORK_MASKS = ("postgresql.service", "postgresql@15-main.service", "redis-server.service")
 
 
 class ContainerError(RuntimeError):
@@ -95,11 +98,15 @@ class Container:
 
     _count = 0
 
-    def __init__(self, image: Path, *, binds_ro: Mapping[Path, str] | None = None) -> None:
+    def __init__(self, image: Path, *, binds_ro: Mapping[Path, str] | None = None,
+                 binds: Mapping[Path, str] | None = None, private_network: bool = False) -> None:
         Container._count += 1
         self.image = image
         self.name = f"{NAME_PREFIX}{os.getpid()}-{Container._count}"
         self.binds_ro = dict(binds_ro or {})
+        self.binds = dict(binds or {})
+        # Its own network namespace (loopback only): its servers use Debian's default ports.
+        self.private_network = private_network
         self.workdir = Path(tempfile.mkdtemp(prefix=self.name + "-", dir=WORK_PARENT))
         self.root = self.workdir / "root"
         self.console = self.workdir / "console.log"
@@ -124,6 +131,11 @@ class Container:
         cmd = ["systemd-nspawn", "--register=no", "--keep-unit", "--console=read-only", "--boot",
                f"--directory={self.root}", f"--machine={self.name}", "--hostname=facusync-test"]
         cmd += [f"--bind-ro={src}:{dst}" for src, dst in self.binds_ro.items()]
+        cmd += [f"--bind={src}:{dst}" for src, dst in self.binds.items()]
+        if self.private_network:
+            cmd.append("--private-network")
+        else:  # arguments for the container's systemd, as on a kernel command line
+            cmd += [f"systemd.mask={unit}" for unit in HOST_NETWORK_MASKS]
         with open(self.console, "wb") as out:
             self.nspawn = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                            stderr=subprocess.STDOUT, preexec_fn=enter_own_cgroups,
@@ -216,6 +228,18 @@ class Container:
         """`systemctl show` properties of a unit as a dict."""
         out = self.run("systemctl", "show", unit, "-p", ",".join(props)).stdout
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def destroy_showing_journal(self) -> None:
+        """destroy(), after printing the facusync units' journal (what a failure needs)."""
+        try:
+            if self.pid and self.nspawn and self.nspawn.poll() is None:
+                logs = self.run("journalctl", "--no-pager", "-n", "150", "-u", "facusync*",
+                                check=False, timeout=20)
+                print("--- journal of the facusync units ---\n" + logs.stdout)
+        except Exception as exc:  # diagnostics only; the teardown below matters
+            print(f"(journal not available: {exc})")
+        finally:
+            self.destroy()
 
     def console_tail(self, lines: int = 40) -> str:
         with contextlib.suppress(OSError):

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from tests.servers import PostgresServer, RedisServer
+from tests.servers import PostgresServer, RedisServer, free_port
 from tests.system.conftest import DEB_DIR_IN_CONTAINER, REPO
 from tests.system.nspawn import Container, wait_for
 
@@ -24,6 +24,7 @@ ENV_FILE = "/etc/facusync/facusync.env"
 SERVICES = ("facusync-producer.service", "facusync-consumer.service")
 UNITS = (*SERVICES, "facusync-reconcile.service", "facusync-reconcile.timer")
 ROWS = 120
+METRICS_PORTS = {"producer": free_port(), "consumer": free_port()}
 # Faster than production so the test is quick: restarts after 1 s, and for the consumer a
 # 5 s watchdog (the loop feeds it about every second, so it only fires on a real hang).
 DROPINS = {
@@ -53,6 +54,8 @@ def env_values(pg: PostgresServer, rds: RedisServer, standin: Any) -> dict[str, 
         "PG_USER": pg.user, "PG_PASSWORD": pg.password,
         "REDIS_HOST": rds.host, "REDIS_PORT": str(rds.port), "REDIS_PASSWORD": rds.password,
         "SYNC_INTERVAL": "1",
+        "METRICS_PRODUCER_PORT": str(METRICS_PORTS["producer"]),
+        "METRICS_CONSUMER_PORT": str(METRICS_PORTS["consumer"]),
     }
 
 
@@ -108,6 +111,7 @@ def test_env_file_is_a_protected_conffile(box: Container) -> None:
     for page in ("facusync.1.gz", "facusync-producer.1.gz", "facusync-consumer.1.gz"):
         assert f"/usr/share/man/man1/{page}" in files
     assert "/usr/share/facusync/sql/001_schema.sql" in files
+    assert "/usr/share/doc/facusync/README.md.gz" in files
 
 
 def test_units_pass_systemd_analyze_verify(box: Container) -> None:
@@ -174,6 +178,20 @@ def test_systemctl_status_shows_the_status_line(box: Container) -> None:
     # The admin's view of the same, from the default env file.
     status = json.loads(box.run("facusync", "status", "--json", timeout=60).stdout)
     assert status["postgresql"]["rows"] == ROWS + 1
+
+
+def test_metrics_endpoints_answer_from_the_sandboxed_services(box: Container, pg: PostgresServer) -> None:
+    """The units' sandbox lets each daemon serve its metrics port (127.0.0.1 by default)."""
+    for daemon, port in METRICS_PORTS.items():
+        text = box.run("python3", "-c", "import sys, urllib.request; sys.stdout.write(urllib.request"
+                       f".urlopen('http://127.0.0.1:{port}/metrics', timeout=10).read().decode())",
+                       timeout=30).stdout
+        assert f'facusync_ready{{daemon="{daemon}"}} 1.0' in text
+    files = box.run("dpkg", "-L", "facusync").stdout.split()
+    for example in ("facusync-alerts.yml", "facusync-alerts.test.yml", "prometheus.yml"):
+        assert f"/usr/share/doc/facusync/examples/{example}" in files
+    inserted = re.search(r'^facusync_consumer_rows_total\{result="inserted"\} (\S+)$', text, re.M)
+    assert inserted and float(inserted.group(1)) == pg_count(pg) == ROWS + 1
 
 
 def test_journal_holds_json_lines(box: Container) -> None:
@@ -273,8 +291,9 @@ def test_purge_removes_everything(box: Container) -> None:
     start(box, *SERVICES)  # running: the removal must stop them
     for drop_unit in DROPINS:  # ours, not the package's
         box.run("rm", "-r", f"/etc/systemd/system/{drop_unit}.d")
-    box.run("apt-get", "purge", "-y", "facusync", env={"DEBIAN_FRONTEND": "noninteractive"},
-            timeout=300)
+    purge = box.run("apt-get", "purge", "-y", "facusync",
+                    env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=300)
+    assert "crontab" not in purge.stdout + purge.stderr  # deluser's warning without cron
     for unit in UNITS:
         assert box.run("systemctl", "is-active", unit, check=False).stdout.strip() != "active"
     assert box.run("getent", "passwd", "_facusync", check=False).returncode == 2

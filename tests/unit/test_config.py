@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import grp
 import logging
+import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,7 @@ GOOD = {
     "REDIS_PASSWORD": "redis-Secret-789",
 }
 SECRETS = ("ms-Secret-123", "pg-Secret-456", "redis-Secret-789")
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_follow_the_original_design() -> None:
@@ -121,3 +126,58 @@ def test_env_file_does_not_invite_role_passwords() -> None:
     assert "PG_PASSWORD" in settings and "PG_NOCODB_ROLE" in settings
     assert "PG_NOCODB_ROLE_PASSWORD" not in settings
     assert "PG_SYNC_ROLE_PASSWORD" not in settings
+
+
+def test_metrics_and_reconcile_settings_are_validated() -> None:
+    cfg = config_from_mapping(GOOD)
+    assert (cfg.metrics_address, cfg.metrics_producer_port, cfg.metrics_consumer_port) == \
+        ("127.0.0.1", None, None)  # off unless a port is set
+    assert cfg.reconcile_interval == 3600
+    cfg = config_from_mapping(dict(GOOD, METRICS_PRODUCER_PORT="9741", METRICS_CONSUMER_PORT="9742",
+                                   METRICS_ADDRESS="::1", RECONCILE_INTERVAL="900"))
+    assert (cfg.metrics_producer_port, cfg.metrics_consumer_port, cfg.metrics_address) == (9741, 9742, "::1")
+    assert cfg.reconcile_interval == 900
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(dict(GOOD, METRICS_ADDRESS="localhost", METRICS_PRODUCER_PORT="70000",
+                                 METRICS_CONSUMER_PORT="nine", RECONCILE_INTERVAL="5"))
+    text = str(info.value)
+    for expected in ("METRICS_ADDRESS='localhost' is not an IP address",
+                     "METRICS_PRODUCER_PORT=70000 is out of range",
+                     "METRICS_CONSUMER_PORT='nine' is not a whole number",
+                     "RECONCILE_INTERVAL=5 is out of range"):
+        assert expected in text
+    assert len(info.value.problems) == 4
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(dict(GOOD, METRICS_PRODUCER_PORT="9741", METRICS_CONSUMER_PORT="9741"))
+    assert "each daemon needs its own port" in str(info.value)
+
+
+def test_daemons_log_a_config_error_once(tmp_path: Path) -> None:
+    """journald gets stdout and stderr: the error must be one line there, not two (issue 18)."""
+    f = tmp_path / "bad.env"
+    f.write_text("\n".join(f"{k}={v}" for k, v in GOOD.items()) + "\nBATCH_SIZE=0\n")
+    out = subprocess.run([sys.executable, "-m", "facusync.consumer", "--env-file", str(f)],
+                         capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert out.returncode == 78
+    lines = (out.stdout + out.stderr).splitlines()
+    assert sum("BATCH_SIZE=0 is out of range" in line for line in lines) == 1, lines
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the command as another user")
+def test_unreadable_env_file_is_a_permission_problem() -> None:
+    """A non-root operator is told to use sudo (exit 77), not that the settings are wrong."""
+    folder = Path(tempfile.mkdtemp(prefix="facusync-perm-"))  # /tmp: others may enter it
+    folder.chmod(0o755)
+    f = folder / "facusync.env"
+    f.write_text("\n".join(f"{k}={v}" for k, v in GOOD.items()) + "\n")
+    f.chmod(0o640)
+    os.chown(f, 0, grp.getgrnam("adm").gr_gid)
+    out = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                          sys.executable, "-m", "facusync.cli", "--env-file", str(f), "status"],
+                         capture_output=True, text=True, timeout=60, cwd=REPO,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    assert out.returncode == 77, out.stderr
+    assert "invalid configuration" not in out.stderr
+    assert f"cannot read {f}: permission denied" in out.stderr
+    assert "sudo facusync" in out.stderr and "member of group adm" in out.stderr
+    shutil.rmtree(folder)

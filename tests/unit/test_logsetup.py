@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from datetime import UTC, datetime
 
 from facusync.logsetup import setup_logging
 
@@ -40,3 +41,17 @@ def test_auto_is_json_when_not_a_terminal() -> None:
     setup_logging("INFO", "auto", out)
     logging.getLogger("facusync.test").info("ñandú")
     assert json.loads(out.getvalue())["message"] == "ñandú"
+
+
+def test_times_carry_their_utc_offset() -> None:
+    """A journal line's time must not depend on knowing the host's zone (issue 18)."""
+    out = io.StringIO()
+    setup_logging("INFO", "json", out)
+    logging.getLogger("facusync.test").info("tick")
+    stamp = datetime.fromisoformat(json.loads(out.getvalue())["time"])
+    assert stamp.tzinfo is not None
+    assert abs((stamp - datetime.now(UTC)).total_seconds()) < 60
+    text = io.StringIO()
+    setup_logging("INFO", "text", text)
+    logging.getLogger("facusync.test").info("tock")
+    assert datetime.fromisoformat(text.getvalue().split()[0]).tzinfo is not None

@@ -12,7 +12,7 @@ from facusync.commands import migrate as command
 from facusync.config import Config, Secret, config_from_mapping
 from facusync.errors import ConfigError, SchemaError
 from facusync.migrate import find_sql_dir, list_migrations, render
-from facusync.roles import _saslprep, check_password, scram_sha256_verifier
+from facusync.roles import _saslprep, check_password, role_specs, scram_sha256_verifier
 
 ENV = {"MSSQL_HOST": "h", "MSSQL_USER": "u", "MSSQL_PASSWORD": "p", "PG_HOST": "h",
        "PG_USER": "u", "PG_PASSWORD": "p"}
@@ -107,8 +107,23 @@ def test_missing_passwords_are_asked_for_on_a_terminal(monkeypatch: pytest.Monke
 def test_missing_passwords_without_a_terminal_fail_with_the_variable_names(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(command.sys.stdin, "isatty", lambda: False)
-    with pytest.raises(ConfigError, match="PG_SYNC_ROLE_PASSWORD is missing"):
+    with pytest.raises(ConfigError, match="PG_SYNC_ROLE_PASSWORD is missing") as info:
         command._with_passwords(cfg(), set())
+    # Says where a password can come from; not "the repository" (issue 18).
+    assert "repository" not in str(info.value)
+    assert "env file or the environment, or run the command at a terminal" in str(info.value)
     # An existing role keeps its password: nothing to ask, nothing missing.
     kept = command._with_passwords(cfg(), {"facusync_sync", "facusync_nocodb"})
     assert not kept.pg_sync_role_password
+
+
+def test_the_sync_roles_password_is_pg_password_when_pg_user_names_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The env file names the daemons' role and password once; --create-roles uses them."""
+    monkeypatch.setattr(command.sys.stdin, "isatty", lambda: False)
+    same = cfg(PG_USER="facusync_sync", PG_PASSWORD="the-daemons-password",
+               PG_NOCODB_ROLE_PASSWORD="nocodb-from-the-env")
+    assert role_specs(same)[0].password.reveal() == "the-daemons-password"
+    command._with_passwords(same, set())  # nothing missing
+    other = cfg(PG_USER="postgres", PG_PASSWORD="the-superusers-password")
+    assert not role_specs(other)[0].password
