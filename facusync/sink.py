@@ -15,6 +15,10 @@ The guard makes every write idempotent and monotonic (docs/DESIGN.md, invariant 
 - a row whose values did not change is never rewritten, so ``updated_at`` (and NocoDB's view
   of the row) does not churn when the producer's overlap window or reconcile re-sends it.
 
+Keys are compared as SQL Server's CI_AS collation compares them (message.key_identity, the
+unique index of sql/004): an upsert finds its conduce whatever its case or trailing spaces and
+gives the row the view's spelling; the tracking row follows by ON UPDATE CASCADE.
+
 Tombstones soft-delete (``eliminado_en_origen``) only rows not already deleted whose version
 is not newer than the tombstone's; a tombstone for an unknown key is a no-op. Tracking rows in
 ``datos_seguimiento`` are created by the AFTER INSERT statement trigger of sql/001 (its
@@ -253,7 +257,7 @@ class Sink:
             found = bool(cur.fetchone()[0])  # type: ignore[index]
         if not found:
             log.warning("migration 004_keys_case_insensitive is not applied: keys differing only "
-                        "in case or trailing spaces are separate rows; run `facusync migrate`")
+                        "in case or trailing spaces are separate rows; run `sudo facusync migrate --admin`")
         return found
 
     def _create_stage(self, conn: psycopg2.extensions.connection, on_commit: str) -> None:

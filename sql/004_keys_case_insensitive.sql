@@ -53,3 +53,19 @@ CREATE TRIGGER {{vista_name}}_keep_conduce BEFORE UPDATE OF conduce ON {{vista}}
     FOR EACH ROW
     WHEN (lower(rtrim(NEW.conduce, ' ')) IS DISTINCT FROM lower(rtrim(OLD.conduce, ' ')))
     EXECUTE FUNCTION {{vista_name}}_keep_conduce();
+
+-- The roles that may write the synced values (the sync role, from `--create-roles`) may now
+-- respell a key too: grant what `migrate --refresh-grants` would, so an upgrade that only
+-- migrates keeps the consumer writing.
+DO $$
+DECLARE
+    grantee text;
+BEGIN
+    FOR grantee IN SELECT DISTINCT p.grantee FROM information_schema.column_privileges p
+                   WHERE p.table_schema = 'public' AND p.table_name = '{{vista_name}}'
+                     AND p.column_name = 'ultima_modificacion' AND p.privilege_type = 'UPDATE'
+                     AND p.grantee <> current_user
+    LOOP
+        EXECUTE format('GRANT UPDATE (conduce) ON {{vista}} TO %I', grantee);
+    END LOOP;
+END $$;
