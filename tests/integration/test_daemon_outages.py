@@ -135,6 +135,7 @@ def test_table_locked_longer_than_watchdog_is_an_outage(
         locker.rollback()  # the lock goes
         locker.close()
         drain(rds, cfg, 30)
+        print(f"longest watchdog gap while the table was locked: {blocked_gap:.1f} s")
         assert blocked_gap < WATCHDOG_SEC, (blocked_gap, show(log))
         assert waiting and "lock" in waiting[-1], waiting
         assert stream_len(rds, cfg) == 0 and pending(rds, cfg) == 0, show(log)
