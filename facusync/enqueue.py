@@ -15,7 +15,7 @@ whose earlier entries are gone.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -193,6 +193,7 @@ def append_upserts(
     force: bool = False,
     guard: Guard = NO_GUARD,
     ceiling: datetime | None = None,
+    expect: Mapping[str, datetime] | None = None,
 ) -> ChunkResult:
     """Queue the rows whose fingerprint changed; atomically remember them (and the watermark).
 
@@ -200,6 +201,8 @@ def append_upserts(
     an earlier entry (see message.py). ``force`` queues even unchanged rows (resend).
     ``ceiling`` caps the new watermark (the source's clock: a row dated in the future must
     not carry the watermark past the present). Raises LockLost if ``guard`` refuses.
+    ``expect`` (reconcile): key -> the newer version PostgreSQL held; every row of the call
+    must have one (each entry carries the same fields).
     """
     result = ChunkResult()
     if not rows:
@@ -219,6 +222,8 @@ def append_upserts(
         entry = upsert_fields(row.key or "", row.version or datetime(1, 1, 1), row.row_json, lw, src)
         if row.version is None:
             entry["version"] = ""  # the consumer dead-letters it with "missing version"
+        if expect is not None:
+            entry["expect"] = format_version(expect[row.key or ""])
         per = 2 * len(entry)
         args.append(row.fp_field)
         args.append(row.digest)

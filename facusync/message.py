@@ -16,6 +16,14 @@ One stream entry per row change. Fields (all strings, as Redis stores them):
               at or below X is committed in PostgreSQL (entries are acknowledged, then deleted,
               only after commit). The consumer stores that as the durable, low-water
               watermark in ``sync_control``. Empty when there was none yet.
+- ``expect``  optional, upserts from reconcile only: the version PostgreSQL held when
+              reconcile compared the row, when that was *newer* than the view's (a restore
+              from a backup, a hand edit). The consumer then replaces the row whatever its
+              version, but only if PostgreSQL still holds exactly ``expect`` (compare and
+              set): the view is the authority on what it holds now, and a change polling
+              delivered meanwhile is never overwritten by reconcile's older read. Without
+              ``expect`` the monotonic guard applies. A consumer that does not know the
+              field applies the guard, which refuses the row: harmless.
 - ``src``     who queued it: ``poll``, ``reconcile`` or ``retry`` (informational).
 - ``ts``      enqueue time, Unix seconds (for lag and latency statistics).
 
@@ -102,6 +110,16 @@ def encode_row(row: Mapping[str, Any]) -> str:
     )
 
 
+def key_identity(key: str) -> str:
+    """The conduce as SQL Server's usual collation (CI_AS) compares it: trailing spaces
+    ignored, case ignored ('C-0000004', 'c-0000004' and 'C-0000004 ' are one conduce).
+
+    PostgreSQL compares the same way through the unique index of sql/004 on
+    ``lower(rtrim(conduce, ' '))``; the key is stored as the view spells it now.
+    """
+    return key.rstrip(" ").lower()
+
+
 def fingerprint(row_json: str) -> str:
     """A short digest of the row's values: equal digests mean nothing to send."""
     return hashlib.blake2b(row_json.encode("utf-8"), digest_size=10).hexdigest()
@@ -152,6 +170,7 @@ class Change:
     row: dict[str, Any] | None
     low_water: datetime | None
     enqueued_at: float | None
+    expect: datetime | None = None  # compare and set: apply only over this version
 
 
 def _text(fields: Mapping[bytes | str, bytes | str], name: str) -> str | None:
@@ -201,6 +220,11 @@ def decode(entry_id: str, fields: Mapping[bytes | str, bytes | str]) -> Change:
             low_water = datetime.fromisoformat(lw_text) if lw_text else None
         except ValueError:
             raise MessageError(f"lw {lw_text!r} is not an ISO 8601 timestamp") from None
+        expect_text = _text(fields, "expect") or ""
+        try:
+            expect = datetime.fromisoformat(expect_text) if expect_text else None
+        except ValueError:
+            raise MessageError(f"expect {expect_text!r} is not an ISO 8601 timestamp") from None
         ts_text = _text(fields, "ts")
         try:
             enqueued_at = float(ts_text) if ts_text else None
@@ -208,4 +232,4 @@ def decode(entry_id: str, fields: Mapping[bytes | str, bytes | str]) -> Change:
             enqueued_at = None
     except UnicodeDecodeError as exc:
         raise MessageError(f"entry is not UTF-8: {exc}") from None
-    return Change(entry_id, op, key, version, row, low_water, enqueued_at)
+    return Change(entry_id, op, key, version, row, low_water, enqueued_at, expect)

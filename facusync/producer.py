@@ -134,7 +134,7 @@ class Lateness:
 
 def table_columns(cfg: Config) -> dict[str, str]:
     """Columns of datos_vista and their types, so the synced set follows the schema."""
-    conn = connect_pg(cfg, application="facusync-producer")
+    conn = connect_pg(cfg, application="facusync-producer", bounded=True)
     try:
         ensure_zone(conn, cfg)
         with conn.cursor() as cur:
@@ -197,7 +197,7 @@ def missing_columns_advice(cfg: Config, missing: tuple[str, ...]) -> str:
 
 def committed_watermark(cfg: Config) -> datetime | None:
     """The consumer's durable low-water mark: everything at or below it is in PostgreSQL."""
-    conn = connect_pg(cfg, application="facusync-producer")
+    conn = connect_pg(cfg, application="facusync-producer", bounded=True)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT watermark FROM sync_control WHERE id = 1")

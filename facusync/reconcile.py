@@ -6,7 +6,11 @@ How it works
 
     * missing in PostgreSQL, soft-deleted there, or with different values -> an upsert is
       queued (the producer's path and stream). This repairs changes that did not bump
-      ULTIMA_MODIFICACION, rows lost downstream, and hand edits of datos_vista. A row whose
+      ULTIMA_MODIFICACION, rows lost downstream, and hand edits of datos_vista. When
+      PostgreSQL holds a *newer* version than the view (a restore from a backup, a hand
+      edit), the monotonic guard would refuse the view's row forever: that upsert carries
+      ``expect`` = the version compared against, and the consumer replaces the row only if
+      PostgreSQL still holds it, so a change polling delivered meanwhile is never undone. A row whose
       fingerprint already matches and that sits in the dead-letter stream is left to the
       operator (`facusync dead-letter retry`), so reconcile never dead-letters it twice;
     * equal in PostgreSQL but with a missing or stale fingerprint (Redis lost its data)
@@ -56,7 +60,7 @@ from facusync.enqueue import (
 )
 from facusync.errors import FacusyncError
 from facusync.lock import LockLost, RedisLock
-from facusync.message import format_version
+from facusync.message import format_version, key_identity
 from facusync.pgconn import connect_pg
 from facusync.producer import discover_columns
 from facusync.redisconn import Keys, connect_redis
@@ -87,6 +91,7 @@ class ReconcileResult:
     source_rows: int = 0
     pg_active_rows: int = 0
     upserts: int = 0
+    replaced_newer: int = 0  # of the upserts: PostgreSQL held a newer version than the view
     undeletes: int = 0
     fingerprints_restored: int = 0
     tombstones: int = 0
@@ -182,6 +187,8 @@ class Reconciler:
         guard = self._guard(lock)
         known = client.hmget(self.keys.fingerprints, [v.fp_field for v, _ in rows])
         send: list[EncodedRow] = []
+        replace: dict[str, EncodedRow] = {}  # PostgreSQL holds a newer version than the view
+        newer: dict[str, datetime] = {}
         restore: dict[str, str] = {}
         for (v, p), fp in zip(rows, known, strict=True):
             fp_text = fp.decode() if isinstance(fp, bytes) else fp
@@ -194,8 +201,14 @@ class Reconciler:
                 continue
             if p is not None and p.deleted:
                 result.undeletes += 1
-            send.append(v)
-        result.upserts += len(send)
+            if p is not None and v.key is not None and v.version is not None \
+                    and p.version > v.version:
+                replace[v.key] = v
+                newer[v.key] = p.version
+            else:
+                send.append(v)
+        result.upserts += len(send) + len(replace)
+        result.replaced_newer += len(replace)
         result.fingerprints_restored += len(restore)
         if self.dry_run:
             return
@@ -203,6 +216,15 @@ class Reconciler:
         if send:
             append_upserts(client, self.keys, send, low_water=low_water, advance_watermark=False,
                            src="reconcile", force=True, guard=guard)
+        if replace:
+            # The view is the authority on what it holds now: replace the newer version, but
+            # only if PostgreSQL still holds the one compared here (message.py, ``expect``).
+            log.warning("PostgreSQL holds a newer version than the view (restored from a "
+                        "backup? edited by hand?); replacing it with the view's",
+                        extra={"keys": sorted(replace)[:20], "count": len(replace)})
+            append_upserts(client, self.keys, list(replace.values()), low_water=low_water,
+                           advance_watermark=False, src="reconcile", force=True, expect=newer,
+                           guard=guard)
 
     def _tombstones(self, client: redis.Redis, source: ViewSource, cols: ColumnMap,
                     candidates: list[tuple[str, str]], low_water: datetime | None,
@@ -223,9 +245,13 @@ class Reconciler:
             )
         gone: list[tuple[str, str]] = []
         for part in chunked(candidates, 500):
-            still = {str(r[cols.key_index]) for r in source.read_keys(cols, [k for k, _ in part])}
-            gone.extend((k, ver) for k, ver in part if k not in still)
-            reappeared = [k for k, _ in part if k in still]
+            lock.extend()
+            # SQL Server finds 'C-1' for 'c-1 ' (CI_AS); so do we: a conduce whose spelling
+            # changed is renamed by its upsert (sql/004), never tombstoned with its note.
+            still = {key_identity(str(r[cols.key_index]))
+                     for r in source.read_keys(cols, [k for k, _ in part])}
+            gone.extend((k, ver) for k, ver in part if key_identity(k) not in still)
+            reappeared = [k for k, _ in part if key_identity(k) in still]
             if reappeared and not self.dry_run:
                 rows = [encode(cols.names, r, cols.key_index, cols.version_index)
                         for r in source.read_keys(cols, reappeared)]

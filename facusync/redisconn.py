@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from facusync.config import Config, ca_bundle
 from facusync.errors import QueueError
@@ -38,6 +40,11 @@ class Keys:
     def dead_index(self) -> str:
         """Signatures of the dead letters, so one refused change is dead-lettered once."""
         return self.prefix + "dead:index"
+
+    @property
+    def suspects(self) -> str:
+        """entry id -> times a consumer began writing it alone (MAX_DELIVERIES exceeded)."""
+        return self.prefix + "suspects"
 
     @property
     def watermark(self) -> str:
@@ -167,7 +174,12 @@ def redis_tls_state(client: redis.Redis) -> TlsState:
 
 
 def connect_redis(cfg: Config, *, check: bool = True) -> redis.Redis:
-    """A client with timeouts, so a dead server can never hang a loop."""
+    """A client with timeouts, so a dead server can never hang a loop.
+
+    No retries inside the driver (newer redis-py retries a refused connection ten times with
+    its own backoff, seconds in all): the loops retry with BACKOFF_MAX and log the outage
+    once, so a server's return is noticed within one of their backoff steps.
+    """
     client = redis.Redis(
         host=cfg.redis_host,
         port=cfg.redis_port,
@@ -177,6 +189,7 @@ def connect_redis(cfg: Config, *, check: bool = True) -> redis.Redis:
         socket_timeout=max(30.0, cfg.redis_connect_timeout),
         health_check_interval=30,
         **_tls_arguments(cfg),
+        retry=Retry(NoBackoff(), 0),
     )
     if cfg.redis_tls:
         client.connection_pool.connection_class = _HandshakeTimedSSLConnection

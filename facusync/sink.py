@@ -15,6 +15,10 @@ The guard makes every write idempotent and monotonic (docs/DESIGN.md, invariant 
 - a row whose values did not change is never rewritten, so ``updated_at`` (and NocoDB's view
   of the row) does not churn when the producer's overlap window or reconcile re-sends it.
 
+Keys are compared as SQL Server's CI_AS collation compares them (message.key_identity, the
+unique index of sql/004): an upsert finds its conduce whatever its case or trailing spaces and
+gives the row the view's spelling; the tracking row follows by ON UPDATE CASCADE.
+
 Tombstones soft-delete (``eliminado_en_origen``) only rows not already deleted whose version
 is not newer than the tombstone's; a tombstone for an unknown key is a no-op. Tracking rows in
 ``datos_seguimiento`` are created by the AFTER INSERT statement trigger of sql/001 (its
@@ -45,14 +49,17 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from facusync.config import Config
-from facusync.errors import SchemaError, SinkError
-from facusync.message import OP_DELETE, OP_UPSERT, Change
+from facusync.errors import QueueError, SchemaError, SinkError
+from facusync.message import OP_DELETE, OP_UPSERT, Change, key_identity
 from facusync.pgconn import connect_pg, describe_pg_error
 from facusync.zone import ensure_zone, mismatch_advice, recorded_zone
 
 log = logging.getLogger("facusync.sink")
 
 STAGE = "facusync_stage"
+# How PostgreSQL identifies a conduce: as SQL Server's CI_AS collation does (message.py's
+# key_identity), through the unique index of sql/004.
+KEY_IDENTITY = "lower(rtrim(conduce, ' '::text))"
 # Columns the sync owns itself; never taken from a message.
 BOOKKEEPING = frozenset({"sync_id", "eliminado_en_origen", "eliminado_at", "created_at", "updated_at"})
 KEY = "conduce"
@@ -63,6 +70,10 @@ ROW_ERRORS: tuple[type[Exception], ...] = (psycopg2.DataError, psycopg2.Integrit
 # Raised when two consumers lock the same rows in a different order: retry the batch.
 RETRY_ERRORS: tuple[type[Exception], ...] = (psycopg2.errors.DeadlockDetected,
                                              psycopg2.errors.SerializationFailure)
+# PG_STATEMENT_TIMEOUT expired (a lock held by another session, a blocked server): an outage
+# on a connection that is still good, so roll back and keep it.
+TIMEOUT_ERRORS: tuple[type[Exception], ...] = (psycopg2.errors.LockNotAvailable,
+                                               psycopg2.errors.QueryCanceled)
 
 
 
@@ -91,6 +102,15 @@ def copy_text(value: Any) -> str:
     return copy_escape(json.dumps(value, ensure_ascii=False))
 
 
+def param_text(value: Any) -> str | None:
+    """One JSON value as the text of a query parameter, cast like a staged COPY field."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)):
+        return copy_text(value)  # t, f, digits: nothing to escape
+    return json.dumps(value, ensure_ascii=False)
+
+
 @dataclass
 class WriteResult:
     """What one batch did to the table; ``dead`` are the changes PostgreSQL refused."""
@@ -108,7 +128,11 @@ class WriteResult:
         self.updated += other.updated
         self.unchanged += other.unchanged
         self.deleted += other.deleted
+        self.ignored += other.ignored
         self.dead.extend(other.dead)
+        if other.newest_version is not None and (self.newest_version is None
+                                                 or other.newest_version > self.newest_version):
+            self.newest_version = other.newest_version
 
 
 def dedupe(changes: Sequence[Change]) -> tuple[list[Change], int]:
@@ -124,15 +148,16 @@ def dedupe(changes: Sequence[Change]) -> tuple[list[Change], int]:
     best: dict[str, Change] = {}
     upsert_before: dict[str, Change] = {}  # newest upsert seen before the key's tombstone
     for change in changes:
-        seen = best.get(change.key)
+        key = key_identity(change.key)  # one conduce however the view spells it
+        seen = best.get(key)
         if seen is None or change.version >= seen.version:
             if change.op == OP_DELETE and seen is not None:
-                prior = seen if seen.op == OP_UPSERT else upsert_before.get(change.key)
+                prior = seen if seen.op == OP_UPSERT else upsert_before.get(key)
                 if prior is not None:
-                    upsert_before[change.key] = prior
+                    upsert_before[key] = prior
             elif change.op == OP_UPSERT:
-                upsert_before.pop(change.key, None)
-            best[change.key] = change
+                upsert_before.pop(key, None)
+            best[key] = change
     survivors: list[Change] = []
     for key in sorted(best):
         change = best[key]
@@ -178,6 +203,9 @@ class Sink:
         self.table = sql.Identifier(cfg.pg_table_vista)
         self.conn: psycopg2.extensions.connection | None = None
         self.columns: dict[str, Column] = {}
+        self.keys_by_identity = False  # sql/004 applied: keys compared as SQL Server does
+        # The producer's watermark now (Redis); the stored low-water mark never passes it.
+        self.watermark_cap: LowWater | None = None
         self._insert_sql: dict[tuple[tuple[str, ...], frozenset[str]], sql.Composed] = {}
         self._unknown_warned: set[str] = set()
 
@@ -186,10 +214,12 @@ class Sink:
     def connect(self) -> None:
         """Connect and read the target table's columns; SchemaError if not migrated."""
         self.close()
-        conn = connect_pg(self.cfg, application=f"facusync-consumer {self.consumer}".strip())
+        conn = connect_pg(self.cfg, application=f"facusync-consumer {self.consumer}".strip(),
+                          bounded=True)
         try:
             conn.autocommit = False
             self.columns = self._read_columns(conn)
+            self.keys_by_identity = self._has_identity_index(conn)
             ensure_zone(conn, self.cfg)
             if self.staging == "reuse":
                 self._create_stage(conn, "ON COMMIT DELETE ROWS")
@@ -228,6 +258,17 @@ class Sink:
             )
         return {n: c for n, c in found.items() if n not in BOOKKEEPING}
 
+    def _has_identity_index(self, conn: psycopg2.extensions.connection) -> bool:
+        """Whether sql/004's unique index exists; without it keys are compared exactly."""
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL",
+                        ('"' + self.cfg.pg_table_vista + '_conduce_ci_key"',))
+            found = bool(cur.fetchone()[0])  # type: ignore[index]
+        if not found:
+            log.warning("migration 004_keys_case_insensitive is not applied: keys differing only "
+                        "in case or trailing spaces are separate rows; run `sudo facusync migrate --admin`")
+        return found
+
     def _create_stage(self, conn: psycopg2.extensions.connection, on_commit: str) -> None:
         cols = sql.SQL(", ").join(
             sql.SQL("{} text").format(sql.Identifier(n)) for n in self.columns
@@ -265,6 +306,9 @@ class Sink:
         except RETRY_ERRORS:
             self._rollback()
             raise
+        except TIMEOUT_ERRORS as exc:
+            self._rollback()
+            raise SinkError(describe_pg_error(exc)) from None
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             self.close()
             raise SinkError(describe_pg_error(exc)) from None
@@ -315,8 +359,14 @@ class Sink:
     def _apply(self, cur: psycopg2.extensions.cursor, changes: list[Change], *,
                truncate: bool) -> WriteResult:
         result = WriteResult()
-        upserts = [c for c in changes if c.op == OP_UPSERT]
+        upserts = [c for c in changes if c.op == OP_UPSERT and c.expect is None]
+        replaces = [c for c in changes if c.op == OP_UPSERT and c.expect is not None]
         deletes = [c for c in changes if c.op == OP_DELETE]
+        for change in replaces:
+            if self._replace(cur, change):
+                result.updated += 1
+            else:
+                result.unchanged += 1
         if upserts:
             names = self._column_names(upserts)
             if truncate:
@@ -344,6 +394,42 @@ class Sink:
             )
             result.deleted = cur.rowcount
         return result
+
+    def _replace(self, cur: psycopg2.extensions.cursor, change: Change) -> bool:
+        """Reconcile's compare and set (message.py, ``expect``): the view's row replaces
+        PostgreSQL's newer one only if PostgreSQL still holds the version reconcile compared
+        against. Rare (restores, hand edits), so one statement per row."""
+        names = self._column_names([change])[2:]
+        row = change.row or {}
+        tz = self.cfg.source_timezone
+        assignments = [sql.SQL("{} = {}").format(sql.Identifier(n), self._one_value(n, row.get(n)))
+                       for n in names]
+        cur.execute(
+            sql.SQL("UPDATE {} SET conduce = %s, ultima_modificacion = (%s::timestamp AT TIME"
+                    " ZONE %s), {}eliminado_en_origen = false, eliminado_at = NULL WHERE {} = {}"
+                    " AND ultima_modificacion = (%s::timestamp AT TIME ZONE %s)").format(
+                self.table, sql.SQL("").join(a + sql.SQL(", ") for a in assignments),
+                *self._key_match()),
+            [change.key, change.version.isoformat(), tz,
+             *(param_text(row.get(n)) for n in names), change.key,
+             change.expect.isoformat() if change.expect else None, tz],
+        )
+        return bool(cur.rowcount)
+
+    def _one_value(self, name: str, value: Any) -> sql.Composable:
+        """The cast of one query parameter into column `name` (a datetimeoffset keeps its
+        offset: it travels as a UTC instant)."""
+        column = self.columns[name]
+        if (column.type_name == "timestamp with time zone" and isinstance(value, str)
+                and value[-3:-2] == ":"):
+            return sql.SQL("{}::timestamptz").format(sql.Placeholder())
+        return column.expression(sql.Placeholder(), self.cfg.source_timezone)
+
+    def _key_match(self) -> tuple[sql.Composable, sql.Composable]:
+        """Both sides of ``WHERE row's key = %s``, exact or by identity (sql/004)."""
+        if self.keys_by_identity:
+            return sql.SQL(KEY_IDENTITY), sql.SQL("lower(rtrim(%s, ' '))")
+        return sql.SQL(KEY), sql.SQL("%s")
 
     def _column_names(self, upserts: list[Change]) -> tuple[str, ...]:
         """The table columns this batch carries: key and version first, then the rest.
@@ -398,11 +484,15 @@ class Sink:
             self.columns[n].expression(sql.SQL("s.") + sql.Identifier(n), tz, offsets=n in offsets)
             for n in names
         )
+        # With sql/004 a conduce is found however the view spells it, and the row takes the
+        # view's spelling (its tracking row follows by ON UPDATE CASCADE).
+        renames = self.keys_by_identity
         updates: list[sql.Composable] = [
-            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names[1:]
+            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n))
+            for n in (names if renames else names[1:])
         ]
         updates.append(sql.SQL("eliminado_en_origen = false, eliminado_at = NULL"))
-        compared = names[2:]
+        compared = (KEY, *names[2:]) if renames else names[2:]
         differ: sql.Composable = sql.SQL("")
         if compared:
             differ = sql.SQL("OR (t.ultima_modificacion = EXCLUDED.ultima_modificacion AND ({}) "
@@ -413,7 +503,7 @@ class Sink:
         statement = sql.SQL(
             "WITH w AS (INSERT INTO {table} AS t ({targets}) SELECT {values} FROM {stage} s"
             " ORDER BY s.conduce"
-            " ON CONFLICT (conduce) DO UPDATE SET {updates}"
+            " ON CONFLICT ({target}) DO UPDATE SET {updates}"
             " WHERE t.ultima_modificacion < EXCLUDED.ultima_modificacion {differ}"
             " OR (t.eliminado_en_origen AND t.ultima_modificacion <= EXCLUDED.ultima_modificacion)"
             " RETURNING (xmax = 0) AS fresh)"
@@ -421,6 +511,7 @@ class Sink:
         ).format(
             table=self.table, targets=targets, values=values, stage=sql.Identifier(STAGE),
             updates=sql.SQL(", ").join(updates), differ=differ,
+            target=sql.SQL("(" + KEY_IDENTITY + ")" if renames else KEY),
         )
         self._insert_sql[(names, offsets)] = statement
         return statement
@@ -428,6 +519,7 @@ class Sink:
     def _record(self, cur: psycopg2.extensions.cursor, result: WriteResult, size: int,
                 low_water: datetime | None) -> None:
         """The batch's bookkeeping in sync_control, in the batch's own transaction."""
+        low_water = self._capped(cur, low_water)
         cur.execute(
             "UPDATE sync_control SET"
             " watermark = GREATEST(watermark, %s::timestamp),"
@@ -444,6 +536,26 @@ class Sink:
             self._rollback()
             raise SchemaError(mismatch_advice(self.cfg, recorded or "an unknown zone"))
 
+    def _capped(self, cur: psycopg2.extensions.cursor,
+                low_water: datetime | None) -> datetime | None:
+        """The low-water mark this commit may store: never above the producer's watermark.
+
+        `facusync resync` lowers the producer's watermark in Redis, then sync_control's. A
+        batch read before that carries a higher ``lw``; storing it would undo the resync for
+        the case it exists for (Redis losing its data before the re-read). So: lock the row,
+        then read the producer's watermark (``watermark_cap``). Either resync's Redis write
+        came first and is seen here, or its sync_control update waits for this commit and
+        lowers the mark again. Redis unreachable: nothing is raised this time.
+        """
+        if low_water is None or self.watermark_cap is None:
+            return low_water
+        cur.execute("SELECT 1 FROM sync_control WHERE id = 1 FOR UPDATE")
+        try:
+            cap = self.watermark_cap()
+        except QueueError:
+            return None
+        return low_water if cap is None else min(low_water, cap)
+
     # -- idle watermark ---------------------------------------------------------------------
 
     def advance_watermark(self, low_water: datetime) -> None:
@@ -452,13 +564,17 @@ class Sink:
             raise SinkError("not connected")
         try:
             with self.conn.cursor() as cur:
+                mark = self._capped(cur, low_water)
                 cur.execute(
                     "UPDATE sync_control SET watermark = GREATEST(watermark, %s::timestamp)"
                     " WHERE id = 1 AND watermark IS DISTINCT FROM"
                     " GREATEST(watermark, %s::timestamp)",
-                    (low_water, low_water),
+                    (mark, mark),
                 )
             self.conn.commit()
+        except TIMEOUT_ERRORS as exc:
+            self._rollback()
+            raise SinkError(describe_pg_error(exc)) from None
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             self.close()
             raise SinkError(describe_pg_error(exc)) from None

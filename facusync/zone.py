@@ -75,7 +75,7 @@ def source_time_columns(cur: psycopg2.extensions.cursor, cfg: Config) -> list[st
 def convert_zone(conn: psycopg2.extensions.connection, cfg: Config, old: str) -> int:
     """Re-read every stored source time as `old` local time and store it as SOURCE_TIMEZONE's.
 
-    One transaction, with the table locked against the consumer's writes; returns the rows
+    One transaction, sync_control locked against the consumer's commits; returns the rows
     rewritten. Refuses when the recorded zone is not `old` (the times would move twice).
     """
     try:
@@ -83,8 +83,10 @@ def convert_zone(conn: psycopg2.extensions.connection, cfg: Config, old: str) ->
             cur.execute("SELECT 1 FROM pg_timezone_names WHERE name = %s", (old,))
             if cur.fetchone() is None:
                 raise UsageError(f"--from {old}: PostgreSQL does not know this time zone")
-            cur.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(
-                sql.Identifier(cfg.pg_table_vista)))
+            # Every consumer batch ends by updating sync_control, checking the zone: holding
+            # this lock, none can commit a row converted with the old zone after this runs.
+            # (The sync role may lock sync_control; datos_vista it may only update by column.)
+            cur.execute("LOCK TABLE sync_control IN SHARE ROW EXCLUSIVE MODE")
             cur.execute("SELECT source_timezone FROM sync_control WHERE id = 1 FOR UPDATE")
             row = cur.fetchone()
             recorded = row[0] if row else None

@@ -11,8 +11,10 @@ converges and new changes apply.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,9 @@ from facusync.commands.verify import compare
 from facusync.config import Config, config_from_mapping
 from facusync.errors import SchemaError
 from facusync.message import decode, upsert_fields
+from facusync.pgconn import connect_pg
 from facusync.producer import Producer
+from facusync.roles import apply_roles
 from facusync.service import Service
 from facusync.sink import connect_sink
 from tests.steps import pg, sync
@@ -66,10 +70,28 @@ def test_a_corrected_zone_is_refused_until_converted_then_converges(
 
     key = standin.rows()[0]["CONDUCE"]
     before = stored(old_cfg, key)
-    convert = subprocess.run([sys.executable, "-m", "facusync.cli", "convert-timezone",
-                              "--from", OLD], cwd=REPO, env={**os.environ, **new_env},
-                             capture_output=True, text=True, timeout=60, check=False)
-    assert convert.returncode == 0, convert.stderr
+    # Run as the daemons' least-privilege role, from their env file, as an operator would.
+    tag = uuid.uuid4().hex[:8]
+    sync_role, password = f"t_zs_{tag}", secrets.token_urlsafe(18)
+    roles_cfg = config_from_mapping({**new_env, "PG_SYNC_ROLE": sync_role,
+                                     "PG_SYNC_ROLE_PASSWORD": password,
+                                     "PG_NOCODB_ROLE": f"t_zn_{tag}",
+                                     "PG_NOCODB_ROLE_PASSWORD": secrets.token_urlsafe(18)})
+    conn = connect_pg(roles_cfg)
+    try:
+        apply_roles(conn, roles_cfg, set_passwords=True)
+    finally:
+        conn.close()
+    try:
+        convert = subprocess.run(
+            [sys.executable, "-m", "facusync.cli", "convert-timezone", "--from", OLD], cwd=REPO,
+            env={**os.environ, **new_env, "PG_USER": sync_role, "PG_PASSWORD": password},
+            capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        for role in (sync_role, f"t_zn_{tag}"):
+            pg(new_cfg, f'DROP OWNED BY "{role}"')
+            pg(new_cfg, f'DROP ROLE "{role}"')
+    assert convert.returncode == 0, convert.stdout + convert.stderr
     assert "60 row(s) moved" in convert.stdout
     after = stored(new_cfg, key)
     # Same wall time, read in the other zone: Madrid is 5 or 6 hours ahead of Santo Domingo.
