@@ -84,6 +84,7 @@ class Config:
     pg_table_vista: str
     pg_table_seguimiento: str
     pg_connect_timeout: int
+    pg_statement_timeout: int
     pg_sync_role: str
     pg_sync_role_password: Secret = field(repr=False)
     pg_nocodb_role: str
@@ -423,6 +424,7 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
         pg_table_vista=r.identifier("PG_TABLE_VISTA", "datos_vista"),
         pg_table_seguimiento=r.identifier("PG_TABLE_SEGUIMIENTO", "datos_seguimiento"),
         pg_connect_timeout=r.number("PG_CONNECT_TIMEOUT", "5", 1, 300),
+        pg_statement_timeout=r.number("PG_STATEMENT_TIMEOUT", "20", 1, 3600),
         # Only `facusync migrate --create-roles` uses these (see facusync.roles).
         pg_sync_role=r.identifier("PG_SYNC_ROLE", "facusync_sync"),
         pg_sync_role_password=r.secret("PG_SYNC_ROLE_PASSWORD", required=False),

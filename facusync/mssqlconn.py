@@ -21,6 +21,12 @@ def describe_mssql_error(exc: Exception) -> str:
         return "cannot open the database: check MSSQL_DATABASE and the login's permissions"
     if "18456" in low or "login failed" in low:
         return "login failed: check MSSQL_USER, MSSQL_PASSWORD and MSSQL_DATABASE"
+    if "207" in low and "invalid column name" in low:
+        return (text.strip().splitlines()[0][:200] + ": a column of the view was renamed or "
+                "dropped; facusync looks at the view's columns again")
+    if "4413" in low or "binding errors" in low:
+        return ("the view cannot be read: a column it uses was renamed or dropped in its tables; "
+                "ask the view's owner to fix it (ALTER VIEW, or sp_refreshview)")
     if "208" in low and "invalid object name" in low:
         return "the view does not exist or is not visible: check MSSQL_VIEW and grants"
     if "timed out" in low or "timeout" in low:

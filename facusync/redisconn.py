@@ -42,6 +42,11 @@ class Keys:
         return self.prefix + "dead:index"
 
     @property
+    def suspects(self) -> str:
+        """entry id -> times a consumer began writing it alone (MAX_DELIVERIES exceeded)."""
+        return self.prefix + "suspects"
+
+    @property
     def watermark(self) -> str:
         """The last enqueued version (the last sync timestamp of docs/DESIGN.md)."""
         return self.prefix + "watermark"
@@ -173,11 +178,12 @@ def redis_tls_state(client: redis.Redis) -> TlsState:
 def connect_redis(cfg: Config, *, check: bool = True, timeout: float | None = None) -> redis.Redis:
     """A client with timeouts, so a dead server can never hang a loop.
 
-    `timeout` bounds every connect and reply instead, for a caller that must answer sooner
-    (a metrics scrape) than a command that may legitimately take a while, and without the
-    retries redis-py 6 and later add by default (Debian 12's 4.3 has none), which would
-    multiply it."""
-    bounded: dict[str, Any] = {"retry": Retry(NoBackoff(), 0)} if timeout else {}
+    No retries inside the driver (newer redis-py retries a refused connection ten times with
+    its own backoff, seconds in all): the loops retry with BACKOFF_MAX and log the outage
+    once, so a server's return is noticed within one of their backoff steps. `timeout` bounds
+    every connect and reply instead, for a caller that must answer sooner (a metrics scrape)
+    than a command that may legitimately take a while.
+    """
     client = redis.Redis(
         host=cfg.redis_host,
         port=cfg.redis_port,
@@ -186,8 +192,8 @@ def connect_redis(cfg: Config, *, check: bool = True, timeout: float | None = No
         socket_connect_timeout=timeout or cfg.redis_connect_timeout,
         socket_timeout=timeout or max(30.0, cfg.redis_connect_timeout),
         health_check_interval=30,
-        **bounded,
         **_tls_arguments(cfg),
+        retry=Retry(NoBackoff(), 0),
     )
     if cfg.redis_tls:
         client.connection_pool.connection_class = _HandshakeTimedSSLConnection

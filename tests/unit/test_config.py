@@ -5,6 +5,7 @@ from __future__ import annotations
 import grp
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -114,6 +115,17 @@ def test_daemons_exit_78_on_bad_config_without_leaking(program: str, tmp_path: P
     assert "MSSQL_HOST is missing" in both
     assert str(f) in both
     assert not any(s in both for s in SECRETS)
+
+
+def test_env_file_does_not_invite_role_passwords() -> None:
+    """The daemons' env file (shipped as /etc/facusync/facusync.env) must not ask for the
+    roles' passwords: the daemons never need them, and the NocoDB role's password would sit
+    in a file the service user can read. `migrate --create-roles` asks for them instead."""
+    example = (Path(__file__).resolve().parents[2] / "facusync.env.example").read_text()
+    settings = re.findall(r"^#?([A-Z][A-Z0-9_]*)=", example, flags=re.MULTILINE)
+    assert "PG_PASSWORD" in settings and "PG_NOCODB_ROLE" in settings
+    assert "PG_NOCODB_ROLE_PASSWORD" not in settings
+    assert "PG_SYNC_ROLE_PASSWORD" not in settings
 
 
 def test_metrics_and_reconcile_settings_are_validated() -> None:
