@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import logging
 import os
 import queue
@@ -57,36 +58,25 @@ import redis
 
 from facusync import metrics
 from facusync.config import Config
-from facusync.deadletter import dead_letter_fields, queue_dead_letter
 from facusync.errors import QueueError, SinkError
 from facusync.message import Change, MessageError, decode
 from facusync.redisconn import GROUP, Keys, connect_redis, describe_redis_error
 from facusync.service import Backoff, Service, StateLog, daemon_main
 from facusync.sink import RETRY_ERRORS, Sink, WriteResult
+from facusync.stream import DeadLetter, Entry, Fields, State, Stream, text
 
 log = logging.getLogger("facusync.consumer")
 
 BLOCK_MS = 1000  # XREADGROUP BLOCK: short, so stop requests and idle work are prompt
 PREFETCH = 1  # batches decoded ahead of the one being written
-STATS_TTL = 300  # a consumer whose stats hash expired is gone
-LATENCY_SAMPLES = 1000
 DEAD_CONSUMER_AFTER = 3600.0  # group members idle this long with nothing pending are removed
 DRAIN_ON_STOP = 10.0  # seconds allowed on SIGTERM to write what was already read
 SUSPECT_STOPS = 2  # consumers that stopped while writing an entry alone: then it is poison
-SUSPECT_TTL = 7 * 86400  # the suspects hash is forgotten after a week without suspects
-
-Fields = Mapping[bytes | str, bytes | str]
 
 
 def consumer_name() -> str:
     """Unique in the group: several consumers on several hosts share the work."""
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def _text(value: bytes | str | None) -> str:
-    if value is None:
-        return ""
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 @dataclass
@@ -113,7 +103,7 @@ class ReadFailure:
     cause: str
 
 
-def make_batch(entries: list[tuple[Any, Fields]], deliveries: Mapping[str, int],
+def make_batch(entries: list[Entry], deliveries: Mapping[str, int],
                max_deliveries: int) -> Batch:
     """Decode entries; contract violations become dead letters, over-delivered entries
     suspects."""
@@ -121,7 +111,7 @@ def make_batch(entries: list[tuple[Any, Fields]], deliveries: Mapping[str, int],
     for raw_id, fields in entries:
         if raw_id is None or fields is None:
             continue  # claimed but already deleted
-        entry_id = _text(raw_id)
+        entry_id = text(raw_id)
         batch.ids.append(entry_id)
         batch.raw[entry_id] = fields
         count = deliveries.get(entry_id, 1)
@@ -135,14 +125,14 @@ def make_batch(entries: list[tuple[Any, Fields]], deliveries: Mapping[str, int],
     return batch
 
 
-def parse_low_water(entries: list[tuple[Any, Fields]]) -> datetime | None:
+def parse_low_water(entries: list[Entry]) -> datetime | None:
     """The ``lw`` of the oldest stream entry (XRANGE - + COUNT 1), if it carries one."""
     if not entries:
         return None
     fields = entries[0][1] or {}
-    text = _text(fields.get("lw", fields.get(b"lw")))
+    low_water = text(fields.get("lw", fields.get(b"lw")))
     try:
-        return datetime.fromisoformat(text) if text else None
+        return datetime.fromisoformat(low_water) if low_water else None
     except ValueError:
         return None
 
@@ -242,19 +232,19 @@ class Consumer:
         self.keys = Keys(cfg.redis_prefix)
         self.sink = Sink(cfg, consumer=self.name, staging=staging)
         self.sink.watermark_cap = self.producer_watermark
-        self.redis: redis.Redis | None = None
+        self.stream: Stream | None = None
         self.stats = Stats()
         self.state = StateLog(log)
         self.backoff = Backoff(cfg.backoff_max)
         self._idle_watermark: datetime | None = None
-        self._state = "starting"
+        self._state = State.STARTING
 
     # -- connections ------------------------------------------------------------------------
 
-    def _redis(self) -> redis.Redis:
-        if self.redis is None:
-            self.redis = connect_redis(self.cfg)
-        return self.redis
+    def _stream(self) -> Stream:
+        if self.stream is None:
+            self.stream = Stream(connect_redis(self.cfg), self.keys)
+        return self.stream
 
     def connect(self) -> bool:
         """Connect to both servers and make sure the group exists; False if stopped first.
@@ -282,7 +272,7 @@ class Consumer:
 
     def _failing(self, what: str, cause: str) -> None:
         self.state.failing(what, cause)
-        self._state = f"{what} unavailable"
+        self._state = State.unavailable(what)
         self.service.status(f"waiting for {what}: {cause}")
         self.service.sleep(self.backoff.next_delay())
 
@@ -302,11 +292,8 @@ class Consumer:
     def ensure_group(self) -> None:
         """Create the group at id 0 (everything already queued is still to do) if missing."""
         try:
-            self._redis().xgroup_create(self.keys.stream, GROUP, id="0", mkstream=True)
-            log.info("created consumer group", extra={"stream": self.keys.stream, "group": GROUP})
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise QueueError(describe_redis_error(exc, self.cfg)) from None
+            if self._stream().ensure_group():
+                log.info("created consumer group", extra={"stream": self.keys.stream, "group": GROUP})
         except (redis.RedisError, OSError) as exc:
             raise QueueError(describe_redis_error(exc, self.cfg)) from None
 
@@ -320,32 +307,20 @@ class Consumer:
         a low-water mark stays true forever, so it may be stored with this batch's commit.
         Our own batch is still in the stream then, which only makes it more conservative.
         """
-        client = self._redis()
-
-        def read() -> list[Any]:
-            pipe = client.pipeline(transaction=False)
-            pipe.xreadgroup(GROUP, self.name, {self.keys.stream: ">"},
-                            count=self.cfg.batch_size, block=block_ms)
-            pipe.xrange(self.keys.stream, "-", "+", count=1)
-            return pipe.execute()  # type: ignore[no-any-return]
-
-        response, oldest = self._call(read)
-        entries = response[0][1] if response else []
+        entries, oldest = self._call(self._stream().read_new, self.name, self.cfg.batch_size, block_ms)
         batch = make_batch(entries, {}, self.cfg.max_deliveries)
         batch.low_water = parse_low_water(oldest)
         return batch
 
     def producer_watermark(self) -> datetime | None:
         """The producer's watermark in Redis now (lowered by `facusync resync`); QueueError."""
-        raw = self._call(self._redis().get, self.keys.watermark)
         try:
-            return datetime.fromisoformat(_text(raw)) if raw is not None else None
+            return self._call(self._stream().watermark)  # type: ignore[no-any-return]
         except ValueError:
             return None
 
     def oldest_low_water(self) -> datetime | None:
-        return parse_low_water(self._call(self._redis().xrange, self.keys.stream, "-", "+",
-                                          count=1))
+        return parse_low_water(self._call(self._stream().oldest))
 
     def claim_batches(self, limit_rounds: int = 1000) -> int:
         """Claim and process entries idle longer than CLAIM_IDLE (their consumer died).
@@ -353,30 +328,26 @@ class Consumer:
         XPENDING first, then XCLAIM, rather than XAUTOCLAIM: XPENDING reports how many times
         each entry was delivered, which MAX_DELIVERIES needs. Returns the entries claimed.
         """
-        client = self._redis()
+        stream = self._stream()
         idle_ms = int(self.cfg.claim_idle * 1000)
         claimed_total = 0
         for _ in range(limit_rounds):
             if self.service.stopping.is_set():
                 break
-            pending = self._call(client.xpending_range, self.keys.stream, GROUP, "-", "+",
-                                 self.cfg.batch_size, idle=idle_ms)
+            pending = self._call(stream.idle_pending, self.cfg.batch_size, idle_ms)
             # Our own pending entries are being written or wait in the reader's queue.
-            others = [p for p in pending if _text(p["consumer"]) != self.name]
+            others = [p for p in pending if p.consumer != self.name]
             if not others:
                 break
-            counts = {_text(p["message_id"]): int(p["times_delivered"]) for p in others}
-            claimed = self._call(client.xclaim, self.keys.stream, GROUP, self.name, idle_ms,
-                                 list(counts))
-            entries = [(i, f) for i, f in claimed if i is not None]
+            counts = {p.entry_id: p.deliveries for p in others}
+            entries = self._call(stream.claim, self.name, idle_ms, list(counts))
             if entries:
                 # XCLAIM counted one more delivery.
                 batch = make_batch(entries, {k: v + 1 for k, v in counts.items()},
                                    self.cfg.max_deliveries)
                 batch.low_water = self.oldest_low_water()
                 log.warning("claimed entries of a stopped consumer",
-                            extra={"size": len(batch), "owners": sorted(
-                                {_text(p["consumer"]) for p in others})})
+                            extra={"size": len(batch), "owners": sorted({p.consumer for p in others})})
                 claimed_total += len(batch)
                 if not self.process(batch):
                     break
@@ -387,15 +358,8 @@ class Consumer:
 
     def _forget_dead_consumers(self) -> None:
         """Remove group members long idle with nothing pending (each restart adds one)."""
-        try:
-            members = self._call(self._redis().xinfo_consumers, self.keys.stream, GROUP)
-            for member in members:
-                name = _text(member.get("name"))
-                if (name != self.name and int(member.get("pending", 0)) == 0
-                        and int(member.get("idle", 0)) > DEAD_CONSUMER_AFTER * 1000):
-                    self._call(self._redis().xgroup_delconsumer, self.keys.stream, GROUP, name)
-        except QueueError:
-            pass  # housekeeping only
+        with contextlib.suppress(QueueError):  # housekeeping only
+            self._call(self._stream().forget_idle_members, self.name, DEAD_CONSUMER_AFTER * 1000)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -464,10 +428,7 @@ class Consumer:
     def _count_suspect(self, entry_id: str, step: int = 1) -> int:
         """One more start of writing `entry_id` alone; 1 if Redis cannot count it now."""
         try:
-            pipe = self._redis().pipeline(transaction=True)
-            pipe.hincrby(self.keys.suspects, entry_id, step)
-            pipe.expire(self.keys.suspects, SUSPECT_TTL)
-            return int(pipe.execute()[0])
+            return self._stream().count_suspect(entry_id, step)
         except (redis.RedisError, OSError, QueueError):
             return 1
 
@@ -499,7 +460,7 @@ class Consumer:
                 continue
             self.state.ok()
             self.backoff.reset()
-            self._state = "running"
+            self._state = State.RUNNING
             return result
 
     def _acknowledge(self, batch: Batch, dead: list[tuple[str, str]], result: WriteResult,
@@ -515,20 +476,10 @@ class Consumer:
         ids = batch.ids
         while True:
             try:
-                client = self._redis()
-                pipe = client.pipeline(transaction=True)
-                for entry_id, reason in dead:
-                    queue_dead_letter(pipe, self.keys.dead, self.keys.dead_index, dead_letter_fields(
-                        batch.raw[entry_id], error=reason, original_id=entry_id,
-                        consumer=self.name, deliveries=batch.deliveries.get(entry_id, 1)))
-                if ids:
-                    pipe.xack(self.keys.stream, GROUP, *ids)
-                    pipe.xdel(self.keys.stream, *ids)
-                if batch.suspects:
-                    pipe.hdel(self.keys.suspects, *(c.entry_id for c in batch.suspects))
-                pipe.xlen(self.keys.dead)
-                replies = pipe.execute()
-                self.stats.dead_letters = int(replies[-1])
+                letters = [DeadLetter(entry_id, batch.raw[entry_id], reason,
+                                      batch.deliveries.get(entry_id, 1)) for entry_id, reason in dead]
+                self.stats.dead_letters = self._stream().acknowledge(
+                    ids, letters, self.name, [c.entry_id for c in batch.suspects])
                 break
             except redis.ResponseError as exc:
                 text = str(exc)
@@ -561,33 +512,17 @@ class Consumer:
 
     def _write_stats(self, size: int, duration_ms: float) -> None:
         """The stats hash and latency list for `facusync status`; never worth a retry."""
-        try:
-            pipe = self._redis().pipeline(transaction=False)
-            self._queue_stats(pipe, size, duration_ms)
-            pipe.execute()
-        except (redis.RedisError, OSError, QueueError) as exc:
-            log.debug("stats not written", extra={"error": str(exc)})
-
-    def _queue_stats(self, pipe: Any, size: int, duration_ms: float) -> None:
-        now = time.time()
-        key = self.keys.consumer_stats(self.name)
         lag = self.stats.lag()
-        mapping: dict[str, str] = {
-            "heartbeat": f"{now:.3f}",
-            "state": self._state,
+        fields: dict[str, str] = {
+            "state": self._state.value,
             "rows_per_s": f"{self.stats.rows_per_s():.1f}",
             "lag_s": "" if lag is None else f"{lag:.1f}",
-            "pid": str(os.getpid()),
-            "host": socket.gethostname(),
         }
-        mapping.update({f"total_{k}": str(v) for k, v in self.stats.totals.items()})
-        if size:
-            mapping.update(last_batch_at=f"{now:.3f}", last_batch_size=str(size),
-                           last_batch_ms=f"{duration_ms:.1f}")
-            pipe.lpush(self.keys.batch_latencies, f"{now:.3f},{duration_ms:.1f},{size}")
-            pipe.ltrim(self.keys.batch_latencies, 0, LATENCY_SAMPLES - 1)
-        pipe.hset(key, mapping=mapping)
-        pipe.expire(key, STATS_TTL)
+        fields.update({f"total_{k}": str(v) for k, v in self.stats.totals.items()})
+        try:
+            self._stream().report_consumer(self.name, fields, (size, duration_ms) if size else None)
+        except (redis.RedisError, OSError, QueueError) as exc:
+            log.debug("stats not written", extra={"error": str(exc)})
 
     # -- idle -------------------------------------------------------------------------------
 
@@ -599,22 +534,13 @@ class Consumer:
         watermark first): an empty stream means every entry added before that watermark was
         committed (or dead-lettered), then deleted; so the watermark is a true low-water mark.
         """
-        client = self._redis()
-
-        def read() -> list[Any]:
-            pipe = client.pipeline(transaction=True)
-            pipe.get(self.keys.watermark)
-            pipe.xlen(self.keys.stream)
-            pipe.xlen(self.keys.dead)
-            return pipe.execute()  # type: ignore[no-any-return]
-
-        raw, length, dead = self._call(read)
-        self.stats.dead_letters = int(dead)
+        raw, length, dead = self._call(self._stream().idle_snapshot)
+        self.stats.dead_letters = dead
         if self.sink.conn is None:  # lost during an outage, and no batch came to reconnect it
             self.sink.connect()
-        if raw is not None and int(length) == 0:
+        if raw is not None and length == 0:
             try:
-                mark = datetime.fromisoformat(_text(raw))
+                mark = datetime.fromisoformat(raw)
             except ValueError:
                 mark = None
             if mark is not None and mark != self._idle_watermark:
@@ -638,7 +564,7 @@ class Consumer:
         self.service.status("connecting to PostgreSQL and Redis")
         if not self.connect():
             return 0
-        self._state = "running"
+        self._state = State.RUNNING
         log.info("consumer started", extra={"consumer": self.name, "group": GROUP,
                                             "batch_size": self.cfg.batch_size})
         reader = Reader(self)
@@ -658,7 +584,7 @@ class Consumer:
                 reader.taken()
                 if isinstance(item, ReadFailure):
                     self.state.failing("Redis", item.cause)
-                    self._state = "Redis unavailable"
+                    self._state = State.REDIS_DOWN
                     self.service.status(f"waiting for Redis: {item.cause}")
                     continue
                 if len(item) == 0:
@@ -671,7 +597,7 @@ class Consumer:
             reader.halt.set()
             self._drain(reader)
             self.sink.close()
-            self._state = "stopped"  # status shows a clean stop at once, not a silence
+            self._state = State.STOPPED  # status shows a clean stop at once, not a silence
             self._write_stats(0, 0.0)
         log.info("consumer stopped", extra={"consumer": self.name, **self.stats.totals})
         return 0

@@ -22,7 +22,6 @@ from typing import Any
 
 import redis
 
-from facusync.lock import LockLost
 from facusync.message import (
     RowEncoder,
     delete_fields,
@@ -31,57 +30,9 @@ from facusync.message import (
     upsert_fields,
 )
 from facusync.redisconn import Keys
+from facusync.stream import NO_GUARD, Guard, Stream
 
 NULL_KEY_PREFIX = "\x00null:"
-UNCHECKED = "*"  # Guard.watermark: any value (or none) will do
-
-
-class WatermarkMoved(LockLost):
-    """The watermark is not the one this cycle started from: Redis lost its data (or someone
-    wrote it without the lock). The cycle stops; the next one starts over."""
-
-
-@dataclass(frozen=True, slots=True)
-class Guard:
-    """What must still hold in Redis when a write lands, checked inside the write's script.
-
-    ``lock_token``: the source lock's value ("" = not checked). ``watermark``: the exact
-    text the watermark key must hold ("" = must be absent, UNCHECKED = not checked).
-    """
-
-    lock_key: str = ""
-    lock_token: str = ""
-    watermark: str = UNCHECKED
-
-    def args(self) -> list[str]:
-        return [self.lock_token, self.watermark]
-
-
-NO_GUARD = Guard()
-
-# The guard every script starts with. KEYS[1] = the lock, KEYS[2] = the watermark;
-# ARGV[1] = lock token, ARGV[2] = expected watermark. -1: lock not ours; -2: watermark moved.
-_GUARD = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-if ARGV[2] == '' then
-  if redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
-elseif ARGV[2] ~= '*' and redis.call('GET', KEYS[2]) ~= ARGV[2] then return -2 end
-"""
-
-
-def _run_guarded(client: redis.Redis, body: str, keys: Keys, guard: Guard, more_keys: list[str],
-                 args: list[str]) -> int:
-    """Run `body` after the guard; raise LockLost / WatermarkMoved if the guard refused."""
-    script = client.register_script(_GUARD + body)
-    lock_key = guard.lock_key or keys.source_lock
-    done = int(script(keys=[lock_key, keys.watermark, *more_keys], args=[*guard.args(), *args]))
-    if done == -1:
-        raise LockLost(f"the source lock {lock_key} is no longer ours (it expired, or Redis lost "
-                       "its data); nothing was written")
-    if done == -2:
-        raise WatermarkMoved(f"the watermark {keys.watermark} is not the one this cycle started "
-                             "from (Redis lost its data?); nothing was written")
-    return done
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,61 +78,6 @@ class ChunkResult:
     sent_versions: list[datetime] = field(default_factory=list)  # of the rows queued
 
 
-def read_watermark_text(client: redis.Redis, keys: Keys) -> str | None:
-    """The watermark exactly as stored (what a Guard compares), or None."""
-    raw = client.get(keys.watermark)
-    if raw is None:
-        return None
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
-def read_watermark(client: redis.Redis, keys: Keys) -> datetime | None:
-    """The last enqueued version, or None when Redis has none (first run, or data lost)."""
-    text = read_watermark_text(client, keys)
-    return None if text is None else datetime.fromisoformat(text)
-
-
-# One script call per chunk: the entries, their fingerprints and the watermark are written
-# atomically (a Lua script runs as one unit, like MULTI/EXEC), and Python builds one command
-# instead of thousands, which is what made the producer slow. KEYS[3] the stream, KEYS[4]
-# the fingerprints; ARGV after the guard's: new watermark (or ""), fields per entry, then
-# per entry: fingerprint field, digest, field/value pairs.
-_APPEND = """
-local per = tonumber(ARGV[4])
-local i = 5
-local n = 0
-while i <= #ARGV do
-  redis.call('XADD', KEYS[3], '*', unpack(ARGV, i + 2, i + 1 + per))
-  redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
-  i = i + 2 + per
-  n = n + 1
-end
-if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3]) end
-return n
-"""
-
-# Tombstones: ARGV after the guard's: fields per entry, then per entry: the key (whose
-# fingerprint is forgotten) and field/value pairs.
-_DELETE = """
-local per = tonumber(ARGV[3])
-local i = 4
-local n = 0
-while i <= #ARGV do
-  redis.call('XADD', KEYS[3], '*', unpack(ARGV, i + 1, i + per))
-  redis.call('HDEL', KEYS[4], ARGV[i])
-  i = i + 1 + per
-  n = n + 1
-end
-return n
-"""
-
-# Fingerprints only (reconcile found PostgreSQL already equal): field/value pairs.
-_RESTORE = """
-if #ARGV > 2 then redis.call('HSET', KEYS[3], unpack(ARGV, 3)) end
-return 0
-"""
-
-
 def append_upserts(
     client: redis.Redis,
     keys: Keys,
@@ -207,7 +103,8 @@ def append_upserts(
     result = ChunkResult()
     if not rows:
         return result
-    known = client.hmget(keys.fingerprints, [r.fp_field for r in rows]) if not force else [None] * len(rows)
+    stream = Stream(client, keys)
+    known = stream.known_digests([r.fp_field for r in rows]) if not force else [None] * len(rows)
     lw = format_version(low_water) if low_water else ""
     args: list[str] = []
     per = 0
@@ -215,8 +112,7 @@ def append_upserts(
     for row, old in zip(rows, known, strict=True):
         if row.version is not None and (result.max_version is None or row.version > result.max_version):
             result.max_version = row.version
-        old_text = old.decode() if isinstance(old, bytes) else old
-        if old_text == row.digest or sent.get(row.fp_field) == row.digest:
+        if old == row.digest or sent.get(row.fp_field) == row.digest:
             result.unchanged += 1
             continue
         entry = upsert_fields(row.key or "", row.version or datetime(1, 1, 1), row.row_json, lw, src)
@@ -242,8 +138,7 @@ def append_upserts(
         new_wm = format_version(newest)
         result.watermark_text = new_wm
     if args or new_wm:
-        _run_guarded(client, _APPEND, keys, guard, [keys.stream, keys.fingerprints],
-                     [new_wm, str(per), *args])
+        stream.append(new_wm, per, args, guard)
     return result
 
 
@@ -269,8 +164,7 @@ def append_deletes(
         for name, value in entry.items():
             args.append(name)
             args.append(value)
-    return _run_guarded(client, _DELETE, keys, guard, [keys.stream, keys.fingerprints],
-                        [str(per), *args])
+    return Stream(client, keys).delete(per, args, guard)
 
 
 def restore_fingerprints(client: redis.Redis, keys: Keys, digests: dict[str, str],
@@ -278,5 +172,4 @@ def restore_fingerprints(client: redis.Redis, keys: Keys, digests: dict[str, str
     """Remember fingerprints of rows PostgreSQL already holds (reconcile, after a Redis loss)."""
     if not digests:
         return
-    args = [item for pair in digests.items() for item in pair]
-    _run_guarded(client, _RESTORE, keys, guard, [keys.fingerprints], args)
+    Stream(client, keys).restore_fingerprints(digests, guard)

@@ -6,7 +6,7 @@ can never append a stale read of a row after the producer appended a fresher one
 expires by itself (TTL) if its holder dies. While it is held, a small thread pushes the expiry
 back every third of the TTL, so a query that takes longer than the TTL (a slow SQL Server, a
 first load) does not lose it; every append checks that the lock is still ours inside its own
-script (enqueue.Guard), so a holder that lost it anyway writes nothing.
+script (stream.Guard), so a holder that lost it anyway writes nothing.
 """
 
 from __future__ import annotations

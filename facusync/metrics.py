@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from http.server import ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import redis
 from prometheus_client import (
@@ -43,7 +43,8 @@ from prometheus_client.registry import Collector
 from facusync import __version__
 from facusync.config import Config
 from facusync.errors import EX_UNAVAILABLE, FacusyncError
-from facusync.redisconn import GROUP, Keys, connect_redis
+from facusync.redisconn import Keys, connect_redis
+from facusync.stream import State, Stream, entry_age
 
 if TYPE_CHECKING:
     from facusync.producer import CycleStats
@@ -175,8 +176,8 @@ class Metrics:
         self.errors.labels(SERVERS.get(server, "other"), error_kind(cause)).inc()
         self.backing_off.set(1)
 
-    def producer_cycle(self, stats: CycleStats, state: str) -> None:
-        if state == "backing_off":
+    def producer_cycle(self, stats: CycleStats, state: State) -> None:
+        if state is State.BACKING_OFF:
             return  # a failed attempt, counted by failure()
         outcome = ("skipped" if stats.skipped else "paused" if stats.paused
                    else "complete" if stats.complete else "partial")
@@ -256,23 +257,12 @@ class StreamCollector(Collector):
     def _read(self) -> tuple[dict[str, float], dict[str, str]]:
         if self.client is None:
             self.client = connect_redis(self.cfg, check=False, timeout=SCRAPE_REDIS_TIMEOUT)
-        pipe = self.client.pipeline(transaction=False)
-        pipe.xlen(self.keys.stream)
-        pipe.xrange(self.keys.stream, "-", "+", count=1)
-        pipe.xlen(self.keys.dead)
-        pipe.hgetall(self.keys.reconcile_stats)
-        length, oldest, dead, stats = pipe.execute()
-        try:
-            pending = int(self.client.xpending(self.keys.stream, GROUP)["pending"])
-        except redis.ResponseError:
-            pending = 0  # no group yet: no consumer has started
-        age = 0.0
-        if oldest:
-            entry_id = oldest[0][0]
-            millis = int((entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[0])
-            age = max(0.0, time.time() - millis / 1000.0)
-        queue = {"length": float(length), "pending": float(pending), "age": age, "dead": float(dead)}
-        return queue, {_text(k): _text(v) for k, v in stats.items()}
+        stream = Stream(self.client, self.keys)
+        snapshot = stream.queue()
+        age = 0.0 if snapshot.oldest_id is None else entry_age(snapshot.oldest_id, time.time())
+        queue = {"length": float(snapshot.length), "pending": float(snapshot.pending), "age": age,
+                 "dead": float(snapshot.dead_letters)}
+        return queue, stream.reconcile_stats()
 
     def _families(self, queue: dict[str, float], reconcile: dict[str, str]) -> Iterator[Metric]:
         gauges = (
@@ -307,10 +297,6 @@ class StreamCollector(Collector):
                 for kind in RECONCILE_COUNTS:
                     rows.add_metric([kind], _number(reconcile.get(kind)))
         yield from (last, duration, refused, rows)
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _number(value: str | None) -> float:
@@ -391,7 +377,7 @@ def recovered() -> None:
         _active.backing_off.set(0)
 
 
-def producer_cycle(stats: CycleStats, state: str) -> None:
+def producer_cycle(stats: CycleStats, state: State) -> None:
     if _active is not None:
         _active.producer_cycle(stats, state)
 

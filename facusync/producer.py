@@ -24,7 +24,7 @@ time T), so it arrived at least ``T - version`` late. A writer whose clock lags 
 SYNC_OVERLAP.
 
 Redis losing its data in the middle of a cycle: every chunk's script checks that the source
-lock is still ours and the watermark still the one the previous chunk left (enqueue.Guard).
+lock is still ours and the watermark still the one the previous chunk left (stream.Guard).
 After a FLUSHALL or a restart without persistence neither is, so the cycle stops and the
 next one starts over from PostgreSQL's committed low-water mark.
 """
@@ -45,15 +45,13 @@ from datetime import datetime, timedelta
 import psycopg2
 import redis
 
-from facusync import metrics
+from facusync import control, metrics
 from facusync.config import Config
 from facusync.enqueue import (
     ChunkResult,
     EncodedRow,
-    Guard,
     append_upserts,
     encode,
-    read_watermark_text,
 )
 from facusync.errors import EX_OK, EX_UNAVAILABLE, SchemaError, SinkError, UnavailableError
 from facusync.lock import LockLost, RedisLock
@@ -63,6 +61,7 @@ from facusync.redisconn import Keys, connect_redis, describe_redis_error
 from facusync.service import Backoff, Service, StateLog, daemon_main
 from facusync.source import ColumnMap, ViewColumnsChanged, ViewSource, map_columns
 from facusync.sourcetypes import type_problems
+from facusync.stream import Guard, State, Stream
 from facusync.zone import ensure_zone
 
 log = logging.getLogger("facusync.producer")
@@ -121,11 +120,11 @@ class Lateness:
         taken = max(t for t, s in self.samples if s == worst)
         return time.time() - (time.monotonic() - taken)
 
-    def reload(self, stored: dict[bytes, bytes]) -> None:
+    def reload(self, stored: dict[str, str]) -> None:
         """Take back what a previous process measured (producer stats in Redis)."""
         try:
-            seconds = float(stored[b"late_max_s"])
-            age = time.time() - float(stored[b"late_at"])
+            seconds = float(stored["late_max_s"])
+            age = time.time() - float(stored["late_at"])
         except (KeyError, ValueError):
             return
         if 0 <= age < self.memory:
@@ -200,13 +199,11 @@ def committed_watermark(cfg: Config) -> datetime | None:
     conn = connect_pg(cfg, application="facusync-producer", bounded=True)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT watermark FROM sync_control WHERE id = 1")
-            row = cur.fetchone()
+            return control.watermark(cur)
     except psycopg2.Error as exc:
         raise SinkError(describe_pg_error(exc)) from None
     finally:
         conn.close()
-    return row[0] if row and row[0] is not None else None
 
 
 class _ChunkWriter:
@@ -392,8 +389,7 @@ class Producer:
         if self.loss_recalled:
             return
         self.loss_recalled = True
-        raw = client.hget(self.keys.producer_stats, "columns_lost_at")
-        text = raw.decode() if isinstance(raw, bytes) else raw
+        text = Stream(client, self.keys).producer_stats().get("columns_lost_at")
         if not text:
             return
         try:
@@ -408,7 +404,7 @@ class Producer:
     # -- one cycle --------------------------------------------------------------------
     def backlog(self, client: redis.Redis) -> int:
         """Unacknowledged entries: acknowledged ones are deleted, so the length is the backlog."""
-        return int(client.xlen(self.keys.stream))
+        return Stream(client, self.keys).length()
 
     def cycle(self) -> CycleStats:
         """Read what changed since watermark - overlap and append it, chunk by chunk."""
@@ -426,10 +422,10 @@ class Producer:
             return stats
         try:
             if not self.lateness_reloaded:
-                self.lateness.reload(client.hgetall(self.keys.producer_stats))
+                self.lateness.reload(Stream(client, self.keys).producer_stats())
                 self.lateness_reloaded = True
             stats.backlog = self.backlog(client)
-            stored = read_watermark_text(client, self.keys)
+            stored = Stream(client, self.keys).watermark_text()
             watermark, origin = self.start_watermark(stored)
             if origin == "redis" and stored != self.left_watermark:
                 if self.left_watermark is not None:
@@ -556,13 +552,13 @@ class Producer:
             extra={"key": row.key, "version": row.version.isoformat()})
 
     # -- reporting --------------------------------------------------------------------
-    def report(self, stats: CycleStats, state: str, cause: str = "") -> None:
+    def report(self, stats: CycleStats, state: State, cause: str = "") -> None:
         wm = stats.watermark.isoformat(sep=" ", timespec="seconds") if stats.watermark else "-"
         when = time.strftime("%H:%M:%S", time.localtime(stats.started or time.time()))
-        if state == "paused":
+        if state is State.PAUSED:
             line = (f"paused by backpressure: backlog {stats.backlog} >= QUEUE_MAX_PENDING "
                     f"{self.cfg.queue_max_pending}; watermark {wm}")
-        elif state == "backing_off":
+        elif state is State.BACKING_OFF:
             line = f"backing off: {cause}"
         else:
             line = (f"cycle {when}: {stats.queued} changed, watermark {wm}, "
@@ -573,7 +569,7 @@ class Producer:
         self.service.status(line)
         metrics.producer_cycle(stats, state)
         fields = {
-            "state": state,
+            "state": state.value,
             "cause": cause,
             "missing_columns": ",".join(missing),
             "heartbeat": f"{time.time():.3f}",
@@ -583,7 +579,7 @@ class Producer:
         if self.loss_recalled:  # never erase what a previous process left before reading it
             lost = self.columns_lost_at or self.reread_from
             fields["columns_lost_at"] = lost.isoformat() if lost else ""
-        if state != "backing_off":
+        if state is not State.BACKING_OFF:
             fields.update({
                 "last_cycle_at": f"{stats.started:.3f}",
                 "last_read": str(stats.read),
@@ -600,15 +596,13 @@ class Producer:
             })
         try:
             if self.redis is not None:
-                self.redis.hset(self.keys.producer_stats, mapping=fields)  # type: ignore[arg-type]
-                if stats.queued:
-                    self.redis.hincrby(self.keys.producer_stats, "total_queued", stats.queued)
+                Stream(self.redis, self.keys).report_producer(fields, stats.queued)
         except redis.RedisError:
             pass  # stats are best effort; the next cycle reports the outage
         extra = {"read": stats.read, "queued": stats.queued, "unchanged": stats.unchanged,
                  "duration_ms": stats.duration_ms, "watermark": wm, "backlog": stats.backlog,
-                 "state": state}
-        if state == "paused":
+                 "state": state.value}
+        if state is State.PAUSED:
             log.warning("paused by backpressure", extra=extra)
         elif stats.queued or not stats.complete:
             log.info("cycle: %d read, %d queued", stats.read, stats.queued, extra=extra)
@@ -618,17 +612,17 @@ class Producer:
     def heartbeat(self, client: redis.Redis, **fields: str) -> None:
         """Tell `facusync status` we are alive (and, with fields, what we are doing)."""
         fields["heartbeat"] = f"{time.time():.3f}"
-        client.hset(self.keys.producer_stats, mapping=fields)  # type: ignore[arg-type]
+        Stream(client, self.keys).report_producer(fields)
 
     def report_stopped(self) -> None:
         """A clean stop says so at once; only a producer that died goes silent."""
         with contextlib.suppress(redis.RedisError, UnavailableError):  # then it falls silent
-            self.heartbeat(self._client(), state="stopped", cause="", status_line="stopped")
+            self.heartbeat(self._client(), state=State.STOPPED.value, cause="", status_line="stopped")
 
     # -- the loop ---------------------------------------------------------------------
     def run_once(self) -> CycleStats:
         stats = self.cycle()
-        self.report(stats, "paused" if stats.paused else "running")
+        self.report(stats, State.PAUSED if stats.paused else State.RUNNING)
         return stats
 
     def run_forever(self) -> None:
@@ -688,7 +682,7 @@ class Producer:
             self.redis.close()
             self.redis = None
         self.state_log.failing(target, cause)
-        self.report(CycleStats(started=time.time()), "backing_off", f"{target}: {cause}")
+        self.report(CycleStats(started=time.time()), State.BACKING_OFF, f"{target}: {cause}")
         self.service.sleep(self.backoff.next_delay())
 
 

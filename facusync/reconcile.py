@@ -51,11 +51,9 @@ from facusync.compare import PgRow, chunked, iter_pg_rows, iter_view_rows, merge
 from facusync.config import Config
 from facusync.enqueue import (
     EncodedRow,
-    Guard,
     append_deletes,
     append_upserts,
     encode,
-    read_watermark,
     restore_fingerprints,
 )
 from facusync.errors import FacusyncError
@@ -65,6 +63,7 @@ from facusync.pgconn import connect_pg
 from facusync.producer import discover_columns
 from facusync.redisconn import Keys, connect_redis
 from facusync.source import ColumnMap, ViewSource
+from facusync.stream import DeadLetters, Guard, Stream
 
 log = logging.getLogger("facusync.reconcile")
 
@@ -143,8 +142,8 @@ class Reconciler:
               conn: psycopg2.extensions.connection, cols: ColumnMap,
               lock: RedisLock) -> ReconcileResult:
         result = ReconcileResult()
-        low_water = read_watermark(client, self.keys)
-        dead_keys = self._dead_letter_keys(client)
+        low_water = Stream(client, self.keys).watermark()
+        dead_keys = DeadLetters(client, self.keys).keys_of_rows()
         pending: list[tuple[EncodedRow, PgRow | None]] = []
         candidates: list[tuple[str, str]] = []
         for key, v, p in merge(iter_view_rows(source, cols), iter_pg_rows(conn, self.cfg, cols)):
@@ -165,14 +164,6 @@ class Reconciler:
         self._tombstones(client, source, cols, candidates, low_water, result, lock)
         return result
 
-    def _dead_letter_keys(self, client: redis.Redis) -> set[str]:
-        keys: set[str] = set()
-        for _, fields in client.xrange(self.keys.dead, "-", "+"):
-            raw = fields.get(b"key")
-            if raw is not None:
-                keys.add(raw.decode("utf-8", "replace"))
-        return keys
-
     @staticmethod
     def _guard(lock: RedisLock) -> Guard:
         """Every write checks, in its own script, that the lock is still ours."""
@@ -185,13 +176,12 @@ class Reconciler:
         if not rows:
             return
         guard = self._guard(lock)
-        known = client.hmget(self.keys.fingerprints, [v.fp_field for v, _ in rows])
+        known = Stream(client, self.keys).known_digests([v.fp_field for v, _ in rows])
         send: list[EncodedRow] = []
         replace: dict[str, EncodedRow] = {}  # PostgreSQL holds a newer version than the view
         newer: dict[str, datetime] = {}
         restore: dict[str, str] = {}
-        for (v, p), fp in zip(rows, known, strict=True):
-            fp_text = fp.decode() if isinstance(fp, bytes) else fp
+        for (v, p), fp_text in zip(rows, known, strict=True):
             if p is not None and not p.deleted and p.encoded.digest == v.digest:
                 if fp_text != v.digest:
                     restore[v.fp_field] = v.digest
@@ -268,5 +258,5 @@ class Reconciler:
         fields = {k: str(v) for k, v in asdict(result).items()}
         fields["dry_run"] = str(self.dry_run)
         if not self.dry_run:
-            client.hset(self.keys.reconcile_stats, mapping=fields)  # type: ignore[arg-type]
+            Stream(client, self.keys).report_reconcile(fields)
         log.info("reconcile finished", extra=asdict(result))

@@ -48,11 +48,12 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
+from facusync import control
 from facusync.config import Config
 from facusync.errors import QueueError, SchemaError, SinkError
 from facusync.message import OP_DELETE, OP_UPSERT, Change, key_identity
 from facusync.pgconn import connect_pg, describe_pg_error
-from facusync.zone import ensure_zone, mismatch_advice, recorded_zone
+from facusync.zone import ensure_zone, mismatch_advice
 
 log = logging.getLogger("facusync.sink")
 
@@ -248,8 +249,7 @@ class Sink:
                 ('"' + self.cfg.pg_table_vista + '"',),
             )
             found = {name: Column(name, type_name) for name, type_name in cur.fetchall()}
-            cur.execute("SELECT to_regclass('sync_control') IS NOT NULL")
-            has_control = bool(cur.fetchone()[0])  # type: ignore[index]
+            has_control = control.exists(cur)
         needed = {KEY, VERSION, "eliminado_en_origen", "eliminado_at"}
         if not needed <= found.keys() or not has_control:
             raise SchemaError(
@@ -520,21 +520,14 @@ class Sink:
                 low_water: datetime | None) -> None:
         """The batch's bookkeeping in sync_control, in the batch's own transaction."""
         low_water = self._capped(cur, low_water)
-        cur.execute(
-            "UPDATE sync_control SET"
-            " watermark = GREATEST(watermark, %s::timestamp),"
-            " newest_version = GREATEST(newest_version, (%s::timestamp AT TIME ZONE %s)),"
-            " last_commit_at = now(), last_consumer = %s, last_batch_size = %s,"
-            " last_inserted = %s, last_updated = %s, last_unchanged = %s, last_deleted = %s,"
-            " last_dead = %s WHERE id = 1 AND source_timezone = %s",
-            (low_water, result.newest_version, self.cfg.source_timezone, self.consumer, size,
-             result.inserted, result.updated, result.unchanged, result.deleted,
-             len(result.dead), self.cfg.source_timezone),
-        )
-        if cur.rowcount == 0:  # the stored times were moved to another zone meanwhile
-            recorded = recorded_zone(cur)
+        recorded = control.record_batch(
+            cur, low_water=low_water, newest=result.newest_version, zone=self.cfg.source_timezone,
+            consumer=self.consumer, size=size, inserted=result.inserted, updated=result.updated,
+            unchanged=result.unchanged, deleted=result.deleted, dead=len(result.dead))
+        if not recorded:  # the stored times were moved to another zone meanwhile
+            recorded_zone = control.zone(cur)
             self._rollback()
-            raise SchemaError(mismatch_advice(self.cfg, recorded or "an unknown zone"))
+            raise SchemaError(mismatch_advice(self.cfg, recorded_zone or "an unknown zone"))
 
     def _capped(self, cur: psycopg2.extensions.cursor,
                 low_water: datetime | None) -> datetime | None:
@@ -549,7 +542,7 @@ class Sink:
         """
         if low_water is None or self.watermark_cap is None:
             return low_water
-        cur.execute("SELECT 1 FROM sync_control WHERE id = 1 FOR UPDATE")
+        control.lock_row(cur)
         try:
             cap = self.watermark_cap()
         except QueueError:
@@ -565,12 +558,7 @@ class Sink:
         try:
             with self.conn.cursor() as cur:
                 mark = self._capped(cur, low_water)
-                cur.execute(
-                    "UPDATE sync_control SET watermark = GREATEST(watermark, %s::timestamp)"
-                    " WHERE id = 1 AND watermark IS DISTINCT FROM"
-                    " GREATEST(watermark, %s::timestamp)",
-                    (mark, mark),
-                )
+                control.raise_watermark(cur, mark)
             self.conn.commit()
         except TIMEOUT_ERRORS as exc:
             self._rollback()
@@ -588,13 +576,12 @@ class Sink:
             return None
         try:
             with self.conn.cursor() as cur:
-                cur.execute("SELECT newest_version FROM sync_control WHERE id = 1")
-                row = cur.fetchone()
+                newest = control.newest_version(cur)
             self.conn.rollback()
         except psycopg2.Error:
             self._rollback()
             return None
-        return row[0] if row else None
+        return newest
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ import psycopg2.errors
 import psycopg2.extensions
 from psycopg2 import sql
 
+from facusync import control
 from facusync.config import Config
 from facusync.errors import SchemaError, SinkError, UsageError
 from facusync.pgconn import describe_pg_error
@@ -33,21 +34,10 @@ def mismatch_advice(cfg: Config, recorded: str) -> str:
             f"{recorded} is right, set SOURCE_TIMEZONE={recorded} back in the env file")
 
 
-def recorded_zone(cur: psycopg2.extensions.cursor) -> str | None:
-    """sync_control.source_timezone; SchemaError when migration 005 is not applied yet."""
-    try:
-        cur.execute("SELECT source_timezone FROM sync_control WHERE id = 1")
-    except psycopg2.errors.UndefinedColumn:
-        raise SchemaError("sync_control has no source_timezone column: run "
-                          "`sudo facusync migrate --admin`") from None
-    row = cur.fetchone()
-    return str(row[0]) if row and row[0] is not None else None
-
-
 def ensure_zone(conn: psycopg2.extensions.connection, cfg: Config) -> None:
     """Record SOURCE_TIMEZONE on first use (or while nothing is stored); refuse another one."""
     with conn.cursor() as cur:
-        recorded = recorded_zone(cur)
+        recorded = control.zone(cur)
         if recorded == cfg.source_timezone:
             return
         if recorded is not None:
@@ -57,8 +47,7 @@ def ensure_zone(conn: psycopg2.extensions.connection, cfg: Config) -> None:
             if row and row[0]:
                 conn.rollback()
                 raise SchemaError(mismatch_advice(cfg, recorded))
-        cur.execute("UPDATE sync_control SET source_timezone = %s WHERE id = 1"
-                    " AND source_timezone IS NOT DISTINCT FROM %s", (cfg.source_timezone, recorded))
+        control.record_zone(cur, cfg.source_timezone, recorded)
     conn.commit()
 
 
@@ -83,13 +72,7 @@ def convert_zone(conn: psycopg2.extensions.connection, cfg: Config, old: str) ->
             cur.execute("SELECT 1 FROM pg_timezone_names WHERE name = %s", (old,))
             if cur.fetchone() is None:
                 raise UsageError(f"--from {old}: PostgreSQL does not know this time zone")
-            # Every consumer batch ends by updating sync_control, checking the zone: holding
-            # this lock, none can commit a row converted with the old zone after this runs.
-            # (The sync role may lock sync_control; datos_vista it may only update by column.)
-            cur.execute("LOCK TABLE sync_control IN SHARE ROW EXCLUSIVE MODE")
-            cur.execute("SELECT source_timezone FROM sync_control WHERE id = 1 FOR UPDATE")
-            row = cur.fetchone()
-            recorded = row[0] if row else None
+            recorded = control.lock_for_conversion(cur)  # no consumer commits meanwhile
             if recorded is not None and recorded != old:
                 raise UsageError(f"the stored times are {recorded} local time, not {old}: "
                                  f"run `facusync convert-timezone --from {recorded}`")
@@ -103,10 +86,7 @@ def convert_zone(conn: psycopg2.extensions.connection, cfg: Config, old: str) ->
                     sql.Identifier(cfg.pg_table_vista), moved),
                     {"old": old, "new": cfg.source_timezone})
                 count = cur.rowcount
-            cur.execute(
-                "UPDATE sync_control SET source_timezone = %(new)s, newest_version ="
-                " (newest_version AT TIME ZONE %(old)s) AT TIME ZONE %(new)s WHERE id = 1",
-                {"old": old, "new": cfg.source_timezone})
+            control.convert_zone(cur, old, cfg.source_timezone)
         conn.commit()
         return count
     except psycopg2.Error as exc:

@@ -13,67 +13,52 @@ import contextlib
 import json
 import time
 from datetime import datetime
-from typing import Any
-
-import redis
 
 from facusync.commands.resync import confirm
 from facusync.config import Config
-from facusync.deadletter import forget
 from facusync.errors import EX_OK
 from facusync.redisconn import Keys, connect_redis
+from facusync.stream import DeadLetters
 from facusync.timeparse import parse_age, parse_moment
-
-# Fields the consumer adds when dead-lettering; the rest is the original message.
-ANNOTATIONS = ("error", "original_id", "consumer", "failed_at", "deliveries")
-
-
-def _s(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _fields(raw: dict[Any, Any]) -> dict[str, str]:
-    return {_s(k): _s(v) for k, v in raw.items()}
 
 
 def _when(entry_id: str) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(entry_id.split("-")[0]) / 1000))
 
 
-def cmd_list(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> int:
-    entries = client.xrange(keys.dead, "-", "+", count=args.limit)
-    total = int(client.xlen(keys.dead))
+def cmd_list(letters: DeadLetters, args: argparse.Namespace) -> int:
+    entries = letters.entries(count=args.limit)
+    total = letters.count()
     if args.json:
-        print(json.dumps([{"id": _s(i), **_fields(f)} for i, f in entries], ensure_ascii=False, indent=2))
+        print(json.dumps([{"id": i, **f} for i, f in entries], ensure_ascii=False, indent=2))
         return EX_OK
     print(f"{total} dead letter(s)" + (f", showing {len(entries)}" if total > len(entries) else ""))
-    for entry_id, raw in entries:
-        f = _fields(raw)
-        print(f"{_s(entry_id):<18} {_when(_s(entry_id))}  {f.get('op', '?'):<6} "
+    for entry_id, f in entries:
+        print(f"{entry_id:<18} {_when(entry_id)}  {f.get('op', '?'):<6} "
               f"{f.get('key', '')[:24]:<24} {f.get('error', '')[:90]}")
     return EX_OK
 
 
-def cmd_show(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> int:
-    entries = client.xrange(keys.dead, args.id, args.id)
+def cmd_show(letters: DeadLetters, args: argparse.Namespace) -> int:
+    entries = letters.entries(args.id, args.id)
     if not entries:
         print(f"no dead letter with id {args.id}")
         return 1
-    f = _fields(entries[0][1])
+    f: dict[str, object] = dict(entries[0][1])
     if "row" in f:
         with contextlib.suppress(ValueError):
-            f["row"] = json.loads(f["row"])
+            f["row"] = json.loads(entries[0][1]["row"])
     print(json.dumps({"id": args.id, "failed": _when(args.id), **f}, ensure_ascii=False, indent=2))
     return EX_OK
 
 
-def cmd_retry(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> int:
+def cmd_retry(letters: DeadLetters, args: argparse.Namespace) -> int:
     if args.all:
-        entries = client.xrange(keys.dead, "-", "+")
+        entries = letters.entries()
     elif args.ids:
         entries = []
         for entry_id in args.ids:
-            found = client.xrange(keys.dead, entry_id, entry_id)
+            found = letters.entries(entry_id, entry_id)
             if not found:
                 print(f"no dead letter with id {entry_id}")
                 return 1
@@ -84,16 +69,7 @@ def cmd_retry(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> int:
     if not entries:
         print("no dead letters to retry")
         return EX_OK
-    pipe = client.pipeline(transaction=True)
-    for entry_id, raw in entries:
-        f = {k: v for k, v in _fields(raw).items() if k not in ANNOTATIONS}
-        f["src"] = "retry"
-        f["lw"] = ""  # a replay says nothing about what is committed
-        f["ts"] = f"{time.time():.3f}"
-        pipe.xadd(keys.stream, f)  # type: ignore[arg-type]
-        pipe.xdel(keys.dead, entry_id)
-        forget(pipe, keys.dead_index, raw)
-    pipe.execute()
+    letters.requeue(entries)
     print(f"re-queued {len(entries)} dead letter(s); failures will come back here with the reason")
     return EX_OK
 
@@ -112,12 +88,12 @@ def _cutoff_ms(typed: str) -> int:
         return 0
 
 
-def cmd_purge(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> int:
+def cmd_purge(letters: DeadLetters, args: argparse.Namespace) -> int:
     if args.older_than:
-        entries = client.xrange(keys.dead, "-", f"{_cutoff_ms(args.older_than)}-0")
+        entries = letters.entries("-", f"{_cutoff_ms(args.older_than)}-0")
         what = f"{len(entries)} dead letter(s) older than {args.older_than}"
     else:
-        entries = client.xrange(keys.dead, "-", "+")
+        entries = letters.entries()
         what = f"ALL {len(entries)} dead letter(s)"
     if not entries:
         print("nothing to purge")
@@ -125,13 +101,7 @@ def cmd_purge(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> int:
     if not confirm(f"delete {what}? Their payloads will be gone.", args.yes):
         print("cancelled")
         return 1
-    for i in range(0, len(entries), 1000):
-        part = entries[i : i + 1000]
-        pipe = client.pipeline(transaction=True)
-        pipe.xdel(keys.dead, *[entry_id for entry_id, _ in part])
-        for _, raw in part:
-            forget(pipe, keys.dead_index, raw)
-        pipe.execute()
+    letters.purge(entries)
     print(f"purged {what}")
     return EX_OK
 
@@ -139,7 +109,7 @@ def cmd_purge(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> int:
 def run(cfg: Config, args: argparse.Namespace) -> int:
     client = connect_redis(cfg)
     try:
-        code: int = args.action(client, Keys(cfg.redis_prefix), args)
+        code: int = args.action(DeadLetters(client, Keys(cfg.redis_prefix)), args)
         return code
     finally:
         client.close()

@@ -13,13 +13,14 @@ import argparse
 import sys
 from datetime import datetime
 
+from facusync import control
 from facusync.config import Config
-from facusync.enqueue import read_watermark
-from facusync.errors import EX_OK, FacusyncError, UsageError
+from facusync.errors import EX_OK, FacusyncError
 from facusync.lock import RedisLock
-from facusync.message import format_version
 from facusync.pgconn import connect_pg
 from facusync.redisconn import Keys, connect_redis
+from facusync.stream import Stream
+from facusync.timeparse import parse_moment
 
 EARLIEST = datetime(1753, 1, 1)  # SQL Server's first datetime: the producer reads every row
 
@@ -34,24 +35,23 @@ def confirm(question: str, assume_yes: bool) -> bool:
     return input(f"{question} [y/N] ").strip().lower() in ("y", "yes", "s", "si", "sí")
 
 
+def since_target(typed: str, cfg: Config) -> datetime:
+    """--since as the source's local time: a date as typed (day first, or ISO), or an age
+    counted back from the source's clock now; UsageError for anything unclear."""
+    return parse_moment(typed, datetime.now(cfg.tz).replace(tzinfo=None), "--since")
+
+
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    if args.all:
-        target = EARLIEST
-    else:
-        try:
-            target = datetime.fromisoformat(args.since)
-        except ValueError:
-            raise UsageError(f"--since {args.since!r} is not a timestamp (YYYY-MM-DD[THH:MM:SS])") from None
-        if target.tzinfo is not None:
-            raise UsageError("--since must be the source's local time, without an offset")
+    target = EARLIEST if args.all else since_target(args.since, cfg)
     keys = Keys(cfg.redis_prefix)
     client = connect_redis(cfg)
     try:
-        current = read_watermark(client, keys)
-        fps = int(client.hlen(keys.fingerprints))
+        stream = Stream(client, keys)
+        current = stream.watermark()
+        remembered = stream.fingerprint_count()
         print(f"current watermark: {current.isoformat(sep=' ') if current else '(none)'}")
         if args.all:
-            print(f"will: re-read the WHOLE view and forget {fps} fingerprint(s), so every row is "
+            print(f"will: re-read the WHOLE view and forget {remembered} fingerprint(s), so every row is "
                   "queued again (unchanged rows are not rewritten in PostgreSQL)")
         else:
             print(f"will: move the watermark back to {target.isoformat(sep=' ')}; the next cycle "
@@ -67,16 +67,11 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         if not lock.acquire(wait=args.lock_wait, priority=True):
             raise FacusyncError(f"the producer is busy (lock held by {lock.holder()}); try again")
         try:
-            pipe = client.pipeline(transaction=True)
-            pipe.set(keys.watermark, format_version(target))
-            if args.all:
-                pipe.delete(keys.fingerprints)
-            pipe.execute()
+            stream.move_watermark(target, forget_fingerprints=args.all)
             conn = connect_pg(cfg, application="facusync-resync")
             try:
                 with conn.cursor() as cur:
-                    cur.execute("UPDATE sync_control SET watermark = LEAST(watermark, %s) WHERE id = 1",
-                                (target,))
+                    control.lower_watermark(cur, target)
                 conn.commit()
             finally:
                 conn.close()
@@ -91,7 +86,9 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = sub.add_parser("resync", help="move the watermark back so the view is re-read")
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--since", metavar="TIMESTAMP", help="re-read changes from this local time")
+    what.add_argument("--since", metavar="WHEN",
+                      help="re-read changes from this local time of the source: a date (01/11/2026 "
+                      "8:00, day first, or 2026-11-01) or an age (12h, 7d)")
     what.add_argument("--all", action="store_true", help="re-read everything, forget fingerprints")
     parser.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     parser.add_argument("--lock-wait", type=float, default=120.0, metavar="SECONDS",

@@ -34,10 +34,12 @@ from typing import Any
 import psycopg2
 import redis
 
+from facusync import control
 from facusync.config import Config
 from facusync.errors import FacusyncError
 from facusync.pgconn import connect_pg, describe_pg_error
-from facusync.redisconn import GROUP, Keys, connect_redis, describe_redis_error
+from facusync.redisconn import Keys, connect_redis, describe_redis_error
+from facusync.stream import State, Stream, entry_age
 from facusync.zone import mismatch_advice
 
 HEALTHY, DEGRADED, DOWN = 0, 1, 2
@@ -62,10 +64,6 @@ class Health:
         self.warnings.append(reason)
 
 
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _typed(name: str, text: str) -> Any:
     """A stats field as JSON wants it: a number, a flag, None for empty, else the text."""
     if name in TEXT_FIELDS:
@@ -82,8 +80,8 @@ def _typed(name: str, text: str) -> Any:
     return text
 
 
-def _hash(client: redis.Redis, key: str) -> dict[str, Any]:
-    return {_s(k): _typed(_s(k), _s(v)) for k, v in client.hgetall(key).items()}
+def _typed_stats(stats: dict[str, str]) -> dict[str, Any]:
+    return {name: _typed(name, value) for name, value in stats.items()}
 
 
 def _f(d: dict[str, Any], key: str) -> float | None:
@@ -91,10 +89,6 @@ def _f(d: dict[str, Any], key: str) -> float | None:
         return float(d[key])
     except (KeyError, TypeError, ValueError):
         return None
-
-
-def _entry_age(entry_id: str, now: float) -> float:
-    return max(0.0, now - int(entry_id.split("-")[0]) / 1000.0)
 
 
 def _percentile(values: list[float], pct: float) -> float | None:
@@ -106,44 +100,24 @@ def _percentile(values: list[float], pct: float) -> float | None:
 
 
 def gather_redis(cfg: Config, client: redis.Redis, now: float) -> dict[str, Any]:
-    keys = Keys(cfg.redis_prefix)
-    out: dict[str, Any] = {}
-    out["producer"] = _hash(client, keys.producer_stats)
-    consumers: dict[str, dict[str, Any]] = {}
-    for key in client.scan_iter(match=keys.consumer_stats_pattern, count=100):
-        name = _s(key)[len(keys.consumer_stats("")):]
-        consumers[name] = _hash(client, _s(key))
-    length = int(client.xlen(keys.stream))
-    pending_by_consumer: dict[str, int] = {}
-    pending_total = 0
-    try:
-        summary = client.xpending(keys.stream, GROUP)
-        pending_total = int(summary.get("pending", 0))
-        for c in summary.get("consumers") or []:
-            pending_by_consumer[_s(c["name"])] = int(c["pending"])
-    except redis.ResponseError:
-        pass  # no group yet: no consumer has ever started
-    oldest = client.xrange(keys.stream, "-", "+", count=1)
+    stream = Stream(client, Keys(cfg.redis_prefix))
+    out: dict[str, Any] = {"producer": _typed_stats(stream.producer_stats())}
+    consumers = {name: _typed_stats(stats) for name, stats in stream.consumer_stats().items()}
+    queue = stream.queue()
     out["queue"] = {
-        "length": length,
-        "pending": pending_total,
-        "undelivered": max(0, length - pending_total),
-        "pending_by_consumer": pending_by_consumer,
-        "oldest_age_s": round(_entry_age(_s(oldest[0][0]), now), 1) if oldest else 0.0,
-        "dead_letters": int(client.xlen(keys.dead)),
+        "length": queue.length,
+        "pending": queue.pending,
+        "undelivered": max(0, queue.length - queue.pending),
+        "pending_by_consumer": queue.pending_by_consumer,
+        "oldest_age_s": 0.0 if queue.oldest_id is None else round(entry_age(queue.oldest_id, now), 1),
+        "dead_letters": queue.dead_letters,
     }
     for name, stats in consumers.items():
-        stats["pending"] = pending_by_consumer.get(name, 0)
+        stats["pending"] = queue.pending_by_consumer.get(name, 0)
         stats["alive"] = _consumer_alive(stats, now)
     out["consumers"] = consumers
-    out["reconcile"] = _hash(client, keys.reconcile_stats)
-    batches = []
-    for item in client.lrange(keys.batch_latencies, 0, 999):
-        try:
-            ts, dur, size = (float(x) for x in _s(item).split(",")[:3])
-        except ValueError:
-            continue
-        batches.append((ts, dur, size))
+    out["reconcile"] = _typed_stats(stream.reconcile_stats())
+    batches = stream.batch_samples()
     recent = [b for b in batches if now - b[0] <= 60.0]
     out["performance"] = {
         "batches_last_60s": len(recent),
@@ -163,24 +137,17 @@ def gather_pg(cfg: Config) -> dict[str, Any]:
                 f'SELECT count(*), count(*) FILTER (WHERE eliminado_en_origen) FROM "{cfg.pg_table_vista}"'
             )
             rows, deleted = cur.fetchone() or (0, 0)
-            cur.execute(
-                "SELECT watermark, newest_version, last_commit_at, last_consumer,"
-                " extract(epoch FROM now() - newest_version), extract(epoch FROM now() - last_commit_at)"
-                " FROM sync_control WHERE id = 1"
-            )
-            row = cur.fetchone()
+            row = control.status(cur)
             # When the schema was created: how long reconcile has had to run at least once.
             cur.execute("SELECT extract(epoch FROM now() - min(applied_at)) FROM schema_migrations")
             schema_age = (cur.fetchone() or (None,))[0]
-            # to_jsonb: also before migration 005 added the column.
-            cur.execute("SELECT to_jsonb(s) ->> 'source_timezone' FROM sync_control s WHERE id = 1")
-            zone_row = cur.fetchone()
+            zone = control.zone_any_schema(cur)
         conn.rollback()
     except psycopg2.Error as exc:
         raise FacusyncError(f"PostgreSQL: {describe_pg_error(exc)}") from None
     finally:
         conn.close()
-    wm, newest, last_commit, last_consumer, newest_age, commit_age = row or (None,) * 6
+    wm, newest, last_commit, last_consumer, newest_age, commit_age = row
     return {
         "rows": int(rows),
         "soft_deleted": int(deleted),
@@ -191,19 +158,19 @@ def gather_pg(cfg: Config) -> dict[str, Any]:
         "last_commit_age_s": round(float(commit_age), 1) if commit_age is not None else None,
         "last_consumer": last_consumer,
         "schema_age_s": round(float(schema_age), 1) if schema_age is not None else None,
-        "source_timezone": zone_row[0] if zone_row else None,
+        "source_timezone": zone,
     }
 
 
 def _consumer_alive(stats: dict[str, Any], now: float) -> bool:
-    return stats.get("state") != "stopped" and (_f(stats, "heartbeat") or 0) > now - CONSUMER_SILENT_S
+    return stats.get("state") != State.STOPPED and (_f(stats, "heartbeat") or 0) > now - CONSUMER_SILENT_S
 
 
 def producer_state(producer: dict[str, Any], cfg: Config, now: float) -> str:
     """What the producer is doing, as far as we can tell: its own word, or stale if silent."""
     state = str(producer.get("state") or "never started")
     beat = _f(producer, "heartbeat")
-    if state == "stopped" or beat is None:
+    if state == State.STOPPED or beat is None:
         return state
     interval = _f(producer, "interval") or cfg.sync_interval
     return "stale" if now - beat > interval + PRODUCER_GRACE_S else state
@@ -248,7 +215,7 @@ def assess(cfg: Config, data: dict[str, Any], now: float) -> Health:
     beat = _f(producer, "heartbeat")
     if beat is None:
         health.worse(DOWN, "the producer has never reported: is facusync-producer running?")
-    elif producer.get("state") == "stopped":
+    elif producer.get("state") == State.STOPPED:
         health.worse(DOWN, f"the producer was stopped {_age(now - beat)}: start facusync-producer")
     else:
         silent = now - beat
@@ -258,9 +225,9 @@ def assess(cfg: Config, data: dict[str, Any], now: float) -> Health:
             health.worse(DEGRADED, f"the producer has been silent for {silent:.0f} s "
                                    f"(interval {interval:g} s)")
         state = producer.get("state", "")
-        if state == "backing_off":
+        if state == State.BACKING_OFF:
             health.worse(DEGRADED, f"the producer is backing off: {producer.get('cause', '?')}")
-        elif state == "paused":
+        elif state == State.PAUSED:
             health.worse(DEGRADED, "the producer is paused by backpressure (queue above "
                                    "QUEUE_MAX_PENDING): are the consumers keeping up?")
         if producer.get("missing_columns"):
@@ -360,7 +327,7 @@ def render(data: dict[str, Any], now: float) -> str:
         lines.append("Producer")
         said = (f"silent for {now - beat:.0f} s; it last said {p['reported_state']}"
                 if p["state"] == "stale" and beat else p.get("cause") or "")
-        when = f" {_age(now - beat)}" if p["state"] == "stopped" and beat else ""
+        when = f" {_age(now - beat)}" if p["state"] == State.STOPPED and beat else ""
         lines.append(f"  state        {p['state']}{when}" + (f" ({said})" if said else ""))
         last = _f(p, "last_cycle_at")
         lines.append(f"  last cycle   {_age(now - last if last else None)}: read {p.get('last_read', '-')}, "
@@ -380,7 +347,7 @@ def render(data: dict[str, Any], now: float) -> str:
             beat = _f(c, "heartbeat")
             last_batch = _f(c, "last_batch_at")
             if not c["alive"]:
-                what = "STOPPED" if c.get("state") == "stopped" else "SILENT, not running?"
+                what = "STOPPED" if c.get("state") == State.STOPPED else "SILENT, not running?"
                 lines.append(f"  {name:<28} {what}: last heard {_age(now - beat if beat else None)}"
                              f", pending {c.get('pending', 0)}")
                 continue

@@ -15,10 +15,10 @@ import redis
 from facusync.commands import resync
 from facusync.config import Config
 from facusync.consumer import SUSPECT_STOPS, Consumer
-from facusync.deadletter import forget
 from facusync.message import format_version
 from facusync.redisconn import GROUP, Keys
 from facusync.service import Service
+from facusync.stream import signature
 from tests.integration.test_consumer_support import (
     BASE,
     add,
@@ -342,7 +342,7 @@ def test_one_refused_change_is_dead_lettered_once(cfg: Config, rds: redis.Redis)
     entry_id, fields = rds.xrange(keys.dead)[0]
     pipe = rds.pipeline(transaction=True)
     pipe.xdel(keys.dead, entry_id)
-    forget(pipe, keys.dead_index, fields)
+    pipe.hdel(keys.dead_index, signature(fields))
     pipe.execute()
     add(rds, cfg, [upsert("TL2", BASE, cliente="y" * 200)])
     drain(cfg)

@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import facusync
 from facusync import metrics
 from facusync.config import config_from_mapping
-from facusync.enqueue import read_watermark
 from facusync.redisconn import Keys, connect_redis
+from facusync.stream import read_watermark
 from tests.integration.test_operator_commands import cli, pg_rows, wait_for
 from tests.poison import insert_too_long
 from tests.processes import Daemon

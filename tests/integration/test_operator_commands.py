@@ -15,8 +15,8 @@ import psycopg2
 import pytest
 
 from facusync.config import config_from_mapping
-from facusync.enqueue import read_watermark
 from facusync.redisconn import Keys, connect_redis
+from facusync.stream import read_watermark
 from tests.poison import insert_too_long
 
 pytestmark = pytest.mark.timeout(240)
@@ -121,7 +121,7 @@ def test_resync_moves_the_watermark_back_while_running(running: dict[str, str]) 
     try:
         before = read_watermark(client, keys)
         queued_before = int(client.hget(keys.producer_stats, "total_queued") or 0)
-        out = cli(running, "resync", "--since", "2020-01-01")
+        out = cli(running, "resync", "--since", "01/11/2020 8:00")  # day first, as typed here
         assert out.returncode == 1 and "add --yes" in out.stderr  # no terminal to ask
         out = cli(running, "resync", "--all", "--yes")
         assert out.returncode == 0 and "forget" in out.stdout
@@ -133,7 +133,9 @@ def test_resync_moves_the_watermark_back_while_running(running: dict[str, str]) 
     # Re-sent rows were unchanged: nothing was rewritten in PostgreSQL.
     assert pg_rows(running, "SELECT count(*) FROM datos_vista WHERE updated_at > created_at")[0][0] == 0
     bad = cli(running, "resync", "--since", "yesterday", "--yes")
-    assert bad.returncode == 64 and "not a timestamp" in bad.stderr
+    assert bad.returncode == 64 and "not a date or an age" in bad.stderr
+    bad = cli(running, "resync", "--since", "1/11/20", "--yes")
+    assert bad.returncode == 64 and "ambiguous" in bad.stderr
 
 
 def test_every_command_names_the_server_that_is_down(pipeline_env: dict[str, str]) -> None:

@@ -25,11 +25,11 @@ from facusync import reconcile as reconcile_module
 from facusync.commands.status import collect, render
 from facusync.config import Config, config_from_mapping
 from facusync.consumer import Consumer
-from facusync.enqueue import read_watermark
 from facusync.producer import Producer
 from facusync.reconcile import LockBusy, Reconciler
 from facusync.redisconn import Keys, connect_redis
 from facusync.service import Service
+from facusync.stream import read_watermark
 from tests.integration.test_producer import entries
 from tests.integration.test_producer import run_once as produce
 

@@ -50,7 +50,7 @@ def test_measured_lateness_survives_a_restart_and_ages_out(monkeypatch: pytest.M
     assert first.worst() is None, "nothing measured: nothing assumed"
     first.add(12.0)
     first.add(3600.0)
-    stored = {b"late_max_s": str(first.worst()).encode(), b"late_at": str(first.worst_at()).encode()}
+    stored = {"late_max_s": str(first.worst()), "late_at": str(first.worst_at())}
     now[0] += 3600
     second = Lateness()
     second.reload(stored)

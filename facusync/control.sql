@@ -1,0 +1,63 @@
+-- Every statement on sync_control, by name (facusync/control.py runs them; like
+-- procrastinate's sql/queries.sql). sync_control has one row, id = 1: the consumer's durable
+-- low-water watermark, the newest committed version, the last batch's bookkeeping and the
+-- time zone the stored source times are in. Parameters are psycopg2's %(name)s.
+
+-- name: exists
+SELECT to_regclass('sync_control') IS NOT NULL;
+
+-- name: lock_row
+-- Taken before reading the producer's watermark (see Sink's capped low-water mark).
+SELECT 1 FROM sync_control WHERE id = 1 FOR UPDATE;
+
+-- name: record_batch
+-- In the batch's own transaction; no row when the stored times moved to another zone.
+UPDATE sync_control SET
+ watermark = GREATEST(watermark, %(low_water)s::timestamp),
+ newest_version = GREATEST(newest_version, (%(newest)s::timestamp AT TIME ZONE %(zone)s)),
+ last_commit_at = now(), last_consumer = %(consumer)s, last_batch_size = %(size)s,
+ last_inserted = %(inserted)s, last_updated = %(updated)s, last_unchanged = %(unchanged)s,
+ last_deleted = %(deleted)s, last_dead = %(dead)s
+ WHERE id = 1 AND source_timezone = %(zone)s;
+
+-- name: raise_watermark
+UPDATE sync_control SET watermark = GREATEST(watermark, %(mark)s::timestamp)
+ WHERE id = 1 AND watermark IS DISTINCT FROM GREATEST(watermark, %(mark)s::timestamp);
+
+-- name: lower_watermark
+UPDATE sync_control SET watermark = LEAST(watermark, %(mark)s) WHERE id = 1;
+
+-- name: watermark
+SELECT watermark FROM sync_control WHERE id = 1;
+
+-- name: newest_version
+SELECT newest_version FROM sync_control WHERE id = 1;
+
+-- name: zone
+SELECT source_timezone FROM sync_control WHERE id = 1;
+
+-- name: zone_any_schema
+-- to_jsonb: also before migration 005 added the column.
+SELECT to_jsonb(s) ->> 'source_timezone' FROM sync_control s WHERE id = 1;
+
+-- name: record_zone
+UPDATE sync_control SET source_timezone = %(zone)s
+ WHERE id = 1 AND source_timezone IS NOT DISTINCT FROM %(recorded)s;
+
+-- name: lock_for_conversion
+-- Every consumer batch ends by updating sync_control, checking the zone: holding this lock,
+-- none can commit a row converted with the old zone. (The sync role may lock sync_control;
+-- datos_vista it may only update by column.)
+LOCK TABLE sync_control IN SHARE ROW EXCLUSIVE MODE;
+
+-- name: zone_for_update
+SELECT source_timezone FROM sync_control WHERE id = 1 FOR UPDATE;
+
+-- name: convert_zone
+UPDATE sync_control SET source_timezone = %(new)s,
+ newest_version = (newest_version AT TIME ZONE %(old)s) AT TIME ZONE %(new)s WHERE id = 1;
+
+-- name: status
+SELECT watermark, newest_version, last_commit_at, last_consumer,
+ extract(epoch FROM now() - newest_version), extract(epoch FROM now() - last_commit_at)
+ FROM sync_control WHERE id = 1;
