@@ -41,59 +41,30 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import logging
-import os
 import queue
-import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-import redis
 
 from facusync import metrics
 from facusync.config import Config
 from facusync.errors import QueueError, SinkError
-from facusync.message import Change, MessageError, decode
-from facusync.redisconn import GROUP, Keys, connect_redis, describe_redis_error
+from facusync.member import BLOCK_MS, Batch, Member, consumer_name
+from facusync.message import Change
+from facusync.redisconn import GROUP
 from facusync.service import Backoff, Service, StateLog, daemon_main
 from facusync.sink import RETRY_ERRORS, Sink, WriteResult
-from facusync.stream import DeadLetter, Entry, Fields, State, Stream, text
+from facusync.stream import State
 
 log = logging.getLogger("facusync.consumer")
 
-BLOCK_MS = 1000  # XREADGROUP BLOCK: short, so stop requests and idle work are prompt
 PREFETCH = 1  # batches decoded ahead of the one being written
-DEAD_CONSUMER_AFTER = 3600.0  # group members idle this long with nothing pending are removed
 DRAIN_ON_STOP = 10.0  # seconds allowed on SIGTERM to write what was already read
 SUSPECT_STOPS = 2  # consumers that stopped while writing an entry alone: then it is poison
-
-
-def consumer_name() -> str:
-    """Unique in the group: several consumers on several hosts share the work."""
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-@dataclass
-class Batch:
-    """Entries read together; ``changes`` are the valid ones, ``dead`` the refused ones,
-    ``suspects`` the valid ones delivered more than MAX_DELIVERIES times (written alone)."""
-
-    ids: list[str] = field(default_factory=list)
-    raw: dict[str, Fields] = field(default_factory=dict)
-    changes: list[Change] = field(default_factory=list)
-    suspects: list[Change] = field(default_factory=list)
-    dead: list[tuple[str, str]] = field(default_factory=list)  # (entry id, reason)
-    deliveries: dict[str, int] = field(default_factory=dict)
-    low_water: datetime | None = None
-
-    def __len__(self) -> int:
-        return len(self.ids)
 
 
 @dataclass(frozen=True)
@@ -101,40 +72,6 @@ class ReadFailure:
     """The reader thread could not reach Redis; the main loop logs it (once per state)."""
 
     cause: str
-
-
-def make_batch(entries: list[Entry], deliveries: Mapping[str, int],
-               max_deliveries: int) -> Batch:
-    """Decode entries; contract violations become dead letters, over-delivered entries
-    suspects."""
-    batch = Batch()
-    for raw_id, fields in entries:
-        if raw_id is None or fields is None:
-            continue  # claimed but already deleted
-        entry_id = text(raw_id)
-        batch.ids.append(entry_id)
-        batch.raw[entry_id] = fields
-        count = deliveries.get(entry_id, 1)
-        batch.deliveries[entry_id] = count
-        try:
-            change = decode(entry_id, fields)
-        except MessageError as exc:
-            batch.dead.append((entry_id, str(exc)))
-            continue
-        (batch.suspects if count > max_deliveries else batch.changes).append(change)
-    return batch
-
-
-def parse_low_water(entries: list[Entry]) -> datetime | None:
-    """The ``lw`` of the oldest stream entry (XRANGE - + COUNT 1), if it carries one."""
-    if not entries:
-        return None
-    fields = entries[0][1] or {}
-    low_water = text(fields.get("lw", fields.get(b"lw")))
-    try:
-        return datetime.fromisoformat(low_water) if low_water else None
-    except ValueError:
-        return None
 
 
 class Stats:
@@ -186,22 +123,23 @@ class Reader(threading.Thread):
     watchdog if this thread hangs.
     """
 
-    def __init__(self, consumer: Consumer) -> None:
+    def __init__(self, member: Member, backoff_max: float) -> None:
         super().__init__(name="facusync-reader", daemon=True)
-        self.consumer = consumer
+        self.member = member
+        self.backoff = Backoff(backoff_max)
         self.items: queue.Queue[Batch | ReadFailure] = queue.Queue()
         self.space = threading.Semaphore(PREFETCH)
         self.halt = threading.Event()
         self.progress = time.monotonic()
 
     def run(self) -> None:
-        backoff = Backoff(self.consumer.cfg.backoff_max)
+        backoff = self.backoff
         while not self.halt.is_set():
             if not self.space.acquire(timeout=0.5):
                 self.progress = time.monotonic()  # waiting for the writer is not a hang
                 continue
             try:
-                batch = self.consumer.read_batch()
+                batch = self.member.read_batch()
             except QueueError as exc:  # an outage is not a hang: progress is still made
                 self.progress = time.monotonic()
                 self.items.put(ReadFailure(exc.cause))
@@ -222,29 +160,51 @@ class Reader(threading.Thread):
 
 
 class Consumer:
-    """One member of the consumer group: the loop, its Redis side and its PostgreSQL sink."""
+    """The loop of one member of the consumer group: read, write to PostgreSQL, acknowledge.
+
+    Its error policy is one: an outage (QueueError, SinkError) is logged once per state
+    change, shown in STATUS and in the stats hash, and waited out with capped backoff
+    (_outage); success resets it (_recovered). What to send to Redis is facusync.member's.
+    """
 
     def __init__(self, cfg: Config, service: Service | None = None, name: str | None = None,
                  *, staging: str = "reuse") -> None:
         self.cfg = cfg
         self.service = service or Service("facusync-consumer")
         self.name = name or consumer_name()
-        self.keys = Keys(cfg.redis_prefix)
+        self.member = Member(cfg, self.name)
         self.sink = Sink(cfg, consumer=self.name, staging=staging)
-        self.sink.watermark_cap = self.producer_watermark
-        self.stream: Stream | None = None
+        self.sink.watermark_cap = self.member.producer_watermark
         self.stats = Stats()
-        self.state = StateLog(log)
+        self.state_log = StateLog(log)
         self.backoff = Backoff(cfg.backoff_max)
+        self.reported = State.STARTING  # what the stats hash says this consumer is doing
         self._idle_watermark: datetime | None = None
-        self._state = State.STARTING
 
-    # -- connections ------------------------------------------------------------------------
+    # -- error policy -----------------------------------------------------------------------
 
-    def _stream(self) -> Stream:
-        if self.stream is None:
-            self.stream = Stream(connect_redis(self.cfg), self.keys)
-        return self.stream
+    def _outage(self, what: str, cause: str, *, wait: bool = True) -> bool:
+        """`what` is unavailable: say so (once), then back off. False when a stop came."""
+        self.state_log.failing(what, cause)
+        self.reported = State.unavailable(what)
+        self.service.status(f"waiting for {what}: {cause}")
+        return self.service.sleep(self.backoff.next_delay()) if wait else True
+
+    def _recovered(self) -> None:
+        self.state_log.ok()
+        self.backoff.reset()
+        self.reported = State.RUNNING
+
+    def _housekeeping(self, work: Callable[[], object]) -> None:
+        """Work between batches that may meet an outage: the policy above, then carry on."""
+        try:
+            work()
+        except QueueError as exc:
+            self._outage("Redis", exc.cause)
+        except SinkError as exc:
+            self._outage("PostgreSQL", exc.cause)
+        else:
+            self.state_log.ok()
 
     def connect(self) -> bool:
         """Connect to both servers and make sure the group exists; False if stopped first.
@@ -258,108 +218,32 @@ class Consumer:
                     newest = self.sink.newest_version()
                     if newest is not None and self.stats.newest is None:
                         self.stats.newest = newest.timestamp()
-                self.ensure_group()
+                self.member.ensure_group()
             except SinkError as exc:
-                self._failing("PostgreSQL", exc.cause)
+                self._outage("PostgreSQL", exc.cause)
                 continue
             except QueueError as exc:
-                self._failing("Redis", exc.cause)
+                self._outage("Redis", exc.cause)
                 continue
-            self.state.ok()
-            self.backoff.reset()
+            self._recovered()
             return True
         return False
 
-    def _failing(self, what: str, cause: str) -> None:
-        self.state.failing(what, cause)
-        self._state = State.unavailable(what)
-        self.service.status(f"waiting for {what}: {cause}")
-        self.service.sleep(self.backoff.next_delay())
-
-    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run a Redis command, turning driver errors into QueueError (NOGROUP: recreate)."""
-        try:
-            return fn(*args, **kwargs)
-        except redis.ResponseError as exc:
-            if "NOGROUP" in str(exc):
-                log.warning("consumer group missing (Redis lost its data?); recreating it")
-                self.ensure_group()
-                return fn(*args, **kwargs)
-            raise QueueError(describe_redis_error(exc, self.cfg)) from None
-        except (redis.RedisError, OSError) as exc:
-            raise QueueError(describe_redis_error(exc, self.cfg)) from None
-
-    def ensure_group(self) -> None:
-        """Create the group at id 0 (everything already queued is still to do) if missing."""
-        try:
-            if self._stream().ensure_group():
-                log.info("created consumer group", extra={"stream": self.keys.stream, "group": GROUP})
-        except (redis.RedisError, OSError) as exc:
-            raise QueueError(describe_redis_error(exc, self.cfg)) from None
-
-    # -- reading ----------------------------------------------------------------------------
-
-    def read_batch(self, block_ms: int = BLOCK_MS) -> Batch:
-        """The next new entries for this consumer (empty when none arrived within block_ms).
-
-        The oldest entry of the stream is read in the same round trip: its ``lw`` is a valid
-        low-water mark at that moment (everything before it was committed, then deleted), and
-        a low-water mark stays true forever, so it may be stored with this batch's commit.
-        Our own batch is still in the stream then, which only makes it more conservative.
-        """
-        entries, oldest = self._call(self._stream().read_new, self.name, self.cfg.batch_size, block_ms)
-        batch = make_batch(entries, {}, self.cfg.max_deliveries)
-        batch.low_water = parse_low_water(oldest)
-        return batch
-
-    def producer_watermark(self) -> datetime | None:
-        """The producer's watermark in Redis now (lowered by `facusync resync`); QueueError."""
-        try:
-            return self._call(self._stream().watermark)  # type: ignore[no-any-return]
-        except ValueError:
-            return None
-
-    def oldest_low_water(self) -> datetime | None:
-        return parse_low_water(self._call(self._stream().oldest))
-
     def claim_batches(self, limit_rounds: int = 1000) -> int:
-        """Claim and process entries idle longer than CLAIM_IDLE (their consumer died).
-
-        XPENDING first, then XCLAIM, rather than XAUTOCLAIM: XPENDING reports how many times
-        each entry was delivered, which MAX_DELIVERIES needs. Returns the entries claimed.
-        """
-        stream = self._stream()
-        idle_ms = int(self.cfg.claim_idle * 1000)
+        """Process entries idle longer than CLAIM_IDLE (their consumer died); how many."""
         claimed_total = 0
         for _ in range(limit_rounds):
             if self.service.stopping.is_set():
                 break
-            pending = self._call(stream.idle_pending, self.cfg.batch_size, idle_ms)
-            # Our own pending entries are being written or wait in the reader's queue.
-            others = [p for p in pending if p.consumer != self.name]
-            if not others:
-                break
-            counts = {p.entry_id: p.deliveries for p in others}
-            entries = self._call(stream.claim, self.name, idle_ms, list(counts))
-            if entries:
-                # XCLAIM counted one more delivery.
-                batch = make_batch(entries, {k: v + 1 for k, v in counts.items()},
-                                   self.cfg.max_deliveries)
-                batch.low_water = self.oldest_low_water()
-                log.warning("claimed entries of a stopped consumer",
-                            extra={"size": len(batch), "owners": sorted({p.consumer for p in others})})
+            batch, more = self.member.claim_idle()
+            if batch is not None:
                 claimed_total += len(batch)
                 if not self.process(batch):
                     break
-            if len(pending) < self.cfg.batch_size:
+            if not more:
                 break
-        self._forget_dead_consumers()
+        self.member.forget_dead_members()
         return claimed_total
-
-    def _forget_dead_consumers(self) -> None:
-        """Remove group members long idle with nothing pending (each restart adds one)."""
-        with contextlib.suppress(QueueError):  # housekeeping only
-            self._call(self._stream().forget_idle_members, self.name, DEAD_CONSUMER_AFTER * 1000)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -389,7 +273,7 @@ class Consumer:
                   if result.newest_version else None)
         self.stats.batch(len(batch), result, len(dead), newest)
         metrics.consumer_batch(result, len(dead), duration_ms / 1000, batch.low_water, self.stats.newest)
-        if not self._acknowledge(batch, dead, result, duration_ms, retry=retry):
+        if not self._acknowledge(batch, dead, duration_ms, retry=retry):
             return False
         extra = {
             "size": len(batch), "duration_ms": round(duration_ms, 1),
@@ -412,7 +296,7 @@ class Consumer:
         """
         result = WriteResult()
         for change in batch.suspects:
-            started = self._count_suspect(change.entry_id)
+            started = self.member.count_suspect(change.entry_id)
             if started > SUSPECT_STOPS:
                 batch.dead.append((change.entry_id, (
                     f"delivered {batch.deliveries.get(change.entry_id, 0)} times; the consumer "
@@ -420,17 +304,10 @@ class Consumer:
                 continue
             written = self._write([change], None, retry=retry)
             if written is None:  # a stop during an outage is not the entry's fault
-                self._count_suspect(change.entry_id, -1)
+                self.member.count_suspect(change.entry_id, -1)
                 return None
             result.add(written)
         return result
-
-    def _count_suspect(self, entry_id: str, step: int = 1) -> int:
-        """One more start of writing `entry_id` alone; 1 if Redis cannot count it now."""
-        try:
-            return self._stream().count_suspect(entry_id, step)
-        except (redis.RedisError, OSError, QueueError):
-            return 1
 
     def _write(self, changes: list[Change], low_water: datetime | None, *,
                retry: bool) -> WriteResult | None:
@@ -456,16 +333,15 @@ class Consumer:
             except SinkError as exc:
                 if not retry:
                     return None
-                self._failing("PostgreSQL", exc.cause)
+                self._outage("PostgreSQL", exc.cause)
                 continue
-            self.state.ok()
-            self.backoff.reset()
-            self._state = State.RUNNING
+            self._recovered()
             return result
 
-    def _acknowledge(self, batch: Batch, dead: list[tuple[str, str]], result: WriteResult,
-                     duration_ms: float, *, retry: bool) -> bool:
-        """After COMMIT: dead letters, XACK and XDEL in one MULTI/EXEC; then the stats.
+    def _acknowledge(self, batch: Batch, dead: list[tuple[str, str]], duration_ms: float, *,
+                     retry: bool) -> bool:
+        """After COMMIT: dead letters, XACK and XDEL in one MULTI/EXEC (Member.acknowledge);
+        then the stats.
 
         If Redis fails here the rows are committed but the entries stay pending: retry the
         acknowledgement only (rewriting would be harmless too, but slower); if we die first,
@@ -473,56 +349,27 @@ class Consumer:
         effort basis: under maxmemory Redis refuses HSET/LPUSH/XADD but still accepts XACK and
         XDEL, which are what frees the memory.
         """
-        ids = batch.ids
         while True:
             try:
-                letters = [DeadLetter(entry_id, batch.raw[entry_id], reason,
-                                      batch.deliveries.get(entry_id, 1)) for entry_id, reason in dead]
-                self.stats.dead_letters = self._stream().acknowledge(
-                    ids, letters, self.name, [c.entry_id for c in batch.suspects])
+                count = self.member.acknowledge(batch, dead)
                 break
-            except redis.ResponseError as exc:
-                text = str(exc)
-                if "NOGROUP" in text:  # Redis lost the stream: nothing left to acknowledge
-                    log.warning("consumer group lost before the acknowledgement (Redis lost "
-                                "its data?); the rows are committed")
-                    self._guarded(self.ensure_group)
-                    break
-                if "OOM" in text and dead:
-                    # Keep the dead ones pending (redelivered later), free the memory now.
-                    log.warning("Redis is out of memory: dead letters postponed",
-                                extra={"dead": len(dead)})
-                    dead_ids = {entry_id for entry_id, _ in dead}
-                    ids = [i for i in ids if i not in dead_ids]
-                    dead = []
-                    continue
-                if not self._ack_failed(exc, retry):
+            except QueueError as exc:
+                if not retry or not self._outage("Redis", exc.cause):
                     return False
-            except (redis.RedisError, OSError) as exc:
-                if not self._ack_failed(exc, retry):
-                    return False
+        if count is not None:
+            self.stats.dead_letters = count
         self._write_stats(len(batch), duration_ms)
         return True
 
-    def _ack_failed(self, exc: Exception, retry: bool) -> bool:
-        if not retry:
-            return False
-        self.state.failing("Redis", describe_redis_error(exc, self.cfg))
-        return self.service.sleep(self.backoff.next_delay())
-
     def _write_stats(self, size: int, duration_ms: float) -> None:
-        """The stats hash and latency list for `facusync status`; never worth a retry."""
         lag = self.stats.lag()
         fields: dict[str, str] = {
-            "state": self._state.value,
+            "state": self.reported.value,
             "rows_per_s": f"{self.stats.rows_per_s():.1f}",
             "lag_s": "" if lag is None else f"{lag:.1f}",
         }
         fields.update({f"total_{k}": str(v) for k, v in self.stats.totals.items()})
-        try:
-            self._stream().report_consumer(self.name, fields, (size, duration_ms) if size else None)
-        except (redis.RedisError, OSError, QueueError) as exc:
-            log.debug("stats not written", extra={"error": str(exc)})
+        self.member.report(fields, (size, duration_ms) if size else None)
 
     # -- idle -------------------------------------------------------------------------------
 
@@ -534,7 +381,7 @@ class Consumer:
         watermark first): an empty stream means every entry added before that watermark was
         committed (or dead-lettered), then deleted; so the watermark is a true low-water mark.
         """
-        raw, length, dead = self._call(self._stream().idle_snapshot)
+        raw, length, dead = self.member.idle_snapshot()
         self.stats.dead_letters = dead
         if self.sink.conn is None:  # lost during an outage, and no batch came to reconnect it
             self.sink.connect()
@@ -564,10 +411,10 @@ class Consumer:
         self.service.status("connecting to PostgreSQL and Redis")
         if not self.connect():
             return 0
-        self._state = State.RUNNING
+        self.reported = State.RUNNING
         log.info("consumer started", extra={"consumer": self.name, "group": GROUP,
                                             "batch_size": self.cfg.batch_size})
-        reader = Reader(self)
+        reader = Reader(self.member, self.cfg.backoff_max)
         reader.start()
         next_claim = 0.0
         try:
@@ -575,7 +422,7 @@ class Consumer:
                 if time.monotonic() - reader.progress < 120:
                     self.service.alive()  # a hung reader starves the watchdog
                 if time.monotonic() >= next_claim:
-                    self._guarded(self.claim_batches)
+                    self._housekeeping(self.claim_batches)
                     next_claim = time.monotonic() + self.cfg.claim_idle / 2
                 try:
                     item = reader.items.get(timeout=1.0)
@@ -583,12 +430,10 @@ class Consumer:
                     continue
                 reader.taken()
                 if isinstance(item, ReadFailure):
-                    self.state.failing("Redis", item.cause)
-                    self._state = State.REDIS_DOWN
-                    self.service.status(f"waiting for Redis: {item.cause}")
+                    self._outage("Redis", item.cause, wait=False)  # the reader waits
                     continue
                 if len(item) == 0:
-                    self._guarded(self.idle)
+                    self._housekeeping(self.idle)
                     if once:
                         break
                     continue
@@ -597,21 +442,10 @@ class Consumer:
             reader.halt.set()
             self._drain(reader)
             self.sink.close()
-            self._state = State.STOPPED  # status shows a clean stop at once, not a silence
+            self.reported = State.STOPPED  # status shows a clean stop at once, not a silence
             self._write_stats(0, 0.0)
         log.info("consumer stopped", extra={"consumer": self.name, **self.stats.totals})
         return 0
-
-    def _guarded(self, fn: Any) -> None:
-        """Housekeeping that may meet an outage: log it, back off, carry on."""
-        try:
-            fn()
-        except QueueError as exc:
-            self._failing("Redis", exc.cause)
-        except SinkError as exc:
-            self._failing("PostgreSQL", exc.cause)
-        else:
-            self.state.ok()
 
     def _drain(self, reader: Reader) -> None:
         """On stop: write what was already read if it is quick, else leave it to a claim."""

@@ -144,8 +144,8 @@ def test_committed_not_acked_is_claimed_and_harmless(
     entries = [upsert(f"K{i:03d}", BASE) for i in range(50)]
     add(rds, cfg, entries)
     crashed = Consumer(cfg, Service("a"), name="crashed")
-    crashed.ensure_group()
-    batch = crashed.read_batch()
+    crashed.member.ensure_group()
+    batch = crashed.member.read_batch()
     assert len(batch) == 50
     crashed.sink.connect()
     crashed.sink.write(batch.changes, batch.low_water)  # committed ... then "SIGKILL"
@@ -201,8 +201,8 @@ def test_too_many_deliveries_written_alone(make_config: Callable[..., Config],
     keys = Keys(cfg.redis_prefix)
     ids = add(rds, cfg, [upsert("M1", BASE), upsert("M2", BASE)])
     first = Consumer(strict, Service("a"), name="first")
-    first.ensure_group()
-    assert len(first.read_batch()) == 2  # delivered once, then the consumer "hangs"
+    first.member.ensure_group()
+    assert len(first.member.read_batch()) == 2  # delivered once, then the consumer "hangs"
     rds.hset(keys.suspects, ids[1], SUSPECT_STOPS)  # consumers died twice writing M2 alone
     time.sleep(1.2)
     second = Consumer(strict, Service("b"), name="second")
@@ -222,7 +222,7 @@ def test_watermark_low_water_and_idle(cfg: Config, rds: redis.Redis) -> None:  #
     add(rds, cfg, [upsert("A", BASE, lw=lw1), upsert("B", BASE, lw=lw2)])
     c = Consumer(cfg, Service("t"), name="c1")
     c.connect()
-    batch = c.read_batch()
+    batch = c.member.read_batch()
     assert batch.low_water == lw1  # the oldest entry in the stream
     c.process(batch)
     assert query(cfg, "SELECT watermark FROM sync_control") == [(lw1,)]
@@ -313,7 +313,7 @@ def test_sigterm_during_outage_abandons_unacked(cfg: Config, rds: redis.Redis) -
     add(rds, cfg, [upsert("Q", BASE)])
     c = Consumer(cfg, Service("t"), name="c1")
     c.connect()
-    batch = c.read_batch()
+    batch = c.member.read_batch()
     query(cfg, f'ALTER TABLE "{cfg.pg_table_vista}" RENAME TO moved')  # writes now fail
     timer = threading.Timer(0.5, c.service.stopping.set)
     timer.start()
@@ -359,7 +359,7 @@ def test_resync_lowered_watermark_is_not_raised_by_an_older_batch(
     add(rds, cfg, [upsert("A", BASE, lw=lw)])
     c = Consumer(cfg, Service("t"), name="c1")
     c.connect()
-    batch = c.read_batch()
+    batch = c.member.read_batch()
     assert batch.low_water == lw
     code = resync.run(cfg, argparse.Namespace(all=False, since=since.isoformat(), yes=True,
                                               lock_wait=5.0))
@@ -367,7 +367,7 @@ def test_resync_lowered_watermark_is_not_raised_by_an_older_batch(
     c.process(batch)  # read before the resync, committed after it
     assert query(cfg, "SELECT watermark FROM sync_control") == [(since,)]
     add(rds, cfg, [upsert("B", BASE, lw=lw)])  # an entry queued before the resync, still there
-    c.process(c.read_batch())
+    c.process(c.member.read_batch())
     c.idle()
     assert query(cfg, "SELECT watermark FROM sync_control") == [(since,)]
     c.sink.close()
