@@ -36,12 +36,10 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import psycopg2
 import psycopg2.errors
@@ -53,19 +51,11 @@ from facusync.config import Config
 from facusync.errors import QueueError, SchemaError, SinkError
 from facusync.message import OP_DELETE, OP_UPSERT, Change, key_identity
 from facusync.pgconn import connect_pg, describe_pg_error
+from facusync.upsert import STAGE, Statements, has_identity_index, read_columns
 from facusync.zone import ensure_zone, mismatch_advice
 
 log = logging.getLogger("facusync.sink")
 
-STAGE = "facusync_stage"
-# How PostgreSQL identifies a conduce: as SQL Server's CI_AS collation does (message.py's
-# key_identity), through the unique index of sql/004.
-KEY_IDENTITY = "lower(rtrim(conduce, ' '::text))"
-# Columns the sync owns itself; never taken from a message.
-BOOKKEEPING = frozenset({"sync_id", "eliminado_en_origen", "eliminado_at", "created_at", "updated_at"})
-KEY = "conduce"
-VERSION = "ultima_modificacion"
-_TEXT_TYPES = frozenset({"character varying", "character", "text", "bpchar", "varchar"})
 # Errors caused by the data of some row: bisect. Anything else is an outage or a bug.
 ROW_ERRORS: tuple[type[Exception], ...] = (psycopg2.DataError, psycopg2.IntegrityError)
 # Raised when two consumers lock the same rows in a different order: retry the batch.
@@ -76,40 +66,6 @@ RETRY_ERRORS: tuple[type[Exception], ...] = (psycopg2.errors.DeadlockDetected,
 TIMEOUT_ERRORS: tuple[type[Exception], ...] = (psycopg2.errors.LockNotAvailable,
                                                psycopg2.errors.QueryCanceled)
 
-
-
-def copy_escape(text: str) -> str:
-    """A value for COPY's text format. str.replace, only when needed: it is C-fast, while
-    str.translate with multi-character replacements runs character by character."""
-    if "\\" in text:
-        text = text.replace("\\", "\\\\")
-    if "\t" in text or "\n" in text or "\r" in text:
-        text = text.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return text
-
-
-def copy_text(value: Any) -> str:
-    """One JSON value as a COPY text-format field (NULL is ``\\N``)."""
-    if value is None:
-        return "\\N"
-    if value is True:
-        return "t"
-    if value is False:
-        return "f"
-    if isinstance(value, str):
-        return copy_escape(value)
-    if isinstance(value, (int, float)):
-        return str(value)
-    return copy_escape(json.dumps(value, ensure_ascii=False))
-
-
-def param_text(value: Any) -> str | None:
-    """One JSON value as the text of a query parameter, cast like a staged COPY field."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (bool, int, float)):
-        return copy_text(value)  # t, f, digits: nothing to escape
-    return json.dumps(value, ensure_ascii=False)
 
 
 @dataclass
@@ -168,27 +124,6 @@ def dedupe(changes: Sequence[Change]) -> tuple[list[Change], int]:
     return survivors, len(changes) - len(survivors)
 
 
-@dataclass(frozen=True, slots=True)
-class Column:
-    name: str
-    type_name: str  # format_type without modifiers: "numeric", "character varying", …
-
-    def expression(self, source: sql.Composable, tz: str, *, offsets: bool = False) -> sql.Composable:
-        """How a staged text value becomes this column's type.
-
-        `offsets`: some values of a timestamptz column carry an offset (a datetimeoffset
-        travels as its UTC instant); the others are SOURCE_TIMEZONE local times.
-        """
-        if self.type_name in _TEXT_TYPES:
-            return source  # assignment coercion: "value too long" instead of truncation
-        if self.type_name == "timestamp with time zone" and offsets:
-            return sql.SQL("(CASE WHEN substr({0}, length({0}) - 2, 1) = ':' THEN {0}::timestamptz"
-                           " ELSE {0}::timestamp AT TIME ZONE {1} END)").format(source, sql.Literal(tz))
-        if self.type_name == "timestamp with time zone":
-            return sql.SQL("({}::timestamp AT TIME ZONE {})").format(source, sql.Literal(tz))
-        return sql.SQL("{}::{}").format(source, sql.SQL(self.type_name))
-
-
 class Sink:
     """The consumer's PostgreSQL side: owns one connection and the staging table.
 
@@ -201,13 +136,10 @@ class Sink:
         self.cfg = cfg
         self.consumer = consumer
         self.staging = staging
-        self.table = sql.Identifier(cfg.pg_table_vista)
         self.conn: psycopg2.extensions.connection | None = None
-        self.columns: dict[str, Column] = {}
-        self.keys_by_identity = False  # sql/004 applied: keys compared as SQL Server does
+        self.statements = Statements(cfg, {}, False, set())
         # The producer's watermark now (Redis); the stored low-water mark never passes it.
         self.watermark_cap: LowWater | None = None
-        self._insert_sql: dict[tuple[tuple[str, ...], frozenset[str]], sql.Composed] = {}
         self._unknown_warned: set[str] = set()
 
     # -- connection -------------------------------------------------------------------------
@@ -219,8 +151,8 @@ class Sink:
                           bounded=True)
         try:
             conn.autocommit = False
-            self.columns = self._read_columns(conn)
-            self.keys_by_identity = self._has_identity_index(conn)
+            self.statements = Statements(self.cfg, read_columns(conn, self.cfg),
+                                         has_identity_index(conn, self.cfg), self._unknown_warned)
             ensure_zone(conn, self.cfg)
             if self.staging == "reuse":
                 self._create_stage(conn, "ON COMMIT DELETE ROWS")
@@ -232,7 +164,6 @@ class Sink:
             conn.close()
             raise
         self.conn = conn
-        self._insert_sql.clear()
 
     def close(self) -> None:
         if self.conn is not None:
@@ -240,45 +171,9 @@ class Sink:
                 self.conn.close()
             self.conn = None
 
-    def _read_columns(self, conn: psycopg2.extensions.connection) -> dict[str, Column]:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_attribute a"
-                " WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped"
-                " AND a.attgenerated = '' AND a.attidentity <> 'a' ORDER BY a.attnum",
-                ('"' + self.cfg.pg_table_vista + '"',),
-            )
-            found = {name: Column(name, type_name) for name, type_name in cur.fetchall()}
-            has_control = control.exists(cur)
-        needed = {KEY, VERSION, "eliminado_en_origen", "eliminado_at"}
-        if not needed <= found.keys() or not has_control:
-            raise SchemaError(
-                f"PostgreSQL table {self.cfg.pg_table_vista} or sync_control is missing or "
-                "incomplete: run `sudo facusync migrate --admin`"
-            )
-        return {n: c for n, c in found.items() if n not in BOOKKEEPING}
-
-    def _has_identity_index(self, conn: psycopg2.extensions.connection) -> bool:
-        """Whether sql/004's unique index exists; without it keys are compared exactly."""
-        with conn.cursor() as cur:
-            cur.execute("SELECT to_regclass(%s) IS NOT NULL",
-                        ('"' + self.cfg.pg_table_vista + '_conduce_ci_key"',))
-            found = bool(cur.fetchone()[0])  # type: ignore[index]
-        if not found:
-            log.warning("migration 004_keys_case_insensitive is not applied: keys differing only "
-                        "in case or trailing spaces are separate rows; run `sudo facusync migrate --admin`")
-        return found
-
     def _create_stage(self, conn: psycopg2.extensions.connection, on_commit: str) -> None:
-        cols = sql.SQL(", ").join(
-            sql.SQL("{} text").format(sql.Identifier(n)) for n in self.columns
-        )
         with conn.cursor() as cur:
-            cur.execute(
-                sql.SQL("CREATE TEMP TABLE IF NOT EXISTS {} ({}) " + on_commit).format(
-                    sql.Identifier(STAGE), cols
-                )
-            )
+            cur.execute(self.statements.stage_table(on_commit))
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -295,7 +190,7 @@ class Sink:
         Raises SinkError when PostgreSQL is unreachable (nothing committed; retry the batch).
         """
         survivors, ignored = dedupe(changes)
-        try:
+        with self._transaction():
             try:
                 result = self._attempt(survivors, len(changes), low_water, bisect=False)
             except ROW_ERRORS as exc:
@@ -303,20 +198,27 @@ class Sink:
                 log.warning("batch refused by PostgreSQL, isolating the bad rows",
                             extra={"size": len(survivors), "error": _first_line(exc)})
                 result = self._attempt(survivors, len(changes), low_water, bisect=True)
+        result.ignored = ignored
+        return result
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """The sink's one error policy: roll back (or drop a broken connection) and raise
+        SinkError naming the cause; a conflict with another consumer (RETRY_ERRORS) as is."""
+        try:
+            yield
         except RETRY_ERRORS:
             self._rollback()
             raise
-        except TIMEOUT_ERRORS as exc:
-            self._rollback()
-            raise SinkError(describe_pg_error(exc)) from None
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            self.close()
+            if isinstance(exc, TIMEOUT_ERRORS):  # the connection is still good
+                self._rollback()
+            else:
+                self.close()
             raise SinkError(describe_pg_error(exc)) from None
         except psycopg2.Error as exc:  # ProgrammingError & co: schema drift, privileges
             self._rollback()
             raise SinkError(describe_pg_error(exc)) from None
-        result.ignored = ignored
-        return result
 
     def _rollback(self) -> None:
         if self.conn is not None:
@@ -359,162 +261,30 @@ class Sink:
     def _apply(self, cur: psycopg2.extensions.cursor, changes: list[Change], *,
                truncate: bool) -> WriteResult:
         result = WriteResult()
+        statements = self.statements
         upserts = [c for c in changes if c.op == OP_UPSERT and c.expect is None]
         replaces = [c for c in changes if c.op == OP_UPSERT and c.expect is not None]
         deletes = [c for c in changes if c.op == OP_DELETE]
         for change in replaces:
-            if self._replace(cur, change):
+            cur.execute(*statements.replace(change))
+            if cur.rowcount:
                 result.updated += 1
             else:
                 result.unchanged += 1
         if upserts:
-            names = self._column_names(upserts)
+            names = statements.column_names(upserts)
             if truncate:
                 cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(STAGE)))
-            cur.copy_expert(
-                sql.SQL("COPY {} ({}) FROM STDIN").format(
-                    sql.Identifier(STAGE), sql.SQL(", ").join(map(sql.Identifier, names))
-                ).as_string(cur),
-                io.StringIO(self._copy_payload(upserts, names)),
-            )
-            cur.execute(self._insert_statement(names, self._offset_columns(upserts, names)))
+            cur.copy_expert(statements.copy_into_stage(names).as_string(cur),
+                            io.StringIO(statements.copy_payload(upserts, names)))
+            cur.execute(statements.insert_statement(names, statements.offset_columns(upserts, names)))
             inserted, updated = cur.fetchone()  # type: ignore[misc]
             result.inserted, result.updated = int(inserted), int(updated)
             result.unchanged = len(upserts) - result.inserted - result.updated
         if deletes:
-            cur.execute(
-                sql.SQL(
-                    "UPDATE {} t SET eliminado_en_origen = true, eliminado_at = now()"
-                    " FROM unnest(%s::text[], %s::text[]) AS d(conduce, version)"
-                    " WHERE t.conduce = d.conduce AND NOT t.eliminado_en_origen"
-                    " AND t.ultima_modificacion <= (d.version::timestamp AT TIME ZONE %s)"
-                ).format(self.table),
-                ([c.key for c in deletes], [c.version.isoformat() for c in deletes],
-                 self.cfg.source_timezone),
-            )
+            cur.execute(*statements.tombstones(deletes))
             result.deleted = cur.rowcount
         return result
-
-    def _replace(self, cur: psycopg2.extensions.cursor, change: Change) -> bool:
-        """Reconcile's compare and set (message.py, ``expect``): the view's row replaces
-        PostgreSQL's newer one only if PostgreSQL still holds the version reconcile compared
-        against. Rare (restores, hand edits), so one statement per row."""
-        names = self._column_names([change])[2:]
-        row = change.row or {}
-        tz = self.cfg.source_timezone
-        assignments = [sql.SQL("{} = {}").format(sql.Identifier(n), self._one_value(n, row.get(n)))
-                       for n in names]
-        cur.execute(
-            sql.SQL("UPDATE {} SET conduce = %s, ultima_modificacion = (%s::timestamp AT TIME"
-                    " ZONE %s), {}eliminado_en_origen = false, eliminado_at = NULL WHERE {} = {}"
-                    " AND ultima_modificacion = (%s::timestamp AT TIME ZONE %s)").format(
-                self.table, sql.SQL("").join(a + sql.SQL(", ") for a in assignments),
-                *self._key_match()),
-            [change.key, change.version.isoformat(), tz,
-             *(param_text(row.get(n)) for n in names), change.key,
-             change.expect.isoformat() if change.expect else None, tz],
-        )
-        return bool(cur.rowcount)
-
-    def _one_value(self, name: str, value: Any) -> sql.Composable:
-        """The cast of one query parameter into column `name` (a datetimeoffset keeps its
-        offset: it travels as a UTC instant)."""
-        column = self.columns[name]
-        if (column.type_name == "timestamp with time zone" and isinstance(value, str)
-                and value[-3:-2] == ":"):
-            return sql.SQL("{}::timestamptz").format(sql.Placeholder())
-        return column.expression(sql.Placeholder(), self.cfg.source_timezone)
-
-    def _key_match(self) -> tuple[sql.Composable, sql.Composable]:
-        """Both sides of ``WHERE row's key = %s``, exact or by identity (sql/004)."""
-        if self.keys_by_identity:
-            return sql.SQL(KEY_IDENTITY), sql.SQL("lower(rtrim(%s, ' '))")
-        return sql.SQL(KEY), sql.SQL("%s")
-
-    def _column_names(self, upserts: list[Change]) -> tuple[str, ...]:
-        """The table columns this batch carries: key and version first, then the rest.
-
-        Keys a row carries that the table lacks are ignored (logged once): the producer sends
-        the columns the view and the table share, so this only happens during a migration.
-        """
-        present: set[str] = set()
-        for change in upserts:
-            present.update(change.row or ())
-        unknown = present - self.columns.keys() - BOOKKEEPING
-        if unknown - self._unknown_warned:
-            self._unknown_warned |= unknown
-            log.warning("messages carry columns the table does not have; ignoring them",
-                        extra={"columns": sorted(unknown)})
-        rest = sorted((present & self.columns.keys()) - {KEY, VERSION})
-        return (KEY, VERSION, *rest)
-
-    @staticmethod
-    def _copy_payload(upserts: list[Change], names: tuple[str, ...]) -> str:
-        rest = names[2:]
-        lines = []
-        for change in upserts:
-            row = change.row or {}
-            fields = [copy_escape(change.key), change.version.isoformat()]
-            fields.extend([copy_text(row.get(n)) for n in rest])
-            lines.append("\t".join(fields))
-        lines.append("")
-        return "\n".join(lines)
-
-    def _offset_columns(self, upserts: list[Change], names: tuple[str, ...]) -> frozenset[str]:
-        """timestamptz columns of which this batch carries a value with an offset ('+00:00')."""
-        found = set()
-        for name in names[2:]:
-            if self.columns[name].type_name != "timestamp with time zone":
-                continue
-            for change in upserts:
-                value = (change.row or {}).get(name)
-                if isinstance(value, str) and len(value) > 6 and value[-3] == ":":
-                    found.add(name)
-                    break
-        return frozenset(found)
-
-    def _insert_statement(self, names: tuple[str, ...],
-                          offsets: frozenset[str] = frozenset()) -> sql.Composed:
-        cached = self._insert_sql.get((names, offsets))
-        if cached is not None:
-            return cached
-        tz = self.cfg.source_timezone
-        targets = sql.SQL(", ").join(map(sql.Identifier, names))
-        values = sql.SQL(", ").join(
-            self.columns[n].expression(sql.SQL("s.") + sql.Identifier(n), tz, offsets=n in offsets)
-            for n in names
-        )
-        # With sql/004 a conduce is found however the view spells it, and the row takes the
-        # view's spelling (its tracking row follows by ON UPDATE CASCADE).
-        renames = self.keys_by_identity
-        updates: list[sql.Composable] = [
-            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n))
-            for n in (names if renames else names[1:])
-        ]
-        updates.append(sql.SQL("eliminado_en_origen = false, eliminado_at = NULL"))
-        compared = (KEY, *names[2:]) if renames else names[2:]
-        differ: sql.Composable = sql.SQL("")
-        if compared:
-            differ = sql.SQL("OR (t.ultima_modificacion = EXCLUDED.ultima_modificacion AND ({}) "
-                             "IS DISTINCT FROM ({}))").format(
-                sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(n) for n in compared),
-                sql.SQL(", ").join(sql.SQL("EXCLUDED.") + sql.Identifier(n) for n in compared),
-            )
-        statement = sql.SQL(
-            "WITH w AS (INSERT INTO {table} AS t ({targets}) SELECT {values} FROM {stage} s"
-            " ORDER BY s.conduce"
-            " ON CONFLICT ({target}) DO UPDATE SET {updates}"
-            " WHERE t.ultima_modificacion < EXCLUDED.ultima_modificacion {differ}"
-            " OR (t.eliminado_en_origen AND t.ultima_modificacion <= EXCLUDED.ultima_modificacion)"
-            " RETURNING (xmax = 0) AS fresh)"
-            " SELECT count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM w"
-        ).format(
-            table=self.table, targets=targets, values=values, stage=sql.Identifier(STAGE),
-            updates=sql.SQL(", ").join(updates), differ=differ,
-            target=sql.SQL("(" + KEY_IDENTITY + ")" if renames else KEY),
-        )
-        self._insert_sql[(names, offsets)] = statement
-        return statement
 
     def _record(self, cur: psycopg2.extensions.cursor, result: WriteResult, size: int,
                 low_water: datetime | None) -> None:
@@ -555,20 +325,10 @@ class Sink:
         """Raise the durable watermark alone (the idle path: the stream is empty)."""
         if self.conn is None:
             raise SinkError("not connected")
-        try:
+        with self._transaction():
             with self.conn.cursor() as cur:
-                mark = self._capped(cur, low_water)
-                control.raise_watermark(cur, mark)
+                control.raise_watermark(cur, self._capped(cur, low_water))
             self.conn.commit()
-        except TIMEOUT_ERRORS as exc:
-            self._rollback()
-            raise SinkError(describe_pg_error(exc)) from None
-        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-            self.close()
-            raise SinkError(describe_pg_error(exc)) from None
-        except psycopg2.Error as exc:
-            self._rollback()
-            raise SinkError(describe_pg_error(exc)) from None
 
     def newest_version(self) -> datetime | None:
         """sync_control.newest_version (aware), for the lag shown before the first batch."""

@@ -172,7 +172,7 @@ def test_staging_modes_equivalent(cfg: Config, staging: str) -> None:  # noqa: F
 
 
 def test_copy_text_escapes_and_types() -> None:
-    from facusync.sink import copy_text
+    from facusync.upsert import copy_text
 
     assert copy_text(None) == "\\N"
     assert copy_text(True) == "t" and copy_text(False) == "f"
