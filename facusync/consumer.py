@@ -40,31 +40,28 @@ the same version) can then end either way, until the row changes again or is re-
 from __future__ import annotations
 
 import argparse
-import collections
 import logging
 import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from facusync import metrics
+from facusync.apply import BatchWriter, Outages, Stats
 from facusync.config import Config
 from facusync.errors import QueueError, SinkError
 from facusync.member import BLOCK_MS, Batch, Member, consumer_name
-from facusync.message import Change
 from facusync.redisconn import GROUP
-from facusync.service import Backoff, Service, StateLog, daemon_main
-from facusync.sink import RETRY_ERRORS, Sink, WriteResult
+from facusync.service import Backoff, Service, daemon_main
+from facusync.sink import Sink
 from facusync.stream import State
 
 log = logging.getLogger("facusync.consumer")
 
 PREFETCH = 1  # batches decoded ahead of the one being written
 DRAIN_ON_STOP = 10.0  # seconds allowed on SIGTERM to write what was already read
-SUSPECT_STOPS = 2  # consumers that stopped while writing an entry alone: then it is poison
 
 
 @dataclass(frozen=True)
@@ -72,47 +69,6 @@ class ReadFailure:
     """The reader thread could not reach Redis; the main loop logs it (once per state)."""
 
     cause: str
-
-
-class Stats:
-    """Running counters for the log, the Redis stats hash and the systemd STATUS line."""
-
-    def __init__(self) -> None:
-        self.totals: collections.Counter[str] = collections.Counter()
-        self.window: collections.deque[tuple[float, int]] = collections.deque()
-        self.last_commit: float | None = None
-        self.first_batch_at: float | None = None  # when the first batch started (benchmarks)
-        self.newest: float | None = None  # newest committed version, Unix seconds
-        self.dead_letters = 0
-
-    def batch(self, size: int, result: WriteResult, dead: int, newest: float | None) -> None:
-        now = time.monotonic()
-        self.window.append((now, size))
-        self.totals.update(rows=size, batches=1, inserted=result.inserted,
-                           updated=result.updated, unchanged=result.unchanged,
-                           deleted=result.deleted, dead=dead)
-        self.last_commit = time.time()
-        if newest is not None and (self.newest is None or newest > self.newest):
-            self.newest = newest
-
-    def rows_per_s(self, span: float = 60.0) -> float:
-        now = time.monotonic()
-        while self.window and self.window[0][0] < now - span:
-            self.window.popleft()
-        if not self.window:
-            return 0.0
-        elapsed = max(now - self.window[0][0], 1.0)
-        return sum(n for _, n in self.window) / elapsed
-
-    def lag(self) -> float | None:
-        return None if self.newest is None else max(0.0, time.time() - self.newest)
-
-    def status_line(self) -> str:
-        when = time.strftime("%H:%M:%S", time.localtime(self.last_commit)) if self.last_commit else "-"
-        lag = self.lag()
-        lag_text = f"{lag:.0f}s" if lag is not None else "-"
-        return (f"rows/s {self.rows_per_s():.0f}, last commit {when}, lag {lag_text}, "
-                f"dead letters {self.dead_letters}")
 
 
 class Reader(threading.Thread):
@@ -162,9 +118,8 @@ class Reader(threading.Thread):
 class Consumer:
     """The loop of one member of the consumer group: read, write to PostgreSQL, acknowledge.
 
-    Its error policy is one: an outage (QueueError, SinkError) is logged once per state
-    change, shown in STATUS and in the stats hash, and waited out with capped backoff
-    (_outage); success resets it (_recovered). What to send to Redis is facusync.member's.
+    Reading and acknowledging are facusync.member's, writing a batch facusync.apply's
+    (BatchWriter); both follow the one error policy there (Outages).
     """
 
     def __init__(self, cfg: Config, service: Service | None = None, name: str | None = None,
@@ -176,35 +131,10 @@ class Consumer:
         self.sink = Sink(cfg, consumer=self.name, staging=staging)
         self.sink.watermark_cap = self.member.producer_watermark
         self.stats = Stats()
-        self.state_log = StateLog(log)
-        self.backoff = Backoff(cfg.backoff_max)
-        self.reported = State.STARTING  # what the stats hash says this consumer is doing
+        self.outages = Outages(self.service, cfg.backoff_max)
+        self.writer = BatchWriter(cfg, self.service, self.sink, self.member, self.stats,
+                                  self.outages, self.connect)
         self._idle_watermark: datetime | None = None
-
-    # -- error policy -----------------------------------------------------------------------
-
-    def _outage(self, what: str, cause: str, *, wait: bool = True) -> bool:
-        """`what` is unavailable: say so (once), then back off. False when a stop came."""
-        self.state_log.failing(what, cause)
-        self.reported = State.unavailable(what)
-        self.service.status(f"waiting for {what}: {cause}")
-        return self.service.sleep(self.backoff.next_delay()) if wait else True
-
-    def _recovered(self) -> None:
-        self.state_log.ok()
-        self.backoff.reset()
-        self.reported = State.RUNNING
-
-    def _housekeeping(self, work: Callable[[], object]) -> None:
-        """Work between batches that may meet an outage: the policy above, then carry on."""
-        try:
-            work()
-        except QueueError as exc:
-            self._outage("Redis", exc.cause)
-        except SinkError as exc:
-            self._outage("PostgreSQL", exc.cause)
-        else:
-            self.state_log.ok()
 
     def connect(self) -> bool:
         """Connect to both servers and make sure the group exists; False if stopped first.
@@ -220,12 +150,12 @@ class Consumer:
                         self.stats.newest = newest.timestamp()
                 self.member.ensure_group()
             except SinkError as exc:
-                self._outage("PostgreSQL", exc.cause)
+                self.outages.outage("PostgreSQL", exc.cause)
                 continue
             except QueueError as exc:
-                self._outage("Redis", exc.cause)
+                self.outages.outage("Redis", exc.cause)
                 continue
-            self._recovered()
+            self.outages.recovered()
             return True
         return False
 
@@ -248,128 +178,8 @@ class Consumer:
     # -- writing ----------------------------------------------------------------------------
 
     def process(self, batch: Batch, *, retry: bool = True) -> bool:
-        """Write, commit, then acknowledge one batch. False: abandoned unacknowledged.
-
-        An outage keeps the batch unacknowledged and retries it (with backoff, reconnecting)
-        until it is written or a stop is requested; then it is abandoned and will be claimed.
-        """
-        started = time.monotonic()
-        if self.stats.first_batch_at is None:
-            self.stats.first_batch_at = time.time()
-        result = WriteResult()
-        if batch.suspects:
-            alone = self._write_suspects(batch, retry=retry)
-            if alone is None:
-                return False
-            result.add(alone)
-        if batch.changes:
-            written = self._write(batch.changes, batch.low_water, retry=retry)
-            if written is None:
-                return False
-            result.add(written)
-        dead = list(batch.dead) + [(c.entry_id, reason) for c, reason in result.dead]
-        duration_ms = (time.monotonic() - started) * 1000
-        newest = (result.newest_version.replace(tzinfo=self.cfg.tz).timestamp()
-                  if result.newest_version else None)
-        self.stats.batch(len(batch), result, len(dead), newest)
-        metrics.consumer_batch(result, len(dead), duration_ms / 1000, batch.low_water, self.stats.newest)
-        if not self._acknowledge(batch, dead, duration_ms, retry=retry):
-            return False
-        extra = {
-            "size": len(batch), "duration_ms": round(duration_ms, 1),
-            "inserted": result.inserted, "updated": result.updated,
-            "unchanged": result.unchanged, "deleted": result.deleted, "dead": len(dead),
-            "ignored": result.ignored, "lag_s": _round(self.stats.lag()),
-        }
-        log.info("batch committed", extra=extra)
-        for entry_id, reason in dead:
-            log.warning("dead letter", extra={"entry_id": entry_id, "error": reason})
-        self.service.status(self.stats.status_line())
-        return True
-
-    def _write_suspects(self, batch: Batch, *, retry: bool) -> WriteResult | None:
-        """Entries delivered more than MAX_DELIVERIES times: one transaction each.
-
-        Before each, the suspects hash counts that a consumer began writing it alone; the
-        acknowledgement removes the count. A count already at SUSPECT_STOPS means consumers
-        stopped that often in the middle of this very entry: it is dead-lettered unwritten.
-        """
-        result = WriteResult()
-        for change in batch.suspects:
-            started = self.member.count_suspect(change.entry_id)
-            if started > SUSPECT_STOPS:
-                batch.dead.append((change.entry_id, (
-                    f"delivered {batch.deliveries.get(change.entry_id, 0)} times; the consumer "
-                    f"stopped {started - 1} times while writing it alone")))
-                continue
-            written = self._write([change], None, retry=retry)
-            if written is None:  # a stop during an outage is not the entry's fault
-                self.member.count_suspect(change.entry_id, -1)
-                return None
-            result.add(written)
-        return result
-
-    def _write(self, changes: list[Change], low_water: datetime | None, *,
-               retry: bool) -> WriteResult | None:
-        tried = False
-        while True:
-            # The first attempt always runs, so that SIGTERM finishes the current batch;
-            # retries stop with SIGTERM (the batch is abandoned unacknowledged, then claimed).
-            # retry=False (draining on stop): one attempt on the open connection, no waiting.
-            if tried and (not retry or self.service.stopping.is_set()):
-                return None
-            tried = True
-            if self.sink.conn is None and (not retry or not self.connect()):
-                return None
-            try:
-                result = self.sink.write(changes, low_water)
-            except RETRY_ERRORS as exc:
-                log.info("transaction conflict with another consumer; retrying",
-                         extra={"error": str(exc).strip().splitlines()[0]})
-                if not retry:
-                    return None
-                self.service.sleep(0.05)
-                continue
-            except SinkError as exc:
-                if not retry:
-                    return None
-                self._outage("PostgreSQL", exc.cause)
-                continue
-            self._recovered()
-            return result
-
-    def _acknowledge(self, batch: Batch, dead: list[tuple[str, str]], duration_ms: float, *,
-                     retry: bool) -> bool:
-        """After COMMIT: dead letters, XACK and XDEL in one MULTI/EXEC (Member.acknowledge);
-        then the stats.
-
-        If Redis fails here the rows are committed but the entries stay pending: retry the
-        acknowledgement only (rewriting would be harmless too, but slower); if we die first,
-        they are claimed and re-applied as no-ops. The stats travel separately and on a best
-        effort basis: under maxmemory Redis refuses HSET/LPUSH/XADD but still accepts XACK and
-        XDEL, which are what frees the memory.
-        """
-        while True:
-            try:
-                count = self.member.acknowledge(batch, dead)
-                break
-            except QueueError as exc:
-                if not retry or not self._outage("Redis", exc.cause):
-                    return False
-        if count is not None:
-            self.stats.dead_letters = count
-        self._write_stats(len(batch), duration_ms)
-        return True
-
-    def _write_stats(self, size: int, duration_ms: float) -> None:
-        lag = self.stats.lag()
-        fields: dict[str, str] = {
-            "state": self.reported.value,
-            "rows_per_s": f"{self.stats.rows_per_s():.1f}",
-            "lag_s": "" if lag is None else f"{lag:.1f}",
-        }
-        fields.update({f"total_{k}": str(v) for k, v in self.stats.totals.items()})
-        self.member.report(fields, (size, duration_ms) if size else None)
+        """Write, commit, then acknowledge one batch (BatchWriter). False: abandoned."""
+        return self.writer.process(batch, retry=retry)
 
     # -- idle -------------------------------------------------------------------------------
 
@@ -393,7 +203,7 @@ class Consumer:
             if mark is not None and mark != self._idle_watermark:
                 self.sink.advance_watermark(mark)
                 self._idle_watermark = mark
-        self._write_stats(0, 0.0)
+        self.writer.write_stats(0, 0.0)
         metrics.consumer_progress(self._idle_watermark, self.stats.newest)
         self.service.status(self.stats.status_line())
 
@@ -411,7 +221,7 @@ class Consumer:
         self.service.status("connecting to PostgreSQL and Redis")
         if not self.connect():
             return 0
-        self.reported = State.RUNNING
+        self.outages.reported = State.RUNNING
         log.info("consumer started", extra={"consumer": self.name, "group": GROUP,
                                             "batch_size": self.cfg.batch_size})
         reader = Reader(self.member, self.cfg.backoff_max)
@@ -422,7 +232,7 @@ class Consumer:
                 if time.monotonic() - reader.progress < 120:
                     self.service.alive()  # a hung reader starves the watchdog
                 if time.monotonic() >= next_claim:
-                    self._housekeeping(self.claim_batches)
+                    self.outages.housekeeping(self.claim_batches)
                     next_claim = time.monotonic() + self.cfg.claim_idle / 2
                 try:
                     item = reader.items.get(timeout=1.0)
@@ -430,10 +240,10 @@ class Consumer:
                     continue
                 reader.taken()
                 if isinstance(item, ReadFailure):
-                    self._outage("Redis", item.cause, wait=False)  # the reader waits
+                    self.outages.outage("Redis", item.cause, wait=False)  # the reader waits
                     continue
                 if len(item) == 0:
-                    self._housekeeping(self.idle)
+                    self.outages.housekeeping(self.idle)
                     if once:
                         break
                     continue
@@ -442,8 +252,8 @@ class Consumer:
             reader.halt.set()
             self._drain(reader)
             self.sink.close()
-            self.reported = State.STOPPED  # status shows a clean stop at once, not a silence
-            self._write_stats(0, 0.0)
+            self.outages.reported = State.STOPPED  # status shows a clean stop at once, not a silence
+            self.writer.write_stats(0, 0.0)
         log.info("consumer stopped", extra={"consumer": self.name, **self.stats.totals})
         return 0
 
@@ -459,10 +269,6 @@ class Consumer:
             if isinstance(item, Batch) and len(item) and not self.process(item, retry=False):
                 log.info("abandoned a batch unacknowledged; another consumer will claim it",
                          extra={"size": len(item)})
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 1)
 
 
 def run(cfg: Config, service: Service, args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 # sysexits.h: systemd's RestartPreventExitStatus=78 stops restart loops on bad config.
 EX_OK = 0
+EX_DECLINED = 1  # an operator command that did nothing: cancelled, or nothing by that name
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_UNAVAILABLE = 69

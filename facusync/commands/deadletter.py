@@ -14,9 +14,9 @@ import json
 import time
 from datetime import datetime
 
-from facusync.commands.resync import confirm
+from facusync.commands.ask import confirm
 from facusync.config import Config
-from facusync.errors import EX_OK
+from facusync.errors import EX_DECLINED, EX_OK, EX_USAGE
 from facusync.redisconn import Keys, connect_redis
 from facusync.stream import DeadLetters
 from facusync.timeparse import parse_age, parse_moment
@@ -43,7 +43,7 @@ def cmd_show(letters: DeadLetters, args: argparse.Namespace) -> int:
     entries = letters.entries(args.id, args.id)
     if not entries:
         print(f"no dead letter with id {args.id}")
-        return 1
+        return EX_DECLINED
     f: dict[str, object] = dict(entries[0][1])
     if "row" in f:
         with contextlib.suppress(ValueError):
@@ -61,11 +61,11 @@ def cmd_retry(letters: DeadLetters, args: argparse.Namespace) -> int:
             found = letters.entries(entry_id, entry_id)
             if not found:
                 print(f"no dead letter with id {entry_id}")
-                return 1
+                return EX_DECLINED
             entries.extend(found)
     else:
         print("name the dead letters to retry, or --all")
-        return 64
+        return EX_USAGE
     if not entries:
         print("no dead letters to retry")
         return EX_OK
@@ -100,7 +100,7 @@ def cmd_purge(letters: DeadLetters, args: argparse.Namespace) -> int:
         return EX_OK
     if not confirm(f"delete {what}? Their payloads will be gone.", args.yes):
         print("cancelled")
-        return 1
+        return EX_DECLINED
     letters.purge(entries)
     print(f"purged {what}")
     return EX_OK

@@ -10,12 +10,12 @@ PostgreSQL is lowered too, so a Redis loss right after cannot skip the re-read.
 from __future__ import annotations
 
 import argparse
-import sys
 from datetime import datetime
 
 from facusync import control
+from facusync.commands.ask import confirm
 from facusync.config import Config
-from facusync.errors import EX_OK, FacusyncError
+from facusync.errors import EX_DECLINED, EX_OK, FacusyncError
 from facusync.lock import RedisLock
 from facusync.pgconn import connect_pg
 from facusync.redisconn import Keys, connect_redis
@@ -23,16 +23,6 @@ from facusync.stream import Stream
 from facusync.timeparse import parse_moment
 
 EARLIEST = datetime(1753, 1, 1)  # SQL Server's first datetime: the producer reads every row
-
-
-def confirm(question: str, assume_yes: bool) -> bool:
-    """Ask on the terminal; refuse (rather than guess) when nobody can answer."""
-    if assume_yes:
-        return True
-    if not sys.stdin.isatty():
-        print("not a terminal: add --yes to confirm", file=sys.stderr)
-        return False
-    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes", "s", "si", "sí")
 
 
 def since_target(typed: str, cfg: Config) -> datetime:
@@ -62,7 +52,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             return EX_OK
         if not confirm("proceed?", args.yes):
             print("cancelled")
-            return 1
+            return EX_DECLINED
         lock = RedisLock(client, keys.source_lock, ttl=60, owner="resync")
         if not lock.acquire(wait=args.lock_wait, priority=True):
             raise FacusyncError(f"the producer is busy (lock held by {lock.holder()}); try again")

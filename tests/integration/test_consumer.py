@@ -12,9 +12,10 @@ from datetime import datetime, timedelta
 
 import redis
 
+from facusync.apply import SUSPECT_STOPS
 from facusync.commands import resync
 from facusync.config import Config
-from facusync.consumer import SUSPECT_STOPS, Consumer
+from facusync.consumer import Consumer
 from facusync.message import format_version
 from facusync.redisconn import GROUP, Keys
 from facusync.service import Service
