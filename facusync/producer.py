@@ -269,25 +269,18 @@ class _ChunkWriter:
             self.executor.shutdown(wait=True)
 
 
-class Producer:
-    """The polling loop. One instance per process; not thread-safe."""
+class ReadWindow:
+    """Where each cycle reads from: the watermark's origin, the overlap narrowed while the
+    view is quiet, the measured lateness of arrivals, and re-reads after columns came back."""
 
-    def __init__(self, cfg: Config, service: Service) -> None:
+    def __init__(self, cfg: Config, keys: Keys) -> None:
         self.cfg = cfg
-        self.service = service
-        self.keys = Keys(cfg.redis_prefix)
-        self.source = ViewSource(cfg)
-        self.redis: redis.Redis | None = None
-        self.cols: ColumnMap | None = None
-        self.table_cols: dict[str, str] | None = None
+        self.keys = keys
         # The watermark when expected columns went missing, and where to re-read from once
         # they are back (rows changed meanwhile were synced without them).
         self.columns_lost_at: datetime | None = None
         self.reread_from: datetime | None = None
         self.loss_recalled = False
-        self.state_log = StateLog(log)
-        self.backoff = Backoff(cfg.backoff_max)
-        self.owner = f"producer@{socket.gethostname()}:{os.getpid()}"
         # Source time at the start of the last cycle that read its whole window, and where
         # that window began (None: from the start).
         self.last_full_read: datetime | None = None
@@ -300,43 +293,6 @@ class Producer:
         # The watermark text this process left in Redis; anything else means someone moved
         # it (resync) or Redis lost it.
         self.left_watermark: str | None = None
-        self.future_reported: set[tuple[str, datetime]] = set()
-
-    # -- set-up -----------------------------------------------------------------------
-    def _client(self) -> redis.Redis:
-        if self.redis is None:
-            self.redis = connect_redis(self.cfg)
-        return self.redis
-
-    def discover(self) -> ColumnMap:
-        """Synced columns (view ∩ table, case-insensitive): found at start, again after SQL
-        Server said a column is gone (error 207), and every cycle while a column datos_vista
-        expects is missing from the view, so that it is synced again as soon as it is back."""
-        old = self.cols
-        if old is not None and not old.missing:
-            return old
-        if self.table_cols is None:
-            self.table_cols = table_columns(self.cfg)
-        cols = discover_columns(self.cfg, self.source, self.table_cols)
-        if cols == old:
-            return cols
-        for name in cols.ignored:
-            if old is None or name not in old.ignored:
-                log.warning("view column %s has no column in %s; it is not synced", name,
-                            self.cfg.pg_table_vista, extra={"column": name})
-        if cols.missing:
-            log.error("%s", missing_columns_advice(self.cfg, cols.missing),
-                      extra={"missing_columns": list(cols.missing)})
-        back = [n for n in cols.names if old is not None and n not in old.names]
-        if back:
-            log.warning("view column(s) %s are back; re-reading the rows changed meanwhile",
-                        ", ".join(back), extra={"columns": back})
-            self.reread_from = self.columns_lost_at
-        if not cols.missing:
-            self.columns_lost_at = None
-        log.info("synced columns: %s", ", ".join(cols.names), extra={"columns": cols.names})
-        self.cols = cols
-        return cols
 
     def start_watermark(self, stored: str | None) -> tuple[datetime, str]:
         """Where to read from (given Redis' watermark text), and which source said so."""
@@ -401,6 +357,176 @@ class Producer:
         else:
             self.reread_from = min(when, self.reread_from or when)
 
+    def clock_behind(self, watermark: datetime, source_now: datetime) -> datetime:
+        """The watermark is ahead of SQL Server's clock: the clock went back (the repeated
+        hour of a daylight-saving change, a correction) or an older version let a future
+        row carry it there. Rows written now get versions below it, so read from the clock
+        (a lower low-water mark is always true) and forget the narrowing."""
+        if self.last_full_read is not None and source_now < self.last_full_read:
+            log.warning("SQL Server's clock went back from %s to %s (a daylight-saving change?); "
+                        "re-reading from its present time",
+                        self.last_full_read.isoformat(sep=" ", timespec="seconds"),
+                        source_now.isoformat(sep=" ", timespec="seconds"))
+        self.last_full_read = None
+        return source_now
+
+    def measure(self, stats: CycleStats, previous_read: datetime,
+                 oldest_arrival: datetime | None) -> None:
+        """Record how late this cycle's new arrivals were (at least previous read - version)."""
+        if oldest_arrival is None:
+            return
+        stats.late_s = max(0.0, (previous_read - oldest_arrival).total_seconds())
+        self.lateness.add(stats.late_s)
+        if stats.late_s > self.cfg.sync_overlap:
+            log.warning(
+                "a change arrived %.0f s after its %s, more than SYNC_OVERLAP=%g s: a writer's "
+                "clock lags SQL Server's, or transactions run long. Polling still reads such rows "
+                "while it runs, but after a restart or a Redis loss they are left to reconcile; "
+                "raise SYNC_OVERLAP above %.0f", stats.late_s, self.cfg.mssql_version_column,
+                self.cfg.sync_overlap, stats.late_s, extra={"late_s": stats.late_s})
+
+
+class CycleReporter:
+    """What the producer tells systemd, the metrics, the log and `facusync status`."""
+
+    def __init__(self, cfg: Config, keys: Keys, service: Service, window: ReadWindow) -> None:
+        self.cfg = cfg
+        self.keys = keys
+        self.service = service
+        self.window = window
+        self.future_reported: set[tuple[str, datetime]] = set()
+
+    def dated_in_future(self, stats: CycleStats, row: EncodedRow, source_now: datetime) -> None:
+        """Count a row dated ahead of SQL Server's clock; log it once per key and version."""
+        stats.future += 1
+        assert row.version is not None
+        if not stats.future_example:
+            stats.future_example = f"{row.key} at {row.version.isoformat(sep=' ')}"
+        seen = (row.key or "", row.version)
+        if seen in self.future_reported:
+            return
+        self.future_reported.add(seen)
+        log.warning(
+            "row %s has %s %s, ahead of SQL Server's clock (%s): it is synced, but the watermark "
+            "stays at the present so later changes keep flowing; correct the row's date at the "
+            "source (a PC with a wrong clock, or a sentinel date)", row.key,
+            self.cfg.mssql_version_column, row.version.isoformat(sep=" "),
+            source_now.isoformat(sep=" ", timespec="seconds"),
+            extra={"key": row.key, "version": row.version.isoformat()})
+
+    def report(self, client: redis.Redis | None, stats: CycleStats, state: State, cause: str,
+               missing: tuple[str, ...]) -> None:
+        """One cycle (or failed attempt) to systemd's STATUS, the metrics, the stats hash
+        `facusync status` reads (best effort) and the log."""
+        wm = stats.watermark.isoformat(sep=" ", timespec="seconds") if stats.watermark else "-"
+        when = time.strftime("%H:%M:%S", time.localtime(stats.started or time.time()))
+        if state is State.PAUSED:
+            line = (f"paused by backpressure: backlog {stats.backlog} >= QUEUE_MAX_PENDING "
+                    f"{self.cfg.queue_max_pending}; watermark {wm}")
+        elif state is State.BACKING_OFF:
+            line = f"backing off: {cause}"
+        else:
+            line = (f"cycle {when}: {stats.queued} changed, watermark {wm}, "
+                    f"backlog {stats.backlog}")
+        if missing:
+            line += f"; NOT SYNCED, gone from the view: {', '.join(missing)}"
+        self.service.status(line)
+        metrics.producer_cycle(stats, state)
+        fields = {
+            "state": state.value,
+            "cause": cause,
+            "missing_columns": ",".join(missing),
+            "heartbeat": f"{time.time():.3f}",
+            "interval": str(self.cfg.sync_interval),
+            "status_line": line,
+        }
+        if self.window.loss_recalled:  # never erase what a previous process left before reading it
+            lost = self.window.columns_lost_at or self.window.reread_from
+            fields["columns_lost_at"] = lost.isoformat() if lost else ""
+        if state is not State.BACKING_OFF:
+            fields.update({
+                "last_cycle_at": f"{stats.started:.3f}",
+                "last_read": str(stats.read),
+                "last_queued": str(stats.queued),
+                "last_unchanged": str(stats.unchanged),
+                "last_duration_ms": str(stats.duration_ms),
+                "watermark": stats.watermark.isoformat() if stats.watermark else "",
+                "backlog": str(stats.backlog),
+                "future_rows": str(stats.future),
+                "future_example": stats.future_example,
+                "late_max_s": f"{late:.1f}" if (late := self.window.lateness.worst()) is not None else "",
+                "late_at": f"{at:.3f}" if (at := self.window.lateness.worst_at()) is not None else "",
+                "overlap": f"{self.cfg.sync_overlap:g}",
+            })
+        try:
+            if client is not None:
+                Stream(client, self.keys).report_producer(fields, stats.queued)
+        except redis.RedisError:
+            pass  # stats are best effort; the next cycle reports the outage
+        extra = {"read": stats.read, "queued": stats.queued, "unchanged": stats.unchanged,
+                 "duration_ms": stats.duration_ms, "watermark": wm, "backlog": stats.backlog,
+                 "state": state.value}
+        if state is State.PAUSED:
+            log.warning("paused by backpressure", extra=extra)
+        elif stats.queued or not stats.complete:
+            log.info("cycle: %d read, %d queued", stats.read, stats.queued, extra=extra)
+        else:
+            log.debug("cycle: nothing changed", extra=extra)
+
+
+class Producer:
+    """The polling loop. One instance per process; not thread-safe."""
+
+    def __init__(self, cfg: Config, service: Service) -> None:
+        self.cfg = cfg
+        self.service = service
+        self.keys = Keys(cfg.redis_prefix)
+        self.source = ViewSource(cfg)
+        self.redis: redis.Redis | None = None
+        self.cols: ColumnMap | None = None
+        self.table_cols: dict[str, str] | None = None
+        self.window = ReadWindow(cfg, self.keys)
+        self.state_log = StateLog(log)
+        self.backoff = Backoff(cfg.backoff_max)
+        self.owner = f"producer@{socket.gethostname()}:{os.getpid()}"
+        self.reporter = CycleReporter(cfg, self.keys, service, self.window)
+
+    # -- set-up -----------------------------------------------------------------------
+    def _client(self) -> redis.Redis:
+        if self.redis is None:
+            self.redis = connect_redis(self.cfg)
+        return self.redis
+
+    def discover(self) -> ColumnMap:
+        """Synced columns (view ∩ table, case-insensitive): found at start, again after SQL
+        Server said a column is gone (error 207), and every cycle while a column datos_vista
+        expects is missing from the view, so that it is synced again as soon as it is back."""
+        old = self.cols
+        if old is not None and not old.missing:
+            return old
+        if self.table_cols is None:
+            self.table_cols = table_columns(self.cfg)
+        cols = discover_columns(self.cfg, self.source, self.table_cols)
+        if cols == old:
+            return cols
+        for name in cols.ignored:
+            if old is None or name not in old.ignored:
+                log.warning("view column %s has no column in %s; it is not synced", name,
+                            self.cfg.pg_table_vista, extra={"column": name})
+        if cols.missing:
+            log.error("%s", missing_columns_advice(self.cfg, cols.missing),
+                      extra={"missing_columns": list(cols.missing)})
+        back = [n for n in cols.names if old is not None and n not in old.names]
+        if back:
+            log.warning("view column(s) %s are back; re-reading the rows changed meanwhile",
+                        ", ".join(back), extra={"columns": back})
+            self.window.reread_from = self.window.columns_lost_at
+        if not cols.missing:
+            self.window.columns_lost_at = None
+        log.info("synced columns: %s", ", ".join(cols.names), extra={"columns": cols.names})
+        self.cols = cols
+        return cols
+
     # -- one cycle --------------------------------------------------------------------
     def backlog(self, client: redis.Redis) -> int:
         """Unacknowledged entries: acknowledged ones are deleted, so the length is the backlog."""
@@ -421,14 +547,14 @@ class Producer:
             stats.complete = True
             return stats
         try:
-            if not self.lateness_reloaded:
-                self.lateness.reload(Stream(client, self.keys).producer_stats())
-                self.lateness_reloaded = True
+            if not self.window.lateness_reloaded:
+                self.window.lateness.reload(Stream(client, self.keys).producer_stats())
+                self.window.lateness_reloaded = True
             stats.backlog = self.backlog(client)
             stored = Stream(client, self.keys).watermark_text()
-            watermark, origin = self.start_watermark(stored)
-            if origin == "redis" and stored != self.left_watermark:
-                if self.left_watermark is not None:
+            watermark, origin = self.window.start_watermark(stored)
+            if origin == "redis" and stored != self.window.left_watermark:
+                if self.window.left_watermark is not None:
                     log.info("the watermark was moved to %s (a resync?); reading the whole "
                              "window from there", stored, extra={"watermark": stored})
                 origin = "moved"
@@ -439,21 +565,21 @@ class Producer:
             read_started = self.source.now()
             read_t0 = time.monotonic()
             if watermark > read_started:
-                watermark = self._clock_behind(watermark, read_started)
-            since = self.window_start(watermark, origin)
-            self.recall_loss(client, cols)
-            if cols.missing and self.columns_lost_at is None:
-                self.columns_lost_at = watermark
-            if self.reread_from is not None and since is not None:
+                watermark = self.window.clock_behind(watermark, read_started)
+            since = self.window.window_start(watermark, origin)
+            self.window.recall_loss(client, cols)
+            if cols.missing and self.window.columns_lost_at is None:
+                self.window.columns_lost_at = watermark
+            if self.window.reread_from is not None and since is not None:
                 since = max(DATETIME_MIN, min(
-                    since, self.reread_from - timedelta(seconds=self.cfg.sync_overlap)))
+                    since, self.window.reread_from - timedelta(seconds=self.cfg.sync_overlap)))
             stats.since = since
             # Every chunk checks the lock and the watermark it expects (absent: "").
             guard = Guard(lock.key, lock.token, stored or "")
             # A re-read for a column that came back re-sends old rows: not late arrivals.
-            measures = (origin == "redis" and self.last_full_read is not None
-                        and self.reread_from is None)
-            floor = max(since or DATETIME_MIN, self.last_since or DATETIME_MIN)
+            measures = (origin == "redis" and self.window.last_full_read is not None
+                        and self.window.reread_from is None)
+            floor = max(since or DATETIME_MIN, self.window.last_since or DATETIME_MIN)
             writer = _ChunkWriter(client, self.keys, stats, guard, ceiling=read_started,
                                   arrival_floor=floor if measures else None)
             try:
@@ -469,7 +595,7 @@ class Producer:
                         except MessageError:
                             raise SchemaError(unencodable(self.cfg, cols, row)) from None
                         if encoded.version is not None and encoded.version > future_after:
-                            self._dated_in_future(stats, encoded, read_started)
+                            self.reporter.dated_in_future(stats, encoded, read_started)
                         pending.append(encoded)
                         if len(pending) >= self.cfg.chunk_size:
                             lock.extend()  # raises LockLost before writing if we lost it
@@ -490,124 +616,24 @@ class Producer:
                 writer.wait()
             finally:
                 writer.close()
-                self.left_watermark = writer.guard.watermark or None
+                self.window.left_watermark = writer.guard.watermark or None
             stats.backlog = self.backlog(client)
             stats.complete = True
-            if measures and self.last_full_read is not None:
-                self._measure(stats, self.last_full_read, writer.oldest_arrival)
-            if self.boot_lateness is None and stats.watermark is not None:
-                self.boot_lateness = max(0.0, (read_started - stats.watermark).total_seconds())
-            self.last_full_read = read_started
-            self.last_since = since
-            self.reread_from = None
+            if measures and self.window.last_full_read is not None:
+                self.window.measure(stats, self.window.last_full_read, writer.oldest_arrival)
+            if self.window.boot_lateness is None and stats.watermark is not None:
+                self.window.boot_lateness = max(0.0, (read_started - stats.watermark).total_seconds())
+            self.window.last_full_read = read_started
+            self.window.last_since = since
+            self.window.reread_from = None
             return stats
         finally:
             lock.release()
             stats.duration_ms = round((time.monotonic() - t0) * 1000, 1)
 
-    def _clock_behind(self, watermark: datetime, source_now: datetime) -> datetime:
-        """The watermark is ahead of SQL Server's clock: the clock went back (the repeated
-        hour of a daylight-saving change, a correction) or an older version let a future
-        row carry it there. Rows written now get versions below it, so read from the clock
-        (a lower low-water mark is always true) and forget the narrowing."""
-        if self.last_full_read is not None and source_now < self.last_full_read:
-            log.warning("SQL Server's clock went back from %s to %s (a daylight-saving change?); "
-                        "re-reading from its present time",
-                        self.last_full_read.isoformat(sep=" ", timespec="seconds"),
-                        source_now.isoformat(sep=" ", timespec="seconds"))
-        self.last_full_read = None
-        return source_now
-
-    def _measure(self, stats: CycleStats, previous_read: datetime,
-                 oldest_arrival: datetime | None) -> None:
-        """Record how late this cycle's new arrivals were (at least previous read - version)."""
-        if oldest_arrival is None:
-            return
-        stats.late_s = max(0.0, (previous_read - oldest_arrival).total_seconds())
-        self.lateness.add(stats.late_s)
-        if stats.late_s > self.cfg.sync_overlap:
-            log.warning(
-                "a change arrived %.0f s after its %s, more than SYNC_OVERLAP=%g s: a writer's "
-                "clock lags SQL Server's, or transactions run long. Polling still reads such rows "
-                "while it runs, but after a restart or a Redis loss they are left to reconcile; "
-                "raise SYNC_OVERLAP above %.0f", stats.late_s, self.cfg.mssql_version_column,
-                self.cfg.sync_overlap, stats.late_s, extra={"late_s": stats.late_s})
-
-    def _dated_in_future(self, stats: CycleStats, row: EncodedRow, source_now: datetime) -> None:
-        """Count a row dated ahead of SQL Server's clock; log it once per key and version."""
-        stats.future += 1
-        assert row.version is not None
-        if not stats.future_example:
-            stats.future_example = f"{row.key} at {row.version.isoformat(sep=' ')}"
-        seen = (row.key or "", row.version)
-        if seen in self.future_reported:
-            return
-        self.future_reported.add(seen)
-        log.warning(
-            "row %s has %s %s, ahead of SQL Server's clock (%s): it is synced, but the watermark "
-            "stays at the present so later changes keep flowing; correct the row's date at the "
-            "source (a PC with a wrong clock, or a sentinel date)", row.key,
-            self.cfg.mssql_version_column, row.version.isoformat(sep=" "),
-            source_now.isoformat(sep=" ", timespec="seconds"),
-            extra={"key": row.key, "version": row.version.isoformat()})
-
-    # -- reporting --------------------------------------------------------------------
     def report(self, stats: CycleStats, state: State, cause: str = "") -> None:
-        wm = stats.watermark.isoformat(sep=" ", timespec="seconds") if stats.watermark else "-"
-        when = time.strftime("%H:%M:%S", time.localtime(stats.started or time.time()))
-        if state is State.PAUSED:
-            line = (f"paused by backpressure: backlog {stats.backlog} >= QUEUE_MAX_PENDING "
-                    f"{self.cfg.queue_max_pending}; watermark {wm}")
-        elif state is State.BACKING_OFF:
-            line = f"backing off: {cause}"
-        else:
-            line = (f"cycle {when}: {stats.queued} changed, watermark {wm}, "
-                    f"backlog {stats.backlog}")
         missing = self.cols.missing if self.cols is not None else ()
-        if missing:
-            line += f"; NOT SYNCED, gone from the view: {', '.join(missing)}"
-        self.service.status(line)
-        metrics.producer_cycle(stats, state)
-        fields = {
-            "state": state.value,
-            "cause": cause,
-            "missing_columns": ",".join(missing),
-            "heartbeat": f"{time.time():.3f}",
-            "interval": str(self.cfg.sync_interval),
-            "status_line": line,
-        }
-        if self.loss_recalled:  # never erase what a previous process left before reading it
-            lost = self.columns_lost_at or self.reread_from
-            fields["columns_lost_at"] = lost.isoformat() if lost else ""
-        if state is not State.BACKING_OFF:
-            fields.update({
-                "last_cycle_at": f"{stats.started:.3f}",
-                "last_read": str(stats.read),
-                "last_queued": str(stats.queued),
-                "last_unchanged": str(stats.unchanged),
-                "last_duration_ms": str(stats.duration_ms),
-                "watermark": stats.watermark.isoformat() if stats.watermark else "",
-                "backlog": str(stats.backlog),
-                "future_rows": str(stats.future),
-                "future_example": stats.future_example,
-                "late_max_s": f"{late:.1f}" if (late := self.lateness.worst()) is not None else "",
-                "late_at": f"{at:.3f}" if (at := self.lateness.worst_at()) is not None else "",
-                "overlap": f"{self.cfg.sync_overlap:g}",
-            })
-        try:
-            if self.redis is not None:
-                Stream(self.redis, self.keys).report_producer(fields, stats.queued)
-        except redis.RedisError:
-            pass  # stats are best effort; the next cycle reports the outage
-        extra = {"read": stats.read, "queued": stats.queued, "unchanged": stats.unchanged,
-                 "duration_ms": stats.duration_ms, "watermark": wm, "backlog": stats.backlog,
-                 "state": state.value}
-        if state is State.PAUSED:
-            log.warning("paused by backpressure", extra=extra)
-        elif stats.queued or not stats.complete:
-            log.info("cycle: %d read, %d queued", stats.read, stats.queued, extra=extra)
-        else:
-            log.debug("cycle: nothing changed", extra=extra)
+        self.reporter.report(self.redis, stats, state, cause, missing)
 
     def heartbeat(self, client: redis.Redis, **fields: str) -> None:
         """Tell `facusync status` we are alive (and, with fields, what we are doing)."""
