@@ -38,6 +38,7 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -583,36 +584,12 @@ class Producer:
             writer = _ChunkWriter(client, self.keys, stats, guard, ceiling=read_started,
                                   arrival_floor=floor if measures else None)
             try:
-                pending: list[EncodedRow] = []
-                chunks = 0
-                for rows in self.source.read_since(cols, since):
-                    self.service.alive()
-                    future_after = read_started + timedelta(
-                        seconds=time.monotonic() - read_t0 + FUTURE_MARGIN)
-                    for row in rows:
-                        try:
-                            encoded = encode(cols.names, row, cols.key_index, cols.version_index)
-                        except MessageError:
-                            raise SchemaError(unencodable(self.cfg, cols, row)) from None
-                        if encoded.version is not None and encoded.version > future_after:
-                            self.reporter.dated_in_future(stats, encoded, read_started)
-                        pending.append(encoded)
-                        if len(pending) >= self.cfg.chunk_size:
-                            lock.extend()  # raises LockLost before writing if we lost it
-                            watermark = writer.submit(pending, watermark)
-                            pending = []
-                            chunks += 1
-                            self.service.alive()
-                            if self.service.stopping.is_set():
-                                return stats
-                            if chunks % BACKLOG_CHECK_EVERY == 0:
-                                stats.backlog = self.backlog(client)
-                                self.heartbeat(client)  # a long cycle is not a silent one
-                                if stats.backlog >= self.cfg.queue_max_pending:
-                                    stats.paused = True
-                                    return stats
-                lock.extend()
-                writer.submit(pending, watermark)
+                chunks = self._chunks(cols, since, stats, read_started, read_t0)
+                for number, (chunk, last) in enumerate(chunks, 1):
+                    lock.extend()  # raises LockLost before writing if we lost it
+                    watermark = writer.submit(chunk, watermark)
+                    if not last and self._interrupted(stats, client, number):
+                        return stats
                 writer.wait()
             finally:
                 writer.close()
@@ -630,6 +607,41 @@ class Producer:
         finally:
             lock.release()
             stats.duration_ms = round((time.monotonic() - t0) * 1000, 1)
+
+    def _chunks(self, cols: ColumnMap, since: datetime | None, stats: CycleStats,
+                read_started: datetime, read_t0: float) -> Iterator[tuple[list[EncodedRow], bool]]:
+        """The rows changed since `since`, encoded, CHUNK_SIZE at a time; True with the last
+        (possibly empty) chunk. Rows dated ahead of the source's clock are reported."""
+        pending: list[EncodedRow] = []
+        for rows in self.source.read_since(cols, since):
+            self.service.alive()
+            future_after = read_started + timedelta(
+                seconds=time.monotonic() - read_t0 + FUTURE_MARGIN)
+            for row in rows:
+                try:
+                    encoded = encode(cols.names, row, cols.key_index, cols.version_index)
+                except MessageError:
+                    raise SchemaError(unencodable(self.cfg, cols, row)) from None
+                if encoded.version is not None and encoded.version > future_after:
+                    self.reporter.dated_in_future(stats, encoded, read_started)
+                pending.append(encoded)
+                if len(pending) >= self.cfg.chunk_size:
+                    yield pending, False
+                    pending = []
+        yield pending, True
+
+    def _interrupted(self, stats: CycleStats, client: redis.Redis, chunks: int) -> bool:
+        """Between two chunks: a stop request, or (every BACKLOG_CHECK_EVERY chunks) a
+        backlog above QUEUE_MAX_PENDING, ends the cycle early."""
+        self.service.alive()
+        if self.service.stopping.is_set():
+            return True
+        if chunks % BACKLOG_CHECK_EVERY:
+            return False
+        stats.backlog = self.backlog(client)
+        self.heartbeat(client)  # a long cycle is not a silent one
+        stats.paused = stats.backlog >= self.cfg.queue_max_pending
+        return stats.paused
 
     def report(self, stats: CycleStats, state: State, cause: str = "") -> None:
         missing = self.cols.missing if self.cols is not None else ()
