@@ -9,7 +9,7 @@ APT_PACKAGES := postgresql redis-server freetds-bin python3-venv python3-dev \
 	python3-pymssql python3-psycopg2 python3-redis python3-hiredis python3-dateutil \
 	python3-sdnotify python3-pythonjsonlogger python3-prometheus-client \
 	dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
-	lintian systemd-container debootstrap iproute2 procps \
+	lintian systemd-container debootstrap iproute2 procps openssl \
 	chromium chromium-driver python3-selenium
 # Installed without their Recommends: prometheus for promtool (make test-rules) alone, not
 # node_exporter and its hardware collectors.
@@ -114,3 +114,9 @@ test-chaos: deps
 # 9 minutes. BENCH_ARGS="--quick" is the seconds-long smoke mode (numbers meaningless).
 bench: deps
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# The cost of TLS (PostgreSQL verify-full, Redis tls-port) on the consumer write path and the
+# backfill, next to plaintext in one run (bench/tls.py; bench/README.md).
+.PHONY: bench-tls
+bench-tls: deps
+	$(PY) bench/tls.py $(BENCH_ARGS)

@@ -24,6 +24,10 @@ from facusync.errors import AccessError, ConfigError
 
 PLACEHOLDER = "CHANGE_ME"
 DEFAULT_ENV_FILE = "/etc/facusync/facusync.env"
+# What a CA-file setting may say instead of a path: trust the CAs Debian trusts (ca-certificates).
+SYSTEM_CA = "system"
+SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+PG_SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -88,12 +92,20 @@ class Config:
     pg_admin_user: str
     pg_admin_host: str
     pg_admin_password: Secret = field(repr=False)
+    pg_sslmode: str
+    pg_sslrootcert: str
+    pg_sslcert: str
+    pg_sslkey: str
     redis_host: str
     redis_port: int
     redis_password: Secret = field(repr=False)
     redis_db: int
     redis_prefix: str
     redis_connect_timeout: float
+    redis_tls: bool
+    redis_ca_file: str
+    redis_cert_file: str
+    redis_key_file: str
     sync_interval: float
     sync_overlap: float
     sync_start: datetime
@@ -207,6 +219,37 @@ class _Reader:
             return default
         return value.lower()
 
+    def pem_file(self, name: str, marker: str, *, system_ok: bool = False) -> str:
+        """An optional PEM file the service user must be able to read ("" when unset); a
+        CERTIFICATE file is checked as a CA bundle, as the TLS libraries will load it."""
+        value = self.text(name, "")
+        if system_ok and value == SYSTEM_CA:
+            if not Path(SYSTEM_CA_BUNDLE).is_file():
+                self.problems.append(f"{name}={SYSTEM_CA} needs {SYSTEM_CA_BUNDLE}: install the "
+                                     "ca-certificates package, or give the CA file's path")
+        elif value:
+            self._check_pem(name, value, marker)
+        return value
+
+    def _check_pem(self, name: str, path: str, marker: str) -> None:
+        try:
+            text = Path(path).read_text(encoding="ascii", errors="replace")
+        except OSError as exc:
+            self.problems.append(f"{name}={path!r} cannot be read ({exc.strerror}): give the path of "
+                                 "a PEM file the service user can read (e.g. under /etc/facusync)")
+            return
+        if f"{marker}-----" not in text:
+            what = ("the CA certificate that signed the server's certificate"
+                    if marker == "CERTIFICATE" else "the right file")
+            self.problems.append(f"{name}={path!r} holds no PEM {marker.lower()} "
+                                 f"(-----BEGIN {marker}-----): give {what}")
+            return
+        if marker == "CERTIFICATE":
+            try:
+                ssl.create_default_context(cafile=path)
+            except (ssl.SSLError, ValueError) as exc:
+                self.problems.append(f"{name}={path!r} is not a valid PEM certificate file ({exc})")
+
     def timestamp(self, name: str, default: str) -> datetime:
         value = self.text(name, default)
         try:
@@ -224,7 +267,7 @@ class _Reader:
             "yes", "true", "1")
 
     def ca_file(self, name: str) -> str:
-        """A readable PEM file of CA certificates, or "" when unset."""
+        """A readable PEM file of CA certificates, or "" when unset (written into freetds.conf)."""
         path = self.text(name, "")
         if not path:
             return ""
@@ -232,20 +275,7 @@ class _Reader:
             self.problems.append(f"{name}={path!r} contains ; or # (a comment in freetds.conf): "
                                  "move the file to a plain path")
             return path
-        try:
-            text = Path(path).read_text(encoding="ascii", errors="replace")
-        except OSError as exc:
-            self.problems.append(f"{name}={path!r} cannot be read ({exc.strerror}): give the path of "
-                                 "a PEM file the service user can read")
-            return path
-        if "-----BEGIN CERTIFICATE-----" not in text:
-            self.problems.append(f"{name}={path!r} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
-                                 ": give the CA certificate that signed the server's certificate")
-            return path
-        try:
-            ssl.create_default_context(cafile=path)
-        except (ssl.SSLError, ValueError) as exc:
-            self.problems.append(f"{name}={path!r} is not a valid PEM certificate file ({exc})")
+        self._check_pem(name, path, "CERTIFICATE")
         return path
 
     def timezone(self, name: str, default: str) -> str:
@@ -363,12 +393,20 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
         pg_admin_user=r.identifier("PG_ADMIN_USER", "postgres"),
         pg_admin_host=r.text("PG_ADMIN_HOST", "/var/run/postgresql"),
         pg_admin_password=r.secret("PG_ADMIN_PASSWORD", required=False),
+        pg_sslmode=r.choice("PG_SSLMODE", "prefer", PG_SSLMODES),
+        pg_sslrootcert=r.pem_file("PG_SSLROOTCERT", "CERTIFICATE", system_ok=True),
+        pg_sslcert=r.pem_file("PG_SSLCERT", "CERTIFICATE"),
+        pg_sslkey=r.pem_file("PG_SSLKEY", "PRIVATE KEY"),
         redis_host=r.text("REDIS_HOST", "127.0.0.1"),
         redis_port=r.number("REDIS_PORT", "6379", 1, 65535),
         redis_password=r.secret("REDIS_PASSWORD", required=False),
         redis_db=r.number("REDIS_DB", "0", 0, 15),
         redis_prefix=r.text("REDIS_PREFIX", "facusync:"),
         redis_connect_timeout=r.number("REDIS_CONNECT_TIMEOUT", "5", 0.1, 300, float),
+        redis_tls=r.choice("REDIS_TLS", "off", ("off", "on")) == "on",
+        redis_ca_file=r.pem_file("REDIS_CA_FILE", "CERTIFICATE", system_ok=True),
+        redis_cert_file=r.pem_file("REDIS_CERT_FILE", "CERTIFICATE"),
+        redis_key_file=r.pem_file("REDIS_KEY_FILE", "PRIVATE KEY"),
         sync_interval=r.number("SYNC_INTERVAL", "10", 0.1, day, float),
         sync_overlap=r.number("SYNC_OVERLAP", "300", 0, 30 * day, float),
         sync_start=r.timestamp("SYNC_START", "2000-01-01"),
@@ -400,6 +438,48 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
     if cfg.metrics_producer_port is not None and cfg.metrics_producer_port == cfg.metrics_consumer_port:
         r.problems.append(f"METRICS_PRODUCER_PORT and METRICS_CONSUMER_PORT are both "
                           f"{cfg.metrics_producer_port}: each daemon needs its own port")
+    r.problems += _pg_tls_problems(cfg) + _redis_tls_problems(cfg)
     if r.problems:
         raise ConfigError(r.problems, source)
     return cfg
+
+
+def _pair_problems(cert_name: str, cert: str, key_name: str, key: str) -> list[str]:
+    if bool(cert) != bool(key):
+        given, missing = (cert_name, key_name) if cert else (key_name, cert_name)
+        return [f"{given} is set but {missing} is not: a client certificate needs both"]
+    return []
+
+
+def _pg_tls_problems(cfg: Config) -> list[str]:
+    """Combinations libpq would accept but that do not do what the operator asked for."""
+    problems = _pair_problems("PG_SSLCERT", cfg.pg_sslcert, "PG_SSLKEY", cfg.pg_sslkey)
+    verifies = cfg.pg_sslmode in ("verify-ca", "verify-full")
+    if verifies and not cfg.pg_sslrootcert:
+        problems.append(f"PG_SSLMODE={cfg.pg_sslmode} needs PG_SSLROOTCERT: the CA file that signed "
+                        f"the server's certificate (or PG_SSLROOTCERT={SYSTEM_CA} for the system's CAs)")
+    if cfg.pg_sslrootcert and not verifies:
+        problems.append(f"PG_SSLROOTCERT is set but PG_SSLMODE={cfg.pg_sslmode} does not verify the "
+                        "server: set PG_SSLMODE=verify-full (or remove PG_SSLROOTCERT)")
+    if cfg.pg_sslcert and cfg.pg_sslmode == "disable":
+        problems.append("PG_SSLCERT is set but PG_SSLMODE=disable: a client certificate needs TLS")
+    return problems
+
+
+def _redis_tls_problems(cfg: Config) -> list[str]:
+    problems = _pair_problems("REDIS_CERT_FILE", cfg.redis_cert_file,
+                              "REDIS_KEY_FILE", cfg.redis_key_file)
+    if cfg.redis_tls and not cfg.redis_ca_file:
+        problems.append("REDIS_TLS=on needs REDIS_CA_FILE: the CA file that signed the server's "
+                        f"certificate (or REDIS_CA_FILE={SYSTEM_CA} for the system's CAs)")
+    if not cfg.redis_tls:
+        for name, value in (("REDIS_CA_FILE", cfg.redis_ca_file),
+                            ("REDIS_CERT_FILE", cfg.redis_cert_file)):
+            if value:
+                problems.append(f"{name} is set but REDIS_TLS=off: set REDIS_TLS=on (or remove {name})")
+    return problems
+
+
+def ca_bundle(setting: str) -> str:
+    """The file a CA setting names: its path, or Debian's bundle for SYSTEM_CA."""
+    return SYSTEM_CA_BUNDLE if setting == SYSTEM_CA else setting

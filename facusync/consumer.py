@@ -295,9 +295,9 @@ class Consumer:
                 log.warning("consumer group missing (Redis lost its data?); recreating it")
                 self.ensure_group()
                 return fn(*args, **kwargs)
-            raise QueueError(describe_redis_error(exc)) from None
+            raise QueueError(describe_redis_error(exc, self.cfg)) from None
         except (redis.RedisError, OSError) as exc:
-            raise QueueError(describe_redis_error(exc)) from None
+            raise QueueError(describe_redis_error(exc, self.cfg)) from None
 
     def ensure_group(self) -> None:
         """Create the group at id 0 (everything already queued is still to do) if missing."""
@@ -306,9 +306,9 @@ class Consumer:
             log.info("created consumer group", extra={"stream": self.keys.stream, "group": GROUP})
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
-                raise QueueError(describe_redis_error(exc)) from None
+                raise QueueError(describe_redis_error(exc, self.cfg)) from None
         except (redis.RedisError, OSError) as exc:
-            raise QueueError(describe_redis_error(exc)) from None
+            raise QueueError(describe_redis_error(exc, self.cfg)) from None
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -556,7 +556,7 @@ class Consumer:
     def _ack_failed(self, exc: Exception, retry: bool) -> bool:
         if not retry:
             return False
-        self.state.failing("Redis", describe_redis_error(exc))
+        self.state.failing("Redis", describe_redis_error(exc, self.cfg))
         return self.service.sleep(self.backoff.next_delay())
 
     def _write_stats(self, size: int, duration_ms: float) -> None:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg2
 import psycopg2.extensions
 
-from facusync.config import Config
+from facusync.config import Config, ca_bundle
 from facusync.errors import SinkError
+from facusync.tlsinfo import TlsSettings, TlsState, describe_failure, failure_kind, verify_failure
+
+# PostgreSQL's SSLRequest: length 8, code 1234.5679; the server answers "S" and TLS begins.
+_SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
 
 LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired
 QUERY_CANCELED = "57014"  # statement_timeout expired
@@ -41,7 +47,63 @@ def describe_pg_error(exc: Exception) -> str:
         return "unknown host: check PG_HOST"
     if "the database system is starting up" in low or "shutting down" in low:
         return "the server is starting up or shutting down; retrying"
+    if "pg_hba.conf" in low and "no encryption" in low:
+        return ("the server accepts only encrypted connections: set PG_SSLMODE=verify-full "
+                "(with PG_SSLROOTCERT) or require")
+    if "requires a valid client certificate" in low:
+        return "TLS: the server wants a client certificate it trusts: set PG_SSLCERT and PG_SSLKEY"
+    if "private key file" in low:
+        return ("PG_SSLKEY is readable by others: make it mode 0600, owned by the facusync user "
+                "(or 0640 owned by root)")
     return text
+
+
+def tls_settings(cfg: Config) -> TlsSettings:
+    """The PostgreSQL settings named by a TLS failure."""
+    return TlsSettings(mode=f"PG_SSLMODE={cfg.pg_sslmode}", ca="PG_SSLROOTCERT",
+                       host=f"PG_HOST={cfg.pg_host}", server_cert="the server's ssl_cert_file",
+                       server_versions="the server's ssl_min/max_protocol_version",
+                       client_cert="PG_SSLCERT and PG_SSLKEY")
+
+
+def describe_pg_connect_error(exc: Exception, cfg: Config) -> str:
+    """describe_pg_error, plus why a TLS handshake failed (libpq alone says only
+    "certificate verify failed" for an untrusted and for an expired certificate)."""
+    plain = describe_pg_error(exc)
+    raw = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    kind = failure_kind(raw) if plain == raw else None  # not one describe_pg_error knew
+    if kind is None:
+        return plain
+    reason = raw.split("failed: ", 1)[-1]
+    if kind == "untrusted" and cfg.pg_sslrootcert:
+        reason = verify_failure(cfg.pg_host, cfg.pg_port, ca_bundle(cfg.pg_sslrootcert),
+                                check_hostname=cfg.pg_sslmode == "verify-full",
+                                timeout=cfg.pg_connect_timeout, preamble=_SSL_REQUEST, accept=b"S")
+        kind = failure_kind(reason) or kind
+    return describe_failure(kind, tls_settings(cfg), reason.removeprefix("SSL error: "))
+
+
+def _tls_arguments(cfg: Config) -> dict[str, Any]:
+    """libpq's TLS keywords; unset ones are left out so libpq's own defaults apply."""
+    args: dict[str, Any] = {"sslmode": cfg.pg_sslmode}
+    if cfg.pg_sslrootcert:
+        args["sslrootcert"] = ca_bundle(cfg.pg_sslrootcert)
+    if cfg.pg_sslcert:
+        args["sslcert"] = cfg.pg_sslcert
+        args["sslkey"] = cfg.pg_sslkey
+    return args
+
+
+def pg_tls_state(conn: psycopg2.extensions.connection, cfg: Config) -> TlsState:
+    """What this connection negotiated, as the server sees it (pg_stat_ssl)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        row = cur.fetchone()
+    encrypted = bool(row and row[0])
+    # libpq refuses the connection in verify-ca/verify-full unless the certificate checked out.
+    return TlsState(encrypted=encrypted, version=row[1] if row and encrypted else None,
+                    verified=encrypted and cfg.pg_sslmode in ("verify-ca", "verify-full"),
+                    hostname_checked=encrypted and cfg.pg_sslmode == "verify-full")
 
 
 def connect_pg(cfg: Config, *, application: str = "facusync",
@@ -73,7 +135,8 @@ def connect_pg(cfg: Config, *, application: str = "facusync",
             keepalives_count=3,
             options=options,
             tcp_user_timeout=tcp_user_timeout,
+            **_tls_arguments(cfg),
         )
     except psycopg2.Error as exc:
-        raise SinkError(describe_pg_error(exc)) from None
+        raise SinkError(describe_pg_connect_error(exc, cfg)) from None
     return conn

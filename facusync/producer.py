@@ -365,7 +365,7 @@ class Producer:
                 continue
             except redis.RedisError as exc:
                 self.redis = None
-                self._failed("Redis", describe_redis_error(exc))
+                self._failed("Redis", describe_redis_error(exc, self.cfg))
                 continue
             except LockLost as exc:
                 log.warning("%s; the cycle stops and the next one resumes", exc)

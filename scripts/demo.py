@@ -16,6 +16,9 @@ environment:
     DEMO_SECONDS=60    how long the live phase, with the workload running, lasts
     DEMO_RATE=25       changes per second made by the workload
     DEMO_PAUSE=auto    keep the stack up until Enter at the end: auto = when on a terminal
+    DEMO_TLS=0         1: every hop over TLS, verified against a throwaway CA; the servers
+                       refuse plaintext (the stand-in forces encryption, PostgreSQL allows
+                       hostssl only, Redis listens on its tls-port only)
 
 Ctrl+C during the backfill or the live phase ends it early and still drains, reconciles and
 verifies; a second Ctrl+C aborts. Whatever happens, every process the demo started is
@@ -52,6 +55,7 @@ from tests.processes import child_env  # noqa: E402
 from tests.servers import PostgresServer, RedisServer  # noqa: E402
 from tests.standin.harness import StandIn, local_timezone  # noqa: E402
 from tests.standin.workload import Workload  # noqa: E402
+from tests.tlsca import TestCA  # noqa: E402
 
 BIN = Path(sys.executable).parent  # the venv's bin: facusync, facusync-producer, -consumer
 DATABASE = "syncdb"
@@ -69,6 +73,7 @@ class Settings:
     seconds: float
     rate: float
     pause: bool
+    tls: bool
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -85,6 +90,9 @@ class Settings:
         pause = os.environ.get("DEMO_PAUSE", "auto").strip().lower()
         if pause not in ("auto", "0", "1", "no", "yes"):
             raise DemoError(f"DEMO_PAUSE={pause!r}: use auto, 0 or 1")
+        tls = os.environ.get("DEMO_TLS", "0").strip().lower()
+        if tls not in ("0", "1", "no", "yes"):
+            raise DemoError(f"DEMO_TLS={tls!r}: use 0 or 1")
         missing = [name for name in ("facusync", "facusync-producer", "facusync-consumer")
                    if not (BIN / name).exists()]
         if missing:
@@ -96,6 +104,7 @@ class Settings:
             seconds=number("DEMO_SECONDS", "60", 1, float),
             rate=number("DEMO_RATE", "25", 0, float),
             pause=interactive if pause == "auto" else pause in ("1", "yes"),
+            tls=tls in ("1", "yes"),
         )
 
 
@@ -289,16 +298,26 @@ class Stack:
         self.cfg: Config | None = None
         self.sync_password = secrets.token_urlsafe(18)
         self.nocodb_password = secrets.token_urlsafe(18)
+        self.ca: TestCA | None = None
 
     # set-up
 
     def start_servers(self) -> None:
         # Assigned before start(): an interrupted start is still cleaned up by close().
-        self.pg = PostgresServer()
+        if self.settings.tls:
+            self.ca = TestCA(self.dir / "tls", name="facusync demo CA")
+            self.pg = PostgresServer(tls=self.ca.issue("postgresql"), tls_only=True)
+            self.redis = RedisServer(tls=self.ca.issue("redis"), tls_only=True)
+        else:
+            self.pg = PostgresServer()
+            self.redis = RedisServer()
         self.pg.start()
-        self.redis = RedisServer()
         self.redis.start()
-        self.standin = StandIn(self.dir / "standin", password=secrets.token_urlsafe(12))
+        tls: dict[str, Any] = {}
+        if self.ca is not None:  # like SQL Server with "Force Encryption": TLS or nothing
+            pair = self.ca.issue("sqlserver")
+            tls = {"encryption": "on", "certificate": (pair.cert, pair.key)}
+        self.standin = StandIn(self.dir / "standin", password=secrets.token_urlsafe(12), **tls)
         self.standin.start()
         with self.pg_admin() as cur:
             cur.execute(f"CREATE DATABASE {DATABASE}")
@@ -316,7 +335,8 @@ class Stack:
 
     def ports(self) -> dict[str, int]:
         assert self.pg and self.redis and self.standin
-        return {"postgresql": self.pg.port, "redis": self.redis.port, "sqlserver": self.standin.port}
+        return {"postgresql": self.pg.port, "redis": self.redis.tls_port or self.redis.port,
+                "sqlserver": self.standin.port}
 
     def write_env_file(self) -> None:
         """The same file production reads from /etc/facusync/facusync.env, mode 0600."""
@@ -327,13 +347,14 @@ class Stack:
             "PG_USER": SYNC_ROLE, "PG_PASSWORD": self.sync_password,
             "PG_SYNC_ROLE": SYNC_ROLE, "PG_SYNC_ROLE_PASSWORD": self.sync_password,
             "PG_NOCODB_ROLE": NOCODB_ROLE, "PG_NOCODB_ROLE_PASSWORD": self.nocodb_password,
-            "REDIS_HOST": self.redis.host, "REDIS_PORT": str(self.redis.port),
+            "REDIS_HOST": self.redis.host, "REDIS_PORT": str(self.ports()["redis"]),
             "REDIS_PASSWORD": self.redis.password, "REDIS_PREFIX": "facusync:",
             # Fast polling so changes show up within a second; the workload's late rows
             # (30 s old) fall inside the overlap window.
             "SYNC_INTERVAL": "1", "SYNC_OVERLAP": "60",
             "SOURCE_TIMEZONE": local_timezone(),
             "LOG_LEVEL": "INFO", "LOG_FORMAT": "text",
+            **self.tls_settings(),
         }
         lines = ["# facusync demo: throwaway local servers; deleted when the demo ends."]
         lines += [f"{key}={value}" for key, value in values.items()]
@@ -341,6 +362,15 @@ class Stack:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")
         self.cfg = load_config(self.env_file, environ={})
+
+    def tls_settings(self) -> dict[str, str]:
+        """DEMO_TLS=1: every hop verified against the demo's CA, as production would be."""
+        if self.ca is None:
+            return {}
+        ca = str(self.ca.ca.cert)
+        return {"MSSQL_ENCRYPT": "require", "MSSQL_CA_FILE": ca,
+                "PG_SSLMODE": "verify-full", "PG_SSLROOTCERT": ca,
+                "REDIS_TLS": "on", "REDIS_CA_FILE": ca}
 
     def facusync(self, *args: str, superuser: bool = False, check: bool = True,
                  show: bool = True) -> subprocess.CompletedProcess[str]:
@@ -409,6 +439,7 @@ class Stack:
         self.env_file.unlink(missing_ok=True)
         for data in (self.dir / "standin").glob("standin.sqlite3*"):
             data.unlink(missing_ok=True)
+        shutil.rmtree(self.dir / "tls", ignore_errors=True)  # the throwaway CA's private key
         return problems
 
 
@@ -417,7 +448,8 @@ class Stack:
 
 def set_up(stack: Stack, settings: Settings, screen: Screen) -> None:
     t0 = time.monotonic()
-    screen.step("starting throwaway PostgreSQL 15, Redis 7 and the SQL Server stand-in")
+    over = " over TLS (throwaway CA; plaintext refused)" if settings.tls else ""
+    screen.step(f"starting throwaway PostgreSQL 15, Redis 7 and the SQL Server stand-in{over}")
     stack.start_servers()
     ports = stack.ports()
     screen.say(f"    ports: postgresql {ports['postgresql']}, redis {ports['redis']}, "

@@ -14,7 +14,10 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
+
+from tests.tlsca import KeyPair
 
 PG_BIN = Path(os.environ.get("FACUSYNC_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -49,10 +52,21 @@ def _as_postgres() -> tuple[list[str], int | None, int | None]:
 
 
 class PostgresServer:
-    """A private PostgreSQL cluster: password (scram) auth on 127.0.0.1 only."""
+    """A private PostgreSQL cluster: password (scram) auth on 127.0.0.1 only.
 
-    def __init__(self, *, durable: bool = False, port: int | None = None) -> None:
+    With `tls` it also speaks TLS (ssl=on, that certificate); `settings` adds server settings
+    (ssl_min_protocol_version...); `client_ca` demands a client certificate signed by that CA;
+    `tls_only` refuses every TCP connection that is not encrypted (pg_hba hostssl).
+    """
+
+    def __init__(self, *, durable: bool = False, port: int | None = None, tls: KeyPair | None = None,
+                 settings: Mapping[str, str] | None = None, client_ca: Path | None = None,
+                 tls_only: bool = False) -> None:
         self.durable = durable
+        self.tls = tls
+        self.tls_only = tls_only
+        self.settings = dict(settings or {})
+        self.client_ca = client_ca
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.user = "postgres"
@@ -78,9 +92,11 @@ class PostgresServer:
             f"--pwfile={pwfile}",
         )
         pwfile.unlink()
+        self._install_tls()
         opts = [
             f"-p {self.port}", "-c listen_addresses=127.0.0.1", f"-k {self.base}",
             "-c max_connections=200", "-c shared_buffers=128MB", "-c timezone=UTC",
+            *self._tls_options(),
         ]
         if not self.durable:
             opts += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
@@ -89,6 +105,32 @@ class PostgresServer:
             "-t", "60", "-o", " ".join(opts), "start",
         )
         return self
+
+    def _install_tls(self) -> None:
+        """Copy the certificate where the server user owns it (PostgreSQL refuses a shared key)."""
+        if self.tls is None:
+            return
+        for source, name in ((self.tls.cert, "server.crt"), (self.tls.key, "server.key"),
+                             (self.client_ca, "client-ca.crt")):
+            if source is None:
+                continue
+            target = self.datadir / name
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+            if self._prefix:
+                shutil.chown(target, "postgres", "postgres")
+        if self.client_ca is not None or self.tls_only:
+            client_cert = " clientcert=verify-full" if self.client_ca is not None else ""
+            hba = self.datadir / "pg_hba.conf"
+            hba.write_text(f"local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256{client_cert}\n")
+
+    def _tls_options(self) -> list[str]:
+        if self.tls is None:
+            return []
+        opts = ["-c ssl=on", "-c ssl_cert_file=server.crt", "-c ssl_key_file=server.key"]
+        if self.client_ca is not None:
+            opts.append("-c ssl_ca_file=client-ca.crt")
+        return opts + [f"-c {name}={value}" for name, value in self.settings.items()]
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server; the data stays so that start_again() can bring it back."""
@@ -102,6 +144,7 @@ class PostgresServer:
     def start_again(self) -> None:
         """Restart a stopped server with the same data, port and password."""
         opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base} -c max_connections=200"
+        opts = " ".join([opts, *self._tls_options()])
         if not self.durable:
             opts += " -c fsync=off -c synchronous_commit=off"
         self._run(
@@ -131,10 +174,21 @@ class PostgresServer:
 
 
 class RedisServer:
-    """A private redis-server with requirepass; restartable with or without its data."""
+    """A private redis-server with requirepass; restartable with or without its data.
 
-    def __init__(self, *, port: int | None = None) -> None:
-        self.port = port or free_port()
+    With `tls` it also listens on `tls_port` with that certificate (plaintext stays on `port`
+    for the fixtures' housekeeping unless `tls_only`); `tls_args` adds tls-* options, e.g.
+    tls-protocols; `client_ca` demands client certificates signed by that CA.
+    """
+
+    def __init__(self, *, port: int | None = None, tls: KeyPair | None = None,
+                 tls_args: tuple[str, ...] = (), client_ca: Path | None = None,
+                 tls_only: bool = False) -> None:
+        self.port = 0 if tls_only else port or free_port()
+        self.tls = tls
+        self.tls_port = free_port() if tls else None
+        self.tls_args = tls_args
+        self.client_ca = client_ca
         self.host = "127.0.0.1"
         self.password = secrets.token_urlsafe(16)
         self.base = Path(tempfile.mkdtemp(prefix="facusync-redis-"))
@@ -149,12 +203,25 @@ class RedisServer:
             "--requirepass", self.password, "--dir", str(self.base), "--save", "",
             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
             "--daemonize", "no", "--logfile", str(self.base / "redis.log"),
+            *self._tls_options(),
         ]
         # Own session: a Ctrl+C meant for the demo (or pytest) must not kill the server.
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                      start_new_session=True)
-        wait_port(self.port, proc=self.proc)
+        if self.port:
+            wait_port(self.port, proc=self.proc)
+        if self.tls_port is not None:
+            wait_port(self.tls_port, proc=self.proc)
         return self
+
+    def _tls_options(self) -> list[str]:
+        if self.tls is None:
+            return []
+        ca = self.client_ca or self.tls.cert  # redis-server wants a CA file even without clients'
+        auth = "yes" if self.client_ca else "no"
+        return ["--tls-port", str(self.tls_port), "--tls-cert-file", str(self.tls.cert),
+                "--tls-key-file", str(self.tls.key), "--tls-ca-cert-file", str(ca),
+                "--tls-auth-clients", auth, *self.tls_args]
 
     def stop(self, *, kill: bool = False) -> None:
         if self.proc is None:

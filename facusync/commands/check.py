@@ -1,7 +1,8 @@
 """`facusync check`: can we reach SQL Server, PostgreSQL and Redis, and how fast?
 
-Prints OK/FAIL per target with the server version and round-trip
-time, or the likely cause. Exit 0 only when all three answer.
+Prints OK/FAIL per target with the server version, round-trip
+time and how the connection is protected (encrypted? TLS version? certificate verified?), or
+the likely cause, naming the setting to change. Exit 0 only when all three answer.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from facusync.config import Config
 from facusync.errors import EX_OK, EX_UNAVAILABLE, FacusyncError
 from facusync.mssqlconn import connect_mssql, describe_mssql_error
 from facusync.mssqltls import session_tls
-from facusync.pgconn import connect_pg, describe_pg_error
-from facusync.redisconn import connect_redis, describe_redis_error
+from facusync.pgconn import connect_pg, describe_pg_error, pg_tls_state
+from facusync.redisconn import connect_redis, describe_redis_error, redis_tls_state
+from facusync.tlsinfo import TlsState
+
+# What a probe's function returns: the server's version, and how the link is protected.
+Reached = tuple[str, TlsState | None]
 
 
 @dataclass
@@ -29,19 +34,21 @@ class Probe:
     ok: bool
     detail: str
     rtt_ms: float | None
+    tls: TlsState | None = None
 
 
-def _timed(target: str, address: str, fn: Callable[[], str],
+def _timed(target: str, address: str, fn: Callable[[], str | Reached],
            describe: Callable[[Exception], str]) -> Probe:
     start = time.monotonic()
     try:
-        version = fn()
+        result = fn()
     except FacusyncError as exc:
         cause = getattr(exc, "cause", str(exc))
         return Probe(target, address, False, cause, None)
     except Exception as exc:  # a driver error after connecting
         return Probe(target, address, False, describe(exc), None)
-    return Probe(target, address, True, version, round((time.monotonic() - start) * 1000, 1))
+    version, tls = result if isinstance(result, tuple) else (result, None)
+    return Probe(target, address, True, version, round((time.monotonic() - start) * 1000, 1), tls)
 
 
 def probe_mssql(cfg: Config) -> Probe:
@@ -61,13 +68,13 @@ def probe_mssql(cfg: Config) -> Probe:
 
 
 def probe_pg(cfg: Config) -> Probe:
-    def run() -> str:
+    def run() -> Reached:
         conn = connect_pg(cfg, application="facusync-check")
         try:
             with conn.cursor() as cur:
                 cur.execute("SHOW server_version")
                 row = cur.fetchone()
-            return f"PostgreSQL {row[0]}" if row else "?"
+            return (f"PostgreSQL {row[0]}" if row else "?"), pg_tls_state(conn, cfg)
         finally:
             conn.close()
 
@@ -76,16 +83,16 @@ def probe_pg(cfg: Config) -> Probe:
 
 
 def probe_redis(cfg: Config) -> Probe:
-    def run() -> str:
+    def run() -> Reached:
         client = connect_redis(cfg)
         try:
             info = client.info("server")
-            return f"Redis {info.get('redis_version', '?')}"
+            return f"Redis {info.get('redis_version', '?')}", redis_tls_state(client)
         finally:
             client.close()
 
     return _timed("Redis", f"{cfg.redis_host}:{cfg.redis_port}/{cfg.redis_db}", run,
-                  describe_redis_error)
+                  lambda exc: describe_redis_error(exc, cfg))
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
@@ -96,7 +103,8 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         for p in probes:
             state = "OK  " if p.ok else "FAIL"
             rtt = f"{p.rtt_ms:7.1f} ms" if p.rtt_ms is not None else "        -"
-            print(f"{state} {p.target:<11} {p.address:<32} {rtt}  {p.detail}")
+            tls = f"; {p.tls.describe()}" if p.tls else ""
+            print(f"{state} {p.target:<11} {p.address:<32} {rtt}  {p.detail}{tls}")
     return EX_OK if all(p.ok for p in probes) else EX_UNAVAILABLE
 
 

@@ -276,7 +276,7 @@ def collect(cfg: Config) -> tuple[dict[str, Any], Health]:
     except FacusyncError as exc:
         data["redis_error"] = {"error": str(exc)}
     except redis.RedisError as exc:
-        data["redis_error"] = {"error": f"Redis: {describe_redis_error(exc)}"}
+        data["redis_error"] = {"error": f"Redis: {describe_redis_error(exc, cfg)}"}
     try:
         data["postgresql"] = gather_pg(cfg)
     except FacusyncError as exc:

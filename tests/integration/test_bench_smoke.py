@@ -84,3 +84,22 @@ def test_quick_benchmark_measures_every_section_and_cleans_up(bench_tmp: Path) -
     # The servers, the stand-in and the daemons are gone, with their folders.
     assert processes_under(bench_tmp, by_cwd=False) == []
     assert [p.name for p in bench_tmp.iterdir()] == ["results.json"]
+
+
+def test_quick_tls_benchmark_compares_both_modes_and_cleans_up(bench_tmp: Path) -> None:
+    out_file = bench_tmp / "results-tls.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / "tls.py"), "--quick", "--json", str(out_file)],
+        cwd=REPO_ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240,
+        env={**os.environ, "TMPDIR": str(bench_tmp), "PYTHONUNBUFFERED": "1"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out_file.read_text())
+    assert [line["measure"] for line in data["summary"]] == [
+        "consumer write path, insert", "consumer write path, update",
+        "backfill (producer + consumer), all three hops"]
+    assert all(line["plaintext_rows_per_s"] > 0 and line["tls_rows_per_s"] > 0
+               for line in data["summary"])
+    assert "| backfill (producer + consumer), all three hops |" in result.stdout
+    assert processes_under(bench_tmp) == []
+    assert [p.name for p in bench_tmp.iterdir()] == ["results-tls.json"]

@@ -132,3 +132,22 @@ def test_ctrl_c_finishes_early_and_still_verifies(demo_tmp: Path) -> None:
     assert "Ctrl+C: finishing early" in out
     assert_in_sync(out)
     assert_nothing_left(out, demo_tmp)
+
+
+def test_demo_with_tls_on_every_hop(demo_tmp: Path) -> None:
+    result = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "demo")], cwd=REPO_ROOT, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=240,
+        env=demo_env(demo_tmp, DEMO_ROWS="2000", DEMO_SECONDS="8", DEMO_TLS="1"),
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "over TLS (throwaway CA; plaintext refused)" in out
+    sql = next(row for row in out.splitlines() if row.strip().startswith("OK   SQL Server"))
+    assert sql.endswith("; encrypted (whole session), TLSv1.2, certificate verified"), sql
+    for hop in ("PostgreSQL", "Redis"):
+        line = next(row for row in out.splitlines() if row.strip().startswith(f"OK   {hop}"))
+        assert line.endswith("; TLSv1.3, certificate and host name verified"), line
+    assert_in_sync(out)
+    assert_nothing_left(out, demo_tmp)
+    assert not any(demo_tmp.rglob("ca.key")), "the demo CA's private key must go"
