@@ -34,12 +34,18 @@ def mismatch_advice(cfg: Config, recorded: str) -> str:
 
 
 def recorded_zone(cur: psycopg2.extensions.cursor) -> str | None:
-    """sync_control.source_timezone; SchemaError when migration 005 is not applied yet."""
+    """sync_control.source_timezone; SinkError (an outage) while migration 005 is not applied.
+
+    Not a configuration error: right after `apt install` of a new version the services restart
+    before the operator runs `migrate`, and a daemon that exited 78 would stay failed
+    (RestartPreventExitStatus). It waits with backoff instead, saying what it waits for.
+    """
     try:
         cur.execute("SELECT source_timezone FROM sync_control WHERE id = 1")
     except psycopg2.errors.UndefinedColumn:
-        raise SchemaError("sync_control has no source_timezone column: run "
-                          "`sudo facusync migrate --admin`") from None
+        cur.connection.rollback()
+        raise SinkError("the schema is older than this facusync (migration 005 not applied): "
+                        "waiting for `sudo facusync migrate --admin`") from None
     row = cur.fetchone()
     return str(row[0]) if row and row[0] is not None else None
 
