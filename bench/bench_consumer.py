@@ -14,7 +14,7 @@ Every consumer measurement runs the real ``Consumer`` loop (reader thread, one t
 and one MULTI/EXEC per batch) and counts from the start of its first batch to its last
 commit, so process start-up is not measured. Run from the repository root::
 
-    .venv/bin/python bench/bench_consumer.py [--rows 100000] [--batch-sizes 200,1000,5000]
+    .venv/bin/python -m bench.bench_consumer [--rows 100000] [--batch-sizes 200,1000,5000]
         [--staging reuse,drop] [--json out.json] [--no-durable]
 """
 
@@ -31,19 +31,18 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg2
+
+from devstack.servers import PostgresServer, RedisServer
+from facusync.config import Config, config_from_mapping
+from facusync.consumer import Consumer
+from facusync.message import encode_row, upsert_fields
+from facusync.migrate import apply_migrations
+from facusync.pgconn import connect_pg
+from facusync.redisconn import Keys, connect_redis
+from facusync.service import Service
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import psycopg2  # noqa: E402
-
-from facusync.config import Config, config_from_mapping  # noqa: E402
-from facusync.consumer import Consumer  # noqa: E402
-from facusync.message import encode_row, upsert_fields  # noqa: E402
-from facusync.migrate import apply_migrations  # noqa: E402
-from facusync.pgconn import connect_pg  # noqa: E402
-from facusync.redisconn import Keys, connect_redis  # noqa: E402
-from facusync.service import Service  # noqa: E402
-from tests.servers import PostgresServer, RedisServer  # noqa: E402
 
 BASE = datetime(2026, 3, 1, 8, 0, 0)
 

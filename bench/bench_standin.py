@@ -1,7 +1,7 @@
 """Rows/s the SQL Server stand-in delivers to pymssql: 7-column VW_VENTAS_SYNC rows read
 with fetchmany, the server in its own process (as in the tests and the demo).
 
-    .venv/bin/python bench/bench_standin.py [--rows 200000] [--batch 5000] [--repeat 3] [--debian]
+    .venv/bin/python -m bench.bench_standin [--rows 200000] [--batch 5000] [--repeat 3] [--debian]
 
 Prints a table, then one JSON line (for scripts that collect benchmark results).
 """
@@ -18,11 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from devstack.standin.harness import StandIn
 
-from tests.standin.harness import StandIn  # noqa: E402  (needs the repository on sys.path)
+REPO = Path(__file__).resolve().parents[1]
 
 QUERIES = {
     "key order (BIN2)": "SELECT [CONDUCE], [FECHA_EMISION], [FACTURADO], [NUMERO_FACTURA], [CODIGO_CLIENTE], "

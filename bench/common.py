@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -19,15 +17,13 @@ from typing import Any
 
 import psycopg2
 
+from devstack.servers import PostgresServer, RedisServer
+from devstack.standin.harness import local_timezone
 from facusync.config import Config, config_from_mapping
 from facusync.migrate import apply_migrations
 from facusync.pgconn import connect_pg
-from tests.processes import child_env
-from tests.servers import PostgresServer, RedisServer
-from tests.standin.harness import local_timezone
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent  # the venv's bin: facusync-producer, facusync-consumer
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -215,61 +211,6 @@ class CpuMeter:
         out["machine_busy_pct_of_2_cores" if os.cpu_count() == 2 else "machine_busy_pct"] = round(
             100 * (busy - self.sys0[0]) / max(total - self.sys0[1], 1e-6), 1)
         return out
-
-
-# -- daemons ------------------------------------------------------------------------------------
-
-
-class Daemon:
-    """facusync-producer or facusync-consumer as production runs it (minus systemd)."""
-
-    def __init__(self, name: str, env_file: Path, log_path: Path) -> None:
-        self.name = name
-        self.env_file = env_file
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
-
-    @property
-    def pid(self) -> int:
-        if self.proc is None:
-            raise BenchError(f"{self.name} is not running")
-        return self.proc.pid
-
-    def start(self) -> Daemon:
-        with open(self.log_path, "ab") as log:
-            self.started_at = time.time()
-            self.proc = subprocess.Popen(
-                [str(BIN / self.name), "--env-file", str(self.env_file)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=ROOT,
-                env=child_env(), start_new_session=True,
-            )
-        return self
-
-    def check(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise BenchError(f"{self.name} exited with {self.proc.returncode}; log {self.log_path}:\n"
-                             + tail(self.log_path))
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM, as systemd does; SIGKILL only if it does not stop in time."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def tail(path: Path, lines: int = 12) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return "    (no log)"
-    return "\n".join("    " + line for line in text[-lines:])
 
 
 def consumer_key(prefix: str, pid: int) -> str:

@@ -6,7 +6,7 @@ stand-in), so that every comparison is measured under the same conditions: quote
 which survive noise much better than the absolute numbers. Each number is the median of the
 repetitions; each ratio is the median of the per-repetition ratios. See bench/README.md.
 
-    .venv/bin/python bench/run.py [--quick] [--json bench/results.json] [--reps 3]
+    .venv/bin/python -m bench.run [--quick] [--json bench/results.json] [--reps 3]
         [--rows 50000] [--backfill-rows 1000000] [--only write,pipeline]
         [--set CHUNK_SIZE=5000 --set FETCH_SIZE=10000 ...]
 
@@ -27,14 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench import pipeline, writepath
+from bench.common import BenchError, default_settings, load_average, median
+from devstack.processes import DaemonExited
+from devstack.servers import PostgresServer, RedisServer
+from facusync.logsetup import setup_logging
 
-from bench import pipeline, writepath  # noqa: E402
-from bench.common import BenchError, default_settings, load_average, median  # noqa: E402
-from facusync.logsetup import setup_logging  # noqa: E402
-from tests.servers import PostgresServer, RedisServer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TARGETS = {  # from issue 13
     "insert_pct_copy": 30.0, "update_pct_copy": 20.0, "two_consumers_x": 1.3, "vs_naive_x": 8.0,
@@ -148,7 +147,7 @@ def metrics_cost(m: dict[str, Any]) -> dict[str, Any]:
         rate = median(off[op])
 
         def share(every: float, cpu_row: float = cpu_row, rate: float = rate) -> float:
-            return round(100 * (hook / m["batch_size"] + 1000 * scrape / (every * rate)) / cpu_row, 3)
+            return round(100 * (hook / float(m["batch_size"]) + 1000 * scrape / (every * rate)) / cpu_row, 3)
 
         out[op] = {
             "rows_per_s_off": round(rate), "rows_per_s_on": round(median(on[op])),
@@ -289,7 +288,7 @@ def main() -> int:
                 latency_seconds=args.latency_seconds or (3.0 if quick else 60.0),
                 latency_rate=args.latency_rate, overrides=overrides,
                 log=lambda m: print(m, flush=True))
-    except BenchError as exc:
+    except (BenchError, DaemonExited) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         code = 1
     finally:

@@ -9,7 +9,7 @@ MSSQL_ENCRYPT=require, PG_SSLMODE=verify-full and REDIS_TLS=on, all verified aga
 (the write path has no SQL Server hop). Each repetition measures both back to back (the order
 alternates), and the ratio is the median of the per-repetition ratios. See bench/README.md.
 
-    .venv/bin/python bench/tls.py [--quick] [--reps 3] [--rows 50000] [--backfill-rows 200000]
+    .venv/bin/python -m bench.tls [--quick] [--reps 3] [--rows 50000] [--backfill-rows 200000]
         [--json bench/results-tls.json]
 """
 
@@ -25,12 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench import writepath  # noqa: E402
-from bench.common import (  # noqa: E402
+from bench import writepath
+from bench.common import (
     BenchError,
     checkpoint,
     create_database,
@@ -40,12 +36,15 @@ from bench.common import (  # noqa: E402
     reset_tables,
     write_env_file,
 )
-from bench.pipeline import Pipeline  # noqa: E402
-from facusync.logsetup import setup_logging  # noqa: E402
-from facusync.redisconn import Keys, connect_redis  # noqa: E402
-from tests.servers import PostgresServer, RedisServer  # noqa: E402
-from tests.standin.harness import StandIn  # noqa: E402
-from tests.tlsca import TestCA  # noqa: E402
+from bench.pipeline import Pipeline
+from devstack.processes import DaemonExited
+from devstack.servers import PostgresServer, RedisServer
+from devstack.standin.harness import StandIn
+from devstack.tlsca import TestCA
+from facusync.logsetup import setup_logging
+from facusync.redisconn import Keys, connect_redis
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MODES = ("plaintext", "tls")
 
@@ -165,7 +164,7 @@ def main() -> int:
         results["write_path"] = write_path(pg, rds, ca, workdir, rows=rows, reps=reps, log=log)
         log(f"2. backfill of {backfill_rows:,} rows, plaintext and TLS, {reps} repetitions")
         results["backfill"] = backfill(pg, rds, ca, workdir, rows=backfill_rows, reps=reps, log=log)
-    except BenchError as exc:
+    except (BenchError, DaemonExited) as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
         code = 1
     finally:

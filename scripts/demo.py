@@ -43,21 +43,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `tests.*` (servers, stand-in) import from the checkout
-    sys.path.insert(0, str(REPO_ROOT))
+import psycopg2
 
-import psycopg2  # noqa: E402
+from devstack.processes import BIN, Daemon, DaemonExited, child_env, exit_text, tail
+from devstack.servers import PostgresServer, RedisServer
+from devstack.standin.harness import StandIn, local_timezone
+from devstack.standin.workload import Workload
+from devstack.tlsca import TestCA
+from facusync.commands.status import collect
+from facusync.config import Config, load_config
 
-from facusync.commands.status import collect  # noqa: E402
-from facusync.config import Config, load_config  # noqa: E402
-from tests.processes import child_env  # noqa: E402
-from tests.servers import PostgresServer, RedisServer  # noqa: E402
-from tests.standin.harness import StandIn, local_timezone  # noqa: E402
-from tests.standin.workload import Workload  # noqa: E402
-from tests.tlsca import TestCA  # noqa: E402
-
-BIN = Path(sys.executable).parent  # the venv's bin: facusync, facusync-producer, -consumer
 DATABASE = "syncdb"
 SYNC_ROLE, NOCODB_ROLE = "facusync_sync", "facusync_nocodb"
 STALL_S = 60.0  # no progress for this long during the backfill or a drain: give up, say why
@@ -222,62 +217,6 @@ class Interrupts:
             signal.signal(sig, signal.SIG_IGN)
 
 
-# -- processes -----------------------------------------------------------------------------
-
-
-class Daemon:
-    """One facusync daemon, run as production runs it (minus systemd), logging to a file."""
-
-    def __init__(self, name: str, env_file: Path, log_path: Path) -> None:
-        self.name = name
-        self.env_file = env_file
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            # Own session: the terminal's Ctrl+C is the demo's to handle, not the daemon's.
-            self.proc = subprocess.Popen(
-                [str(BIN / self.name), "--env-file", str(self.env_file)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=REPO_ROOT,
-                env=child_env(), start_new_session=True,
-            )
-
-    def check(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise DemoError(f"{self.name} {exit_text(self.proc.returncode)}; "
-                            f"its log is {self.log_path}:\n{tail(self.log_path)}")
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM, as systemd does; SIGKILL only if it does not stop in time."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
-
-
-def exit_text(code: int) -> str:
-    """Popen's return code in words: negative means killed by that signal."""
-    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return "    (no log)"
-    return "\n".join("    " + line for line in text[-lines:])
-
-
-
-
 # -- the stack -----------------------------------------------------------------------------
 
 
@@ -293,8 +232,8 @@ class Stack:
         self.redis: RedisServer | None = None
         self.standin: StandIn | None = None
         self.workload: Workload | None = None
-        self.producer = Daemon("facusync-producer", self.env_file, self.dir / "facusync-producer.log")
-        self.consumer = Daemon("facusync-consumer", self.env_file, self.dir / "facusync-consumer.log")
+        self.producer = Daemon("producer", self.dir / "facusync-producer.log", env_file=self.env_file)
+        self.consumer = Daemon("consumer", self.dir / "facusync-consumer.log", env_file=self.env_file)
         self.cfg: Config | None = None
         self.sync_password = secrets.token_urlsafe(18)
         self.nocodb_password = secrets.token_urlsafe(18)
@@ -381,7 +320,7 @@ class Stack:
             extra = {"PG_USER": self.pg.user, "PG_PASSWORD": self.pg.password}
         result = subprocess.run(
             [str(BIN / "facusync"), "--env-file", str(self.env_file), *args],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=REPO_ROOT,
+            stdin=subprocess.DEVNULL, capture_output=True, text=True,
             env=child_env(**extra), timeout=300,
         )
         if show:
@@ -423,9 +362,9 @@ class Stack:
             try:
                 code = daemon.stop()
             except Exception as exc:
-                problems.append(f"{daemon.name}: {exc}")
+                problems.append(f"facusync-{daemon.name}: {exc}")
             if code not in (None, 0):
-                problems.append(f"{daemon.name} {exit_text(code)}; see {daemon.log_path}")
+                problems.append(f"facusync-{daemon.name} {exit_text(code)}; see {daemon.log_path}")
         if self.standin is not None:
             attempt("SQL Server stand-in", self.standin.stop)
         for server, log_name in ((self.redis, "redis.log"), (self.pg, "postgres.log")):
@@ -671,7 +610,7 @@ def main() -> int:
     except KeyboardInterrupt:
         screen.say(f"\ninterrupted ({interrupts.aborted_by.name}): shutting down")
         code = 128 + interrupts.aborted_by  # the shell's convention: 130 for Ctrl+C
-    except DemoError as exc:
+    except (DemoError, DaemonExited) as exc:
         screen.say(f"\ndemo failed: {exc}")
     except Exception as exc:
         screen.say(f"\ndemo failed: unexpected {type(exc).__name__}: {exc}")

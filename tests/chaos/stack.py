@@ -24,11 +24,11 @@ from typing import Any
 
 import psycopg2
 
+from devstack.servers import PostgresServer, RedisServer
+from devstack.standin.harness import StandIn
 from facusync.config import Config, config_from_mapping
 from tests.chaos.actors import allow_null_keys
 from tests.chaos.daemons import REPO_ROOT, Supervised
-from tests.servers import PostgresServer, RedisServer
-from tests.standin.harness import StandIn
 
 DATABASE = "facusync_chaos"
 SYNC_ROLE = "facusync_sync"

@@ -20,11 +20,11 @@ from typing import Any
 
 import psycopg2
 
+from devstack.servers import PostgresServer, RedisServer
+from devstack.standin.harness import StandIn
 from tests.conftest import base_env
 from tests.nocodb.conftest import MEASUREMENTS
 from tests.nocodb.harness import NocoDB
-from tests.servers import PostgresServer, RedisServer
-from tests.standin.harness import StandIn
 
 REPO = Path(__file__).resolve().parents[2]
 DATABASE = "syncdb"
