@@ -7,18 +7,24 @@ it did not start.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import statistics
+import sys
+import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 
+from devstack.processes import DaemonExited
 from devstack.servers import PostgresServer, RedisServer
 from devstack.standin.harness import local_timezone
+from devstack.tlsca import TestCA
 from facusync.config import Config, config_from_mapping
 from facusync.migrate import apply_migrations
 from facusync.pgconn import connect_pg
@@ -29,6 +35,43 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 class BenchError(Exception):
     """A benchmark step failed; the message says which and where its logs are."""
+
+
+class PrivateServers:
+    """The run's PostgreSQL 15 (durable) and Redis 7, with tls from a throwaway CA, and its work
+    folder: deleted after a run that succeeded, kept (and said where) after one that failed."""
+
+    def __init__(self, prefix: str, *, tls: bool = False) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix=prefix))
+        self.workdir.chmod(0o755)
+        self.ca = TestCA(self.workdir / "ca") if tls else None
+        self.pg = PostgresServer(durable=True, tls=self.ca.issue("postgresql") if self.ca else None)
+        self.rds = RedisServer(tls=self.ca.issue("redis") if self.ca else None)
+
+    def run(self, measure: Callable[[], None]) -> int:
+        """Start the servers, measure, tear down; the exit status (1: a step failed)."""
+        code = 0
+        try:
+            self.pg.start()
+            self.rds.start()
+            measure()
+        except (BenchError, DaemonExited) as exc:
+            print(f"benchmark failed: {exc}", file=sys.stderr)
+            code = 1
+        finally:
+            self.pg.destroy()
+            self.rds.destroy()
+            if code == 0:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            else:
+                print(f"logs kept in {self.workdir}", file=sys.stderr)
+        return code
+
+
+def write_results(results: dict[str, Any], out: str | None) -> None:
+    if out:
+        Path(out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nwrote {out}")
 
 
 # -- statistics -------------------------------------------------------------------------------

@@ -20,17 +20,13 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import pipeline, writepath
-from bench.common import BenchError, default_settings, load_average, median
-from devstack.processes import DaemonExited
-from devstack.servers import PostgresServer, RedisServer
+from bench.common import PrivateServers, default_settings, load_average, median, write_results
 from facusync.logsetup import setup_logging
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,16 +258,12 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(),
         "cpus": os.cpu_count(), "python": platform.python_version(), "quick": quick,
         "load_start": load_average(), "defaults": defaults}}
-    workdir = Path(tempfile.mkdtemp(prefix="facusync-bench-"))
-    workdir.chmod(0o755)
-    pg = PostgresServer(durable=True)
-    rds = RedisServer()
-    code = 0
-    try:
-        print(f"servers: PostgreSQL 15 (durable) and Redis 7 in {workdir}; load average "
-              f"{results['meta']['load_start']}", flush=True)
-        pg.start()
-        rds.start()
+    servers = PrivateServers("facusync-bench-")
+    pg, rds, workdir = servers.pg, servers.rds, servers.workdir
+    print(f"servers: PostgreSQL 15 (durable) and Redis 7 in {workdir}; load average "
+          f"{results['meta']['load_start']}", flush=True)
+
+    def measure() -> None:
         if "write" in only:
             print(f"1. consumer write path: {rows:,} rows, batch sizes {sizes}, {reps} repetitions",
                   flush=True)
@@ -288,26 +280,15 @@ def main() -> int:
                 latency_seconds=args.latency_seconds or (3.0 if quick else 60.0),
                 latency_rate=args.latency_rate, overrides=overrides,
                 log=lambda m: print(m, flush=True))
-    except (BenchError, DaemonExited) as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        code = 1
-    finally:
-        pg.destroy()
-        rds.destroy()
-        if code == 0:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"logs kept in {workdir}", file=sys.stderr)
+
+    code = servers.run(measure)
     if code:
         return code
     results["meta"]["load_end"] = load_average()
     results["meta"]["seconds"] = round(time.monotonic() - started, 1)
     results["summary"] = summarize(results, defaults)
     print_table(results, results["summary"])
-    out = args.json or (None if quick else str(ROOT / "bench" / "results.json"))
-    if out:
-        Path(out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\nwrote {out}")
+    write_results(results, args.json or (None if quick else str(ROOT / "bench" / "results.json")))
     return 0
 
 

@@ -16,10 +16,7 @@ alternates), and the ratio is the median of the per-repetition ratios. See bench
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +24,7 @@ from typing import Any
 
 from bench import writepath
 from bench.common import (
-    BenchError,
+    PrivateServers,
     checkpoint,
     create_database,
     env_values,
@@ -35,9 +32,9 @@ from bench.common import (
     median,
     reset_tables,
     write_env_file,
+    write_results,
 )
 from bench.pipeline import Pipeline
-from devstack.processes import DaemonExited
 from devstack.servers import PostgresServer, RedisServer
 from devstack.standin.harness import StandIn
 from devstack.tlsca import TestCA
@@ -149,31 +146,19 @@ def main() -> int:
                                         "quick": args.quick, "reps": reps, "rows": rows,
                                         "backfill_rows": backfill_rows,
                                         "load_start": load_average()}}
-    workdir = Path(tempfile.mkdtemp(prefix="facusync-bench-tls-"))
-    workdir.chmod(0o755)
-    ca = TestCA(workdir / "ca")
-    pg = PostgresServer(durable=True, tls=ca.issue("postgresql"))
-    rds = RedisServer(tls=ca.issue("redis"))
-    code = 0
-    try:
-        log(f"servers: PostgreSQL 15 (durable, ssl=on), Redis 7 (port and tls-port) and the SQL "
-            f"Server stand-in (certificate, encryption not forced) in {workdir}")
-        pg.start()
-        rds.start()
+    servers = PrivateServers("facusync-bench-tls-", tls=True)
+    pg, rds, ca, workdir = servers.pg, servers.rds, servers.ca, servers.workdir
+    assert ca is not None
+    log(f"servers: PostgreSQL 15 (durable, ssl=on), Redis 7 (port and tls-port) and the SQL "
+        f"Server stand-in (certificate, encryption not forced) in {workdir}")
+
+    def measure() -> None:
         log(f"1. consumer write path: {rows:,} rows, plaintext and TLS, {reps} repetitions")
         results["write_path"] = write_path(pg, rds, ca, workdir, rows=rows, reps=reps, log=log)
         log(f"2. backfill of {backfill_rows:,} rows, plaintext and TLS, {reps} repetitions")
         results["backfill"] = backfill(pg, rds, ca, workdir, rows=backfill_rows, reps=reps, log=log)
-    except (BenchError, DaemonExited) as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        code = 1
-    finally:
-        pg.destroy()
-        rds.destroy()
-        if code == 0:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"logs kept in {workdir}", file=sys.stderr)
+
+    code = servers.run(measure)
     if code:
         return code
     results["meta"]["load_end"] = load_average()
@@ -184,10 +169,7 @@ def main() -> int:
     for line in results["summary"]:
         print(f"| {line['measure']} | {line['plaintext_rows_per_s']:,} | {line['tls_rows_per_s']:,} "
               f"| {line['tls_pct_of_plaintext']}% |")
-    out = args.json or (None if args.quick else str(ROOT / "bench" / "results-tls.json"))
-    if out:
-        Path(out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\nwrote {out}")
+    write_results(results, args.json or (None if args.quick else str(ROOT / "bench" / "results-tls.json")))
     return 0
 
 

@@ -89,7 +89,7 @@ def test_quick_benchmark_measures_every_section_and_cleans_up(bench_tmp: Path) -
 def test_quick_tls_benchmark_compares_both_modes_and_cleans_up(bench_tmp: Path) -> None:
     out_file = bench_tmp / "results-tls.json"
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "bench" / "tls.py"), "--quick", "--json", str(out_file)],
+        [sys.executable, "-m", "bench.tls", "--quick", "--json", str(out_file)],
         cwd=REPO_ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240,
         env={**os.environ, "TMPDIR": str(bench_tmp), "PYTHONUNBUFFERED": "1"},
     )
