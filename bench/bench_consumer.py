@@ -120,8 +120,8 @@ def parallel(cfg: Config, pg: PostgresServer, rds: RedisServer, workers: int,
     with tempfile.NamedTemporaryFile("w", suffix=".env", delete=False) as f:
         f.write(env_text(cfg, pg, rds))
         env_file = f.name
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", env_file, "--staging",
-                               staging], stdout=subprocess.PIPE, cwd=ROOT)
+    procs = [subprocess.Popen([sys.executable, "-m", "bench.bench_consumer", "--worker", env_file,
+                               "--staging", staging], stdout=subprocess.PIPE, cwd=ROOT)
              for _ in range(workers)]
     parts = [json.loads(p.communicate()[0]) for p in procs]
     Path(env_file).unlink()

@@ -55,7 +55,7 @@ def read_all(server: StandIn, sql: str, batch: int) -> tuple[int, float, float]:
 
 def read_debian(server: StandIn, sql: str, batch: int) -> tuple[int, float, float]:
     """The same read with Debian's python3-pymssql 2.2.2 (a subprocess of /usr/bin/python3)."""
-    probe = REPO / "tests" / "standin" / "probe.py"
+    probe = REPO / "devstack" / "standin" / "probe.py"
     env = dict(os.environ, STANDIN_PASSWORD=server.password)
     env.pop("PYTHONPATH", None)
     done = subprocess.run(

@@ -27,7 +27,7 @@ pymssql = pytest.importorskip("pymssql")
 
 pytestmark = pytest.mark.timeout(180)
 
-PROBE = Path(__file__).resolve().parents[1] / "standin" / "probe.py"
+PROBE = Path(__file__).resolve().parents[2] / "devstack" / "standin" / "probe.py"
 DEBIAN_PYTHON = "/usr/bin/python3"
 ROWS = 100_000
 VIEW_SELECT = (
