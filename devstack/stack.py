@@ -38,11 +38,11 @@ class Stack:
 
     def __init__(self, workdir: Path, *, tls: bool = False, durable: bool = False,
                  redis_aof: bool = False, database: str = DATABASE, prefix: str = "facusync:",
-                 settings: Mapping[str, str] | None = None) -> None:
+                 overrides: Mapping[str, str] | None = None) -> None:
         self.workdir = workdir
         self.tls, self.durable, self.redis_aof = tls, durable, redis_aof
         self.database, self.prefix = database, prefix
-        self.overrides = dict(settings or {})  # SYNC_INTERVAL and the like, for every process
+        self.overrides = dict(overrides or {})  # SYNC_INTERVAL and the like, for every process
         self.env_file = workdir / "facusync.env"
         self.ca: TestCA | None = None
         self.pg: PostgresServer | None = None
@@ -87,13 +87,13 @@ class Stack:
             raise StackError(f"facusync migrate --create-roles exited with {done.returncode}:\n"
                              f"{done.stdout}{done.stderr}")
 
-    def write_env_file(self, **overrides: str) -> Path:
+    def write_env_file(self) -> Path:
         """The daemons' env file (the sync role), like /etc/facusync/facusync.env: mode 0600."""
         self.env_file.unlink(missing_ok=True)
         fd = os.open(self.env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write("# throwaway local servers; deleted when the stack is closed\n")
-            f.write("".join(f"{k}={v}\n" for k, v in {**self.sync_env(), **overrides}.items()))
+            f.write("".join(f"{k}={v}\n" for k, v in self.sync_env().items()))
         return self.env_file
 
     def start_daemons(self) -> None:

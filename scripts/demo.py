@@ -221,7 +221,7 @@ class Stack(DevStack):
         # Fast polling so changes show up within a second; the workload's late rows (30 s
         # old) fall inside the overlap window.
         super().__init__(Path(tempfile.mkdtemp(prefix="facusync-demo-")), tls=settings.tls,
-                         settings={"SYNC_INTERVAL": "1", "SYNC_OVERLAP": "60"})
+                         overrides={"SYNC_INTERVAL": "1", "SYNC_OVERLAP": "60"})
         self.screen = screen
         self.workload: Workload | None = None
         self.cfg: Config | None = None

@@ -48,7 +48,7 @@ class Stack(DevStack):
 
     def __init__(self, workdir: Path, settings: Settings) -> None:
         s = settings
-        super().__init__(workdir, durable=True, redis_aof=True, database=DATABASE, settings={
+        super().__init__(workdir, durable=True, redis_aof=True, database=DATABASE, overrides={
             "SYNC_INTERVAL": str(s.sync_interval), "SYNC_OVERLAP": str(s.sync_overlap),
             "MSSQL_LOGIN_TIMEOUT": "5", "MSSQL_QUERY_TIMEOUT": str(s.query_timeout),
             "BACKOFF_MAX": str(s.backoff_max), "CLAIM_IDLE": str(s.claim_idle)})

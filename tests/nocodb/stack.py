@@ -118,7 +118,7 @@ def run_setup(nocodb: NocoDB, pg: PostgresServer, *args: str, coordinates: bool 
 def open_stack(home: Path, workdir: Path) -> Iterator[Stack]:
     """Start everything, connect NocoDB with `facusync nocodb-setup`; tear it all down."""
     version = (home / ".complete").read_text().strip()
-    dev = DevStack(workdir, database=DATABASE, prefix="nocodbtest:", settings={
+    dev = DevStack(workdir, database=DATABASE, prefix="nocodbtest:", overrides={
         "SYNC_INTERVAL": "0.5", "SYNC_OVERLAP": "60", "MSSQL_LOGIN_TIMEOUT": "3",
         "MSSQL_QUERY_TIMEOUT": "5", "BACKOFF_MAX": "2", "CLAIM_IDLE": "2",
         "SOURCE_TIMEZONE": "America/Santo_Domingo", "LOG_FORMAT": "json"})
