@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "facusync.commands.resync",
     "facusync.commands.deadletter",
     "facusync.nocodb_setup",
+    "facusync.commands.convert_timezone",
 )
 
 log = logging.getLogger("facusync.cli")

@@ -56,7 +56,8 @@ def iter_pg_rows(
     exprs: list[pgsql.Composable] = []
     for name in cols.names:
         ident = pgsql.Identifier(name)
-        if types.get(name) == "timestamp with time zone":
+        offsets = cols.source_types and cols.source_types[cols.names.index(name)] == "datetimeoffset"
+        if types.get(name) == "timestamp with time zone" and not offsets:
             exprs.append(pgsql.SQL("({} AT TIME ZONE {})").format(ident, pgsql.Literal(cfg.source_timezone)))
         else:
             exprs.append(ident)

@@ -84,6 +84,7 @@ class Config:
     pg_table_vista: str
     pg_table_seguimiento: str
     pg_connect_timeout: int
+    pg_statement_timeout: int
     pg_sync_role: str
     pg_sync_role_password: Secret = field(repr=False)
     pg_nocodb_role: str
@@ -274,6 +275,10 @@ class _Reader:
             self.problems.append(f"{name}={path!r} contains ; or # (a comment in freetds.conf): "
                                  "move the file to a plain path")
             return path
+        if re.search(r"\s\s|[^\S ]", path):
+            self.problems.append(f"{name}={path!r} holds a tab or blanks in a row, which "
+                                 "freetds.conf reads as one space: move the file to a plain path")
+            return path
         self._check_pem(name, path, "CERTIFICATE")
         return path
 
@@ -288,39 +293,76 @@ class _Reader:
 
 
 def parse_env_file(text: str) -> dict[str, str]:
-    """Parse systemd EnvironmentFile syntax: comments, blank lines, optional quotes."""
+    r"""Parse an env file as systemd 252 (Debian 12) parses an EnvironmentFile, character by
+    character, so the admin commands read the very values the daemons get: whole-line
+    comments (# or ;); KEY=value with blanks around = ignored; unquoted, a backslash escapes
+    the next character (and joins a line to the next) and trailing blanks are dropped; in
+    single quotes nothing is special; in double quotes only \" \\ \` \$ are escapes."""
     result: dict[str, str] = {}
-    logical: list[str] = []
-    pending = ""
-    for line in text.splitlines():
-        if pending:
-            line = pending + line
-            pending = ""
-        if line.endswith("\\") and not line.endswith("\\\\"):
-            pending = line[:-1]
-            continue
-        logical.append(line)
-    if pending:
-        logical.append(pending)
-    for line in logical:
-        stripped = line.strip()
-        if not stripped or stripped[0] in "#;":
-            continue
-        key, sep, value = stripped.partition("=")
-        key = key.strip()
-        if not sep or not _IDENT.match(key):
-            continue
-        result[key] = _unquote(value.strip())
+    key, value = "", ""
+    state = "pre_key"
+    trailing = 0  # unquoted blanks at the end of the value so far (dropped)
+
+    def push() -> None:
+        name = key.strip()
+        if _IDENT.match(name):
+            result[name] = value[: len(value) - trailing] if trailing else value
+
+    for c in text:
+        if state == "pre_key":
+            if c in "#;":
+                state = "comment"
+            elif not c.isspace():
+                state, key, value, trailing = "key", c, "", 0
+        elif state == "key":
+            if c in "\n\r":
+                state = "pre_key"
+            elif c == "=":
+                state = "pre_value"
+            else:
+                key += c
+        elif state in ("pre_value", "value"):
+            if c in "\n\r":
+                push()
+                state = "pre_key"
+            elif state == "pre_value" and c in "'\"":
+                state = "single" if c == "'" else "double"
+            elif c == "\\":
+                state, trailing = "value_escape", 0
+            elif state == "pre_value" and c.isspace():
+                pass
+            else:
+                state, value = "value", value + c
+                trailing = trailing + 1 if c.isspace() else 0
+        elif state == "value_escape":
+            state = "value"
+            if c not in "\n\r":  # an escaped newline joins the lines
+                value += c
+        elif state == "single":
+            state, value = ("pre_value", value) if c == "'" else ("single", value + c)
+        elif state == "double":
+            if c == '"':
+                state = "pre_value"
+            elif c == "\\":
+                state = "double_escape"
+            else:
+                value += c
+        elif state == "double_escape":
+            state = "double"
+            if c in '"\\`$':
+                value += c
+            elif c != "\n":
+                value += "\\" + c
+        elif state == "comment":
+            if c == "\\":
+                state = "comment_escape"  # systemd 252 continues a comment after a backslash
+            elif c in "\n\r":
+                state = "pre_key"
+        elif state == "comment_escape":
+            state = "comment"
+    if state not in ("pre_key", "key", "comment", "comment_escape"):
+        push()
     return result
-
-
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        inner = value[1:-1]
-        if value[0] == '"':
-            inner = re.sub(r"\\(.)", r"\1", inner)
-        return inner
-    return value
 
 
 def load_config(
@@ -382,6 +424,7 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
         pg_table_vista=r.identifier("PG_TABLE_VISTA", "datos_vista"),
         pg_table_seguimiento=r.identifier("PG_TABLE_SEGUIMIENTO", "datos_seguimiento"),
         pg_connect_timeout=r.number("PG_CONNECT_TIMEOUT", "5", 1, 300),
+        pg_statement_timeout=r.number("PG_STATEMENT_TIMEOUT", "20", 1, 3600),
         # Only `facusync migrate --create-roles` uses these (see facusync.roles).
         pg_sync_role=r.identifier("PG_SYNC_ROLE", "facusync_sync"),
         pg_sync_role_password=r.secret("PG_SYNC_ROLE_PASSWORD", required=False),
@@ -430,6 +473,15 @@ def config_from_mapping(env: Mapping[str, str], source: str | None = None) -> Co
     )
     if not cfg.redis_prefix or any(c.isspace() for c in cfg.redis_prefix):
         r.problems.append(f"REDIS_PREFIX={cfg.redis_prefix!r} must be non-empty, without spaces")
+    if "\\" in cfg.mssql_host:
+        r.problems.append(f"MSSQL_HOST={cfg.mssql_host!r} names an instance: facusync connects by "
+                          "TCP port, without SQL Browser; set MSSQL_HOST to the server alone and "
+                          "MSSQL_PORT to the instance's port (SQL Server Configuration Manager, "
+                          "TCP/IP, IPAll)")
+    elif any(c in "#;[]=" or c.isspace() for c in cfg.mssql_host):  # see facusync.freetdsconf
+        r.problems.append(f"MSSQL_HOST={cfg.mssql_host!r} is not a host name or IP address: give "
+                          "it alone (no comment after it, an IPv6 address without brackets); "
+                          "freetds.conf cannot carry # ; [ ] = or spaces")
     if cfg.mssql_ca_file and cfg.mssql_encrypt == "off":
         r.problems.append("MSSQL_CA_FILE is set but MSSQL_ENCRYPT=off: set MSSQL_ENCRYPT=request or "
                           "require to verify SQL Server's certificate, or remove MSSQL_CA_FILE")

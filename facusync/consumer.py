@@ -20,9 +20,15 @@ The loop, one batch at a time:
    the stats, best effort.
 
 Crash recovery: on start and every CLAIM_IDLE/2, entries pending longer than CLAIM_IDLE (their
-consumer died or hangs) are claimed and processed; entries delivered more than MAX_DELIVERIES
-times go to the dead letters instead. Outages: the batch stays unacknowledged, the failure is
-logged once per state change, and the write is retried with capped backoff after reconnecting.
+consumer died or hangs) are claimed and processed. A restart is not the entry's fault (systemd
+may have restarted a consumer that waited for PostgreSQL), so an entry delivered more than
+MAX_DELIVERIES times is not dead-lettered for that alone: it is written alone, in its own
+transaction, and goes to the dead letters only if PostgreSQL refuses it, or if consumers stopped
+SUSPECT_STOPS times while writing it alone (a row that kills the consumer). Outages: the batch
+stays unacknowledged, the failure is logged once per state change, and the write is retried
+with capped backoff after reconnecting. Every PostgreSQL statement and lock wait is bounded by
+PG_STATEMENT_TIMEOUT (facusync.pgconn), and the watchdog is fed while such a bounded call runs,
+so a table locked by a DBA for minutes is an outage waited out, not a hang systemd kills.
 
 Ordering: one consumer applies entries in stream order, batch after batch. Several consumers
 (or a claim of a dead consumer's old entries) may apply two entries of one key from different
@@ -66,6 +72,8 @@ STATS_TTL = 300  # a consumer whose stats hash expired is gone
 LATENCY_SAMPLES = 1000
 DEAD_CONSUMER_AFTER = 3600.0  # group members idle this long with nothing pending are removed
 DRAIN_ON_STOP = 10.0  # seconds allowed on SIGTERM to write what was already read
+SUSPECT_STOPS = 2  # consumers that stopped while writing an entry alone: then it is poison
+SUSPECT_TTL = 7 * 86400  # the suspects hash is forgotten after a week without suspects
 
 Fields = Mapping[bytes | str, bytes | str]
 
@@ -83,11 +91,13 @@ def _text(value: bytes | str | None) -> str:
 
 @dataclass
 class Batch:
-    """Entries read together; ``changes`` are the valid ones, ``dead`` the refused ones."""
+    """Entries read together; ``changes`` are the valid ones, ``dead`` the refused ones,
+    ``suspects`` the valid ones delivered more than MAX_DELIVERIES times (written alone)."""
 
     ids: list[str] = field(default_factory=list)
     raw: dict[str, Fields] = field(default_factory=dict)
     changes: list[Change] = field(default_factory=list)
+    suspects: list[Change] = field(default_factory=list)
     dead: list[tuple[str, str]] = field(default_factory=list)  # (entry id, reason)
     deliveries: dict[str, int] = field(default_factory=dict)
     low_water: datetime | None = None
@@ -105,7 +115,8 @@ class ReadFailure:
 
 def make_batch(entries: list[tuple[Any, Fields]], deliveries: Mapping[str, int],
                max_deliveries: int) -> Batch:
-    """Decode entries; contract violations and over-delivered entries become dead letters."""
+    """Decode entries; contract violations become dead letters, over-delivered entries
+    suspects."""
     batch = Batch()
     for raw_id, fields in entries:
         if raw_id is None or fields is None:
@@ -115,15 +126,12 @@ def make_batch(entries: list[tuple[Any, Fields]], deliveries: Mapping[str, int],
         batch.raw[entry_id] = fields
         count = deliveries.get(entry_id, 1)
         batch.deliveries[entry_id] = count
-        if count > max_deliveries:
-            batch.dead.append((entry_id, f"delivered {count} times"))
-            continue
         try:
             change = decode(entry_id, fields)
         except MessageError as exc:
             batch.dead.append((entry_id, str(exc)))
             continue
-        batch.changes.append(change)
+        (batch.suspects if count > max_deliveries else batch.changes).append(change)
     return batch
 
 
@@ -233,6 +241,7 @@ class Consumer:
         self.name = name or consumer_name()
         self.keys = Keys(cfg.redis_prefix)
         self.sink = Sink(cfg, consumer=self.name, staging=staging)
+        self.sink.watermark_cap = self.producer_watermark
         self.redis: redis.Redis | None = None
         self.stats = Stats()
         self.state = StateLog(log)
@@ -326,6 +335,14 @@ class Consumer:
         batch.low_water = parse_low_water(oldest)
         return batch
 
+    def producer_watermark(self) -> datetime | None:
+        """The producer's watermark in Redis now (lowered by `facusync resync`); QueueError."""
+        raw = self._call(self._redis().get, self.keys.watermark)
+        try:
+            return datetime.fromisoformat(_text(raw)) if raw is not None else None
+        except ValueError:
+            return None
+
     def oldest_low_water(self) -> datetime | None:
         return parse_low_water(self._call(self._redis().xrange, self.keys.stream, "-", "+",
                                           count=1))
@@ -392,11 +409,16 @@ class Consumer:
         if self.stats.first_batch_at is None:
             self.stats.first_batch_at = time.time()
         result = WriteResult()
+        if batch.suspects:
+            alone = self._write_suspects(batch, retry=retry)
+            if alone is None:
+                return False
+            result.add(alone)
         if batch.changes:
-            written = self._write(batch, retry=retry)
+            written = self._write(batch.changes, batch.low_water, retry=retry)
             if written is None:
                 return False
-            result = written
+            result.add(written)
         dead = list(batch.dead) + [(c.entry_id, reason) for c, reason in result.dead]
         duration_ms = (time.monotonic() - started) * 1000
         newest = (result.newest_version.replace(tzinfo=self.cfg.tz).timestamp()
@@ -417,7 +439,40 @@ class Consumer:
         self.service.status(self.stats.status_line())
         return True
 
-    def _write(self, batch: Batch, *, retry: bool) -> WriteResult | None:
+    def _write_suspects(self, batch: Batch, *, retry: bool) -> WriteResult | None:
+        """Entries delivered more than MAX_DELIVERIES times: one transaction each.
+
+        Before each, the suspects hash counts that a consumer began writing it alone; the
+        acknowledgement removes the count. A count already at SUSPECT_STOPS means consumers
+        stopped that often in the middle of this very entry: it is dead-lettered unwritten.
+        """
+        result = WriteResult()
+        for change in batch.suspects:
+            started = self._count_suspect(change.entry_id)
+            if started > SUSPECT_STOPS:
+                batch.dead.append((change.entry_id, (
+                    f"delivered {batch.deliveries.get(change.entry_id, 0)} times; the consumer "
+                    f"stopped {started - 1} times while writing it alone")))
+                continue
+            written = self._write([change], None, retry=retry)
+            if written is None:  # a stop during an outage is not the entry's fault
+                self._count_suspect(change.entry_id, -1)
+                return None
+            result.add(written)
+        return result
+
+    def _count_suspect(self, entry_id: str, step: int = 1) -> int:
+        """One more start of writing `entry_id` alone; 1 if Redis cannot count it now."""
+        try:
+            pipe = self._redis().pipeline(transaction=True)
+            pipe.hincrby(self.keys.suspects, entry_id, step)
+            pipe.expire(self.keys.suspects, SUSPECT_TTL)
+            return int(pipe.execute()[0])
+        except (redis.RedisError, OSError, QueueError):
+            return 1
+
+    def _write(self, changes: list[Change], low_water: datetime | None, *,
+               retry: bool) -> WriteResult | None:
         tried = False
         while True:
             # The first attempt always runs, so that SIGTERM finishes the current batch;
@@ -429,7 +484,7 @@ class Consumer:
             if self.sink.conn is None and (not retry or not self.connect()):
                 return None
             try:
-                result = self.sink.write(batch.changes, batch.low_water)
+                result = self.sink.write(changes, low_water)
             except RETRY_ERRORS as exc:
                 log.info("transaction conflict with another consumer; retrying",
                          extra={"error": str(exc).strip().splitlines()[0]})
@@ -469,6 +524,8 @@ class Consumer:
                 if ids:
                     pipe.xack(self.keys.stream, GROUP, *ids)
                     pipe.xdel(self.keys.stream, *ids)
+                if batch.suspects:
+                    pipe.hdel(self.keys.suspects, *(c.entry_id for c in batch.suspects))
                 pipe.xlen(self.keys.dead)
                 replies = pipe.execute()
                 self.stats.dead_letters = int(replies[-1])
@@ -571,9 +628,16 @@ class Consumer:
 
     def run(self, *, once: bool = False) -> int:
         """Until SIGTERM (or, with once, until the stream is drained)."""
+        # Each blocking call is bounded (PG_STATEMENT_TIMEOUT per statement, Redis's socket
+        # timeout); one batch is a handful of statements. A loop stuck longer is still killed.
+        self.service.keep_alive_during_calls(
+            5 * self.cfg.pg_statement_timeout + self.cfg.pg_connect_timeout + 40.0)
+        # READY before connecting: a server that is down at boot is an outage to wait out
+        # (STATUS says which), not a start-up failure systemd would kill and give up on.
+        self.service.ready()
+        self.service.status("connecting to PostgreSQL and Redis")
         if not self.connect():
             return 0
-        self.service.ready()
         self._state = "running"
         log.info("consumer started", extra={"consumer": self.name, "group": GROUP,
                                             "batch_size": self.cfg.batch_size})

@@ -4,9 +4,10 @@ Debian 12's pymssql 2.2.2 has no argument for FreeTDS's `encryption`, `ca file` 
 `check certificate hostname`; FreeTDS reads them only from a freetds.conf. So the first
 connection writes one, derived from the Config, into a private directory (mode 0700,
 removed at exit) and points the FREETDSCONF environment variable at it. Its one section is
-named `[host:port]`, the name pymssql asks FreeTDS for, so FreeTDS stops there and never
-mixes in /etc/freetds/freetds.conf or ~/.freetds.conf: an operator's own freetds.conf does
-not apply to facusync's server; every setting facusync needs is an MSSQL_* variable.
+named `[host:port]` (an alias for an IPv6 literal), the name pymssql asks FreeTDS for, so
+FreeTDS stops there and never mixes in /etc/freetds/freetds.conf or ~/.freetds.conf: an
+operator's own freetds.conf does not apply to facusync's server; every setting facusync
+needs is an MSSQL_* variable.
 """
 
 from __future__ import annotations
@@ -35,8 +36,18 @@ def freetds_conf_text(cfg: Config) -> str:
     # carries the host and port too. Its settings reach no other server.
     lines = [f"host = {cfg.mssql_host}", f"port = {cfg.mssql_port}", *options]
     text = "# Written by facusync from its MSSQL_* settings (see facusync/freetdsconf.py).\n"
-    text += f"[{cfg.mssql_host}:{cfg.mssql_port}]\n" + "".join(f"\t{line}\n" for line in lines)
+    text += f"[{server_name(cfg)}:{cfg.mssql_port}]\n" + "".join(f"\t{line}\n" for line in lines)
     return text
+
+
+# The section's name for an IPv6 literal, whose colons FreeTDS cannot tell from the port's.
+IPV6_ALIAS = "facusync-sqlserver"
+
+
+def server_name(cfg: Config) -> str:
+    """The server pymssql is given (it asks FreeTDS for "server:port", the section's name):
+    MSSQL_HOST; for an IPv6 literal, an alias whose section holds the address."""
+    return IPV6_ALIAS if ":" in cfg.mssql_host else cfg.mssql_host
 
 
 def use_freetds_conf(cfg: Config) -> Path:

@@ -3,12 +3,17 @@
 Both read the view and append to the same stream. Holding one lock while reading *and*
 appending means the stream order matches the order in which the view was read, so reconcile
 can never append a stale read of a row after the producer appended a fresher one. The lock
-expires by itself (TTL) if its holder dies; a long holder extends it while it works.
+expires by itself (TTL) if its holder dies. While it is held, a small thread pushes the expiry
+back every third of the TTL, so a query that takes longer than the TTL (a slow SQL Server, a
+first load) does not lose it; every append checks that the lock is still ours inside its own
+script (enqueue.Guard), so a holder that lost it anyway writes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import threading
 import time
 
 import redis
@@ -37,6 +42,9 @@ class RedisLock:
         self.token = (owner + ":" if owner else "") + secrets.token_hex(8)
         self.held = False
         self._last_extend = 0.0
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
 
     @property
     def waiting_key(self) -> str:
@@ -62,6 +70,7 @@ class RedisLock:
                 if self.client.set(self.key, self.token, nx=True, px=self.ttl_ms):
                     self.held = True
                     self._last_extend = time.monotonic()
+                    self._start_renewer()
                     return True
                 if time.monotonic() >= deadline:
                     return False
@@ -74,21 +83,44 @@ class RedisLock:
         value = self.client.get(self.key)
         return value.decode() if isinstance(value, bytes) else value
 
+    def _start_renewer(self) -> None:
+        self._lost.clear()
+        self._stop.clear()
+        self._renewer = threading.Thread(target=self._renew, name="facusync-lock", daemon=True)
+        self._renewer.start()
+
+    def _renew(self) -> None:
+        """Keep the lock while the holder is busy in a blocking call (a slow query)."""
+        period = self.ttl_ms / 3000
+        while not self._stop.wait(period):
+            try:
+                if not self.client.eval(_EXTEND, 1, self.key, self.token, self.ttl_ms):
+                    self._lost.set()
+                    return
+            except redis.RedisError:
+                continue  # Redis unreachable: the holder's own next call reports it
+
     def extend(self) -> None:
-        """Push the expiry back; cheap to call often (it only talks to Redis every few s)."""
+        """Check that the lock is still ours and push the expiry back (at most every TTL/4)."""
         now = time.monotonic()
-        if not self.held:
-            raise LockLost(f"the lock {self.key} is not held")
+        if not self.held or self._lost.is_set():
+            self.held = False
+            raise LockLost(f"lost the lock {self.key} (it expired, or Redis lost its data)")
         if now - self._last_extend < self.ttl_ms / 4000:
             return
         if not self.client.eval(_EXTEND, 1, self.key, self.token, self.ttl_ms):
             self.held = False
-            raise LockLost(f"lost the lock {self.key}")
+            raise LockLost(f"lost the lock {self.key} (it expired, or Redis lost its data)")
         self._last_extend = now
 
     def release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(timeout=5)
+            self._renewer = None
         if self.held:
             try:
-                self.client.eval(_RELEASE, 1, self.key, self.token)
+                with contextlib.suppress(redis.RedisError):
+                    self.client.eval(_RELEASE, 1, self.key, self.token)
             finally:
                 self.held = False

@@ -7,13 +7,23 @@ One stream entry per row change. Fields (all strings, as Redis stores them):
 - ``key``     the conduce.
 - ``version`` ULTIMA_MODIFICACION as ISO 8601, the source's local wall time, no offset.
 - ``row``     upserts only: JSON object of the synced columns, lower-case names, datetimes as
-              ISO 8601 without offset, decimals as strings (nothing is rounded).
+              ISO 8601 without offset (a datetimeoffset as its UTC instant, ``+00:00``),
+              decimals as strings (nothing is rounded), times as ISO 8601, uniqueidentifiers
+              as lower-case text, binary as PostgreSQL's hex input ``\\x0a1b…``.
 - ``lw``      low-water mark: the producer's watermark *before* this entry was added. Every
               source row with a version at or below it was added to the stream in an earlier
               entry. When the oldest entry still in the stream carries ``lw = X``, everything
               at or below X is committed in PostgreSQL (entries are acknowledged, then deleted,
               only after commit). The consumer stores that as the durable, low-water
               watermark in ``sync_control``. Empty when there was none yet.
+- ``expect``  optional, upserts from reconcile only: the version PostgreSQL held when
+              reconcile compared the row, when that was *newer* than the view's (a restore
+              from a backup, a hand edit). The consumer then replaces the row whatever its
+              version, but only if PostgreSQL still holds exactly ``expect`` (compare and
+              set): the view is the authority on what it holds now, and a change polling
+              delivered meanwhile is never overwritten by reconcile's older read. Without
+              ``expect`` the monotonic guard applies. A consumer that does not know the
+              field applies the guard, which refuses the row: harmless.
 - ``src``     who queued it: ``poll``, ``reconcile`` or ``retry`` (informational).
 - ``ts``      enqueue time, Unix seconds (for lag and latency statistics).
 
@@ -26,9 +36,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
+from datetime import time as time_of_day
 from decimal import Decimal
 from typing import Any
 
@@ -46,15 +58,19 @@ def _json_value(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float)):
         return value  # bool is an int subclass and stays a JSON boolean
     if isinstance(value, datetime):
-        if value.tzinfo is not None:
-            raise MessageError(f"datetime with an offset ({value.isoformat()}): the source is naive")
+        if value.tzinfo is not None:  # a datetimeoffset: its instant, in UTC
+            return value.astimezone(UTC).isoformat(timespec="microseconds")
         return value.isoformat(timespec="microseconds")
     if isinstance(value, date):
         return value.isoformat()
+    if isinstance(value, time_of_day):
+        return value.isoformat(timespec="microseconds")
     if isinstance(value, Decimal):
         return format(value, "f")
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value).hex()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "\\x" + bytes(value).hex()  # bytea's hex input: the same bytes, zeros included
+    if isinstance(value, uuid.UUID):
+        return str(value)
     raise MessageError(f"value of type {type(value).__name__} cannot travel in a message")
 
 
@@ -92,6 +108,16 @@ def encode_row(row: Mapping[str, Any]) -> str:
         separators=(",", ":"),
         sort_keys=True,
     )
+
+
+def key_identity(key: str) -> str:
+    """The conduce as SQL Server's usual collation (CI_AS) compares it: trailing spaces
+    ignored, case ignored ('C-0000004', 'c-0000004' and 'C-0000004 ' are one conduce).
+
+    PostgreSQL compares the same way through the unique index of sql/004 on
+    ``lower(rtrim(conduce, ' '))``; the key is stored as the view spells it now.
+    """
+    return key.rstrip(" ").lower()
 
 
 def fingerprint(row_json: str) -> str:
@@ -144,6 +170,7 @@ class Change:
     row: dict[str, Any] | None
     low_water: datetime | None
     enqueued_at: float | None
+    expect: datetime | None = None  # compare and set: apply only over this version
 
 
 def _text(fields: Mapping[bytes | str, bytes | str], name: str) -> str | None:
@@ -193,6 +220,11 @@ def decode(entry_id: str, fields: Mapping[bytes | str, bytes | str]) -> Change:
             low_water = datetime.fromisoformat(lw_text) if lw_text else None
         except ValueError:
             raise MessageError(f"lw {lw_text!r} is not an ISO 8601 timestamp") from None
+        expect_text = _text(fields, "expect") or ""
+        try:
+            expect = datetime.fromisoformat(expect_text) if expect_text else None
+        except ValueError:
+            raise MessageError(f"expect {expect_text!r} is not an ISO 8601 timestamp") from None
         ts_text = _text(fields, "ts")
         try:
             enqueued_at = float(ts_text) if ts_text else None
@@ -200,4 +232,4 @@ def decode(entry_id: str, fields: Mapping[bytes | str, bytes | str]) -> Change:
             enqueued_at = None
     except UnicodeDecodeError as exc:
         raise MessageError(f"entry is not UTF-8: {exc}") from None
-    return Change(entry_id, op, key, version, row, low_water, enqueued_at)
+    return Change(entry_id, op, key, version, row, low_water, enqueued_at, expect)

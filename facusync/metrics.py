@@ -70,6 +70,10 @@ ROW_RESULTS = ("inserted", "updated", "unchanged", "deleted", "dead_lettered", "
 RECONCILE_COUNTS = ("source_rows", "pg_active_rows", "upserts", "undeletes", "tombstones",
                     "delete_candidates", "fingerprints_restored", "left_in_dead_letters")
 CYCLE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
+# A scrape reads Redis within this (each of a connect and two replies, and the wait for an
+# overlapping scrape): a hung Redis then costs a scrape about 8 s, inside Prometheus' default
+# 10 s scrape timeout, so the producer stays `up` and only the queue series go missing.
+SCRAPE_REDIS_TIMEOUT = 2.0
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -234,7 +238,9 @@ class StreamCollector(Collector):
         return list(self._families({}, {}))
 
     def collect(self) -> Iterable[Metric]:
-        with self.lock:
+        if not self.lock.acquire(timeout=SCRAPE_REDIS_TIMEOUT):
+            return []  # another scrape still waits for Redis: this one answers without it
+        try:
             try:
                 queue, reconcile = self._read()
             except (redis.RedisError, OSError, FacusyncError) as exc:
@@ -243,11 +249,13 @@ class StreamCollector(Collector):
                     self.client.close()
                 self.client = None
                 return []
+        finally:
+            self.lock.release()
         return list(self._families(queue, reconcile))
 
     def _read(self) -> tuple[dict[str, float], dict[str, str]]:
         if self.client is None:
-            self.client = connect_redis(self.cfg, check=False)
+            self.client = connect_redis(self.cfg, check=False, timeout=SCRAPE_REDIS_TIMEOUT)
         pipe = self.client.pipeline(transaction=False)
         pipe.xlen(self.keys.stream)
         pipe.xrange(self.keys.stream, "-", "+", count=1)
@@ -312,6 +320,10 @@ def _number(value: str | None) -> float:
         return 0.0
 
 
+# A connection silent this long is closed: each one holds a thread of the daemon.
+REQUEST_TIMEOUT = 10.0
+
+
 class MetricsServer(ThreadingHTTPServer):
     """The HTTP endpoint, in daemon threads: any path answers with the metrics."""
 
@@ -320,7 +332,9 @@ class MetricsServer(ThreadingHTTPServer):
     def __init__(self, address: str, port: int, registry: CollectorRegistry) -> None:
         if ":" in address:
             self.address_family = socket.AF_INET6
-        super().__init__((address, port), MetricsHandler.factory(registry))
+        handler = type("MetricsHandler", (MetricsHandler.factory(registry),),
+                       {"timeout": REQUEST_TIMEOUT})
+        super().__init__((address, port), handler)
 
 
 def serve(metrics: Metrics, address: str, port: int) -> MetricsServer:

@@ -9,7 +9,7 @@ import pymssql
 
 from facusync.config import Config
 from facusync.errors import SourceError
-from facusync.freetdsconf import use_freetds_conf
+from facusync.freetdsconf import server_name, use_freetds_conf
 from facusync.mssqltls import probe_tls
 
 
@@ -21,6 +21,12 @@ def describe_mssql_error(exc: Exception) -> str:
         return "cannot open the database: check MSSQL_DATABASE and the login's permissions"
     if "18456" in low or "login failed" in low:
         return "login failed: check MSSQL_USER, MSSQL_PASSWORD and MSSQL_DATABASE"
+    if "207" in low and "invalid column name" in low:
+        return (text.strip().splitlines()[0][:200] + ": a column of the view was renamed or "
+                "dropped; facusync looks at the view's columns again")
+    if "4413" in low or "binding errors" in low:
+        return ("the view cannot be read: a column it uses was renamed or dropped in its tables; "
+                "ask the view's owner to fix it (ALTER VIEW, or sp_refreshview)")
     if "208" in low and "invalid object name" in low:
         return "the view does not exist or is not visible: check MSSQL_VIEW and grants"
     if "timed out" in low or "timeout" in low:
@@ -30,6 +36,9 @@ def describe_mssql_error(exc: Exception) -> str:
     if ("unexpected eof" in low or "write to the server failed" in low
             or "read from the server failed" in low or "20047" in low or "dbprocess is dead" in low):
         return "the connection was dropped by the server or the network"
+    if "20002" in low or "connection failed" in low:
+        return ("the server hung up during the login: is MSSQL_HOST:MSSQL_PORT a SQL Server with "
+                "connections to spare, and do MSSQL_ENCRYPT and MSSQL_TDS_VERSION suit it?")
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return first[:300]
 
@@ -81,7 +90,7 @@ def _explain(cfg: Config, exc: Exception) -> str:
 
 def _connect(cfg: Config, tds_version: str | None) -> Any:
     return pymssql.connect(
-        server=cfg.mssql_host,
+        server=server_name(cfg),  # MSSQL_HOST, or an alias for an IPv6 literal (freetdsconf)
         port=str(cfg.mssql_port),
         user=cfg.mssql_user,
         password=cfg.mssql_password.reveal(),

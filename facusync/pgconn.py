@@ -14,9 +14,19 @@ from facusync.tlsinfo import TlsSettings, TlsState, describe_failure, failure_ki
 # PostgreSQL's SSLRequest: length 8, code 1234.5679; the server answers "S" and TLS begins.
 _SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
 
+LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired
+QUERY_CANCELED = "57014"  # statement_timeout expired
+
 
 def describe_pg_error(exc: Exception) -> str:
     """The likely cause in words an operator can act on; never echoes the DSN."""
+    code = getattr(exc, "pgcode", None)
+    if code == LOCK_NOT_AVAILABLE:
+        return ("waited PG_STATEMENT_TIMEOUT for a lock another session holds (VACUUM FULL, "
+                "ALTER TABLE, REINDEX, LOCK TABLE? see pg_locks); retrying")
+    if code == QUERY_CANCELED:
+        return ("a statement ran longer than PG_STATEMENT_TIMEOUT (the server is blocked or "
+                "overloaded); retrying")
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     low = text.lower()
     if "password authentication failed" in low or "no password supplied" in low:
@@ -96,8 +106,20 @@ def pg_tls_state(conn: psycopg2.extensions.connection, cfg: Config) -> TlsState:
                     hostname_checked=encrypted and cfg.pg_sslmode == "verify-full")
 
 
-def connect_pg(cfg: Config, *, application: str = "facusync") -> psycopg2.extensions.connection:
-    """A connection with a connect timeout, TCP keepalives and an application_name."""
+def connect_pg(cfg: Config, *, application: str = "facusync",
+               bounded: bool = False) -> psycopg2.extensions.connection:
+    """A connection with a connect timeout, TCP keepalives and an application_name.
+
+    ``bounded`` (the daemons): every statement, and every wait for a lock, is cancelled after
+    PG_STATEMENT_TIMEOUT, and unacknowledged data after as long, so a blocked PostgreSQL or a
+    half-open connection becomes an error the loop retries, never a hang that starves the
+    watchdog. The keepalives find a dead peer while waiting for an answer within ~25 s.
+    """
+    options = tcp_user_timeout = None  # libpq's defaults (make_dsn drops None)
+    if bounded:
+        millis = cfg.pg_statement_timeout * 1000
+        options = f"-c statement_timeout={millis} -c lock_timeout={millis}"
+        tcp_user_timeout = millis
     try:
         conn: psycopg2.extensions.connection = psycopg2.connect(
             host=cfg.pg_host,
@@ -108,10 +130,12 @@ def connect_pg(cfg: Config, *, application: str = "facusync") -> psycopg2.extens
             connect_timeout=cfg.pg_connect_timeout,
             application_name=application,
             keepalives=1,
-            keepalives_idle=30,
-            keepalives_interval=10,
+            keepalives_idle=10,
+            keepalives_interval=5,
             keepalives_count=3,
             **_tls_arguments(cfg),
+            options=options,
+            tcp_user_timeout=tcp_user_timeout,
         )
     except psycopg2.Error as exc:
         raise SinkError(describe_pg_connect_error(exc, cfg)) from None

@@ -8,8 +8,25 @@ not change, so the overlap costs reads, not writes.
 Where the watermark starts: Redis (the last enqueued version); if Redis lost it, PostgreSQL's
 committed low-water mark in sync_control; if that is empty too, SYNC_START.
 
-Delivery is at-least-once: a crash after a chunk's MULTI/EXEC but before the next re-sends
+Delivery is at-least-once: a crash after a chunk's script call but before the next re-sends
 nothing; a crash inside a chunk re-sends at most that chunk (the consumer is idempotent).
+
+The watermark never passes SQL Server's clock read at the start of the read (GETDATE()): a
+row dated in the future (a PC whose clock is a day ahead, a 9999-12-31 sentinel) is synced
+once (its fingerprint stops re-sends), reported in the log and `facusync status`, but does
+not drag the read window into the future, where every later real change would fall below it.
+
+How late changes arrive is measured from the data, not assumed: a row first seen in a cycle,
+with a version the previous read covered, became visible after that read began (at source
+time T), so it arrived at least ``T - version`` late. A writer whose clock lags SQL Server's
+(an application server stamping its own time) shows up here, and the quiet-view narrowing
+(window_start) widens by what was measured; `facusync status` warns when it exceeds
+SYNC_OVERLAP.
+
+Redis losing its data in the middle of a cycle: every chunk's script checks that the source
+lock is still ours and the watermark still the one the previous chunk left (enqueue.Guard).
+After a FLUSHALL or a restart without persistence neither is, so the cycle stops and the
+next one starts over from PostgreSQL's committed low-water mark.
 """
 
 from __future__ import annotations
@@ -20,6 +37,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,19 +47,33 @@ import redis
 
 from facusync import metrics
 from facusync.config import Config
-from facusync.enqueue import ChunkResult, EncodedRow, append_upserts, encode, read_watermark
+from facusync.enqueue import (
+    ChunkResult,
+    EncodedRow,
+    Guard,
+    append_upserts,
+    encode,
+    read_watermark_text,
+)
 from facusync.errors import EX_OK, EX_UNAVAILABLE, SchemaError, SinkError, UnavailableError
 from facusync.lock import LockLost, RedisLock
+from facusync.message import MessageError, encode_row
 from facusync.pgconn import connect_pg, describe_pg_error
 from facusync.redisconn import Keys, connect_redis, describe_redis_error
 from facusync.service import Backoff, Service, StateLog, daemon_main
-from facusync.source import ColumnMap, ViewSource, map_columns
+from facusync.source import ColumnMap, ViewColumnsChanged, ViewSource, map_columns
+from facusync.sourcetypes import type_problems
+from facusync.zone import ensure_zone
 
 log = logging.getLogger("facusync.producer")
 
 DATETIME_MIN = datetime(1753, 1, 1)
 LOCK_TTL = 15.0
 BACKLOG_CHECK_EVERY = 10  # chunks between two looks at the stream's length
+# A version this far past the source's clock (plus the read's own duration) is reported as
+# dated in the future; nearer ones are rows committed while the read ran.
+FUTURE_MARGIN = 60.0
+LATENESS_MEMORY = 24 * 3600.0  # how long a measured lateness keeps widening the window
 
 
 @dataclass
@@ -59,19 +91,59 @@ class CycleStats:
     paused: bool = False
     skipped: bool = False
     complete: bool = False
+    future: int = 0  # rows dated ahead of the source's clock, seen this cycle
+    future_example: str = ""
+    late_s: float | None = None  # how late this cycle's new arrivals were, at least
 
 
-def table_columns(cfg: Config) -> list[str]:
-    """Columns of datos_vista, so the synced set follows the schema without code changes."""
-    conn = connect_pg(cfg, application="facusync-producer")
+class Lateness:
+    """The most any change arrived after its version (seconds), over the last day."""
+
+    def __init__(self, memory: float = LATENESS_MEMORY) -> None:
+        self.memory = memory
+        self.samples: deque[tuple[float, float]] = deque()  # (monotonic time, seconds)
+
+    def add(self, seconds: float, age: float = 0.0) -> None:
+        """A sample measured `age` seconds ago (a restart reloads the last one from Redis)."""
+        self.samples.append((time.monotonic() - age, seconds))
+
+    def worst(self) -> float | None:
+        """None until an arrival was measured: nothing is known about the writers yet."""
+        while self.samples and self.samples[0][0] < time.monotonic() - self.memory:
+            self.samples.popleft()
+        return max((s for _, s in self.samples), default=None)
+
+    def worst_at(self) -> float | None:
+        """Wall-clock time of the worst sample, to store beside it."""
+        worst = self.worst()
+        if worst is None:
+            return None
+        taken = max(t for t, s in self.samples if s == worst)
+        return time.time() - (time.monotonic() - taken)
+
+    def reload(self, stored: dict[bytes, bytes]) -> None:
+        """Take back what a previous process measured (producer stats in Redis)."""
+        try:
+            seconds = float(stored[b"late_max_s"])
+            age = time.time() - float(stored[b"late_at"])
+        except (KeyError, ValueError):
+            return
+        if 0 <= age < self.memory:
+            self.add(seconds, age)
+
+
+def table_columns(cfg: Config) -> dict[str, str]:
+    """Columns of datos_vista and their types, so the synced set follows the schema."""
+    conn = connect_pg(cfg, application="facusync-producer", bounded=True)
     try:
+        ensure_zone(conn, cfg)
         with conn.cursor() as cur:
             cur.execute(
-                "SELECT column_name FROM information_schema.columns"
-                " WHERE table_schema = current_schema() AND table_name = %s",
+                "SELECT column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name = %s ORDER BY ordinal_position",
                 (cfg.pg_table_vista,),
             )
-            cols = [r[0] for r in cur.fetchall()]
+            cols = {str(name): str(data_type) for name, data_type in cur.fetchall()}
     except psycopg2.Error as exc:
         raise SinkError(describe_pg_error(exc)) from None
     finally:
@@ -84,15 +156,48 @@ def table_columns(cfg: Config) -> list[str]:
     return cols
 
 
-def discover_columns(cfg: Config, source: ViewSource) -> ColumnMap:
-    """The synced columns: the view's and datos_vista's, matched case-insensitively."""
-    return map_columns(source.view_columns(), table_columns(cfg), cfg.mssql_key_column,
-                       cfg.mssql_version_column)
+def discover_columns(cfg: Config, source: ViewSource,
+                     table: dict[str, str] | None = None) -> ColumnMap:
+    """The synced columns: the view's and datos_vista's, matched case-insensitively, with
+    their SQL Server types; SchemaError (exit 78) naming each column that cannot be synced."""
+    table = table or table_columns(cfg)
+    # Names and types from one query: two could straddle an ALTER VIEW.
+    view_types = source.column_types()
+    cols = map_columns(list(view_types) or source.view_columns(), list(table),
+                       cfg.mssql_key_column, cfg.mssql_version_column, view_types)
+    pg_types = {name.lower(): data_type for name, data_type in table.items()}
+    problems = type_problems({n: view_types.get(n, "") for n in cols.view_names}, pg_types,
+                             cfg.mssql_key_column, cfg.mssql_version_column, cfg.pg_table_vista)
+    if problems:
+        raise SchemaError("; ".join(problems))
+    return cols
+
+
+def unencodable(cfg: Config, cols: ColumnMap, row: tuple[object, ...]) -> str:
+    """Which column holds a value no message can carry (a type the start-up check missed)."""
+    bad = []
+    for name, value in zip(cols.view_names, row, strict=True):
+        try:
+            encode_row({name: value})
+        except MessageError:
+            bad.append(f"{name} ({type(value).__name__})")
+    return (f"view column(s) {', '.join(bad) or '?'} return values facusync cannot sync: leave "
+            f"them out of the view, or drop their columns from {cfg.pg_table_vista}")
+
+
+def missing_columns_advice(cfg: Config, missing: tuple[str, ...]) -> str:
+    """What an operator reads when the view lost columns that datos_vista expects."""
+    names = ", ".join(missing)
+    return (f"the view {cfg.mssql_view} has no column {names} that {cfg.pg_table_vista} expects: "
+            "it is no longer synced (PostgreSQL keeps its last values; the other columns are "
+            "synced). If the ERP team renamed or dropped it on purpose, rename or drop "
+            f"{cfg.pg_table_vista}.{missing[0]} to match (a migration) and restart "
+            "facusync-producer; otherwise ask them to restore it (it is picked up again at once)")
 
 
 def committed_watermark(cfg: Config) -> datetime | None:
     """The consumer's durable low-water mark: everything at or below it is in PostgreSQL."""
-    conn = connect_pg(cfg, application="facusync-producer")
+    conn = connect_pg(cfg, application="facusync-producer", bounded=True)
     try:
         with conn.cursor() as cur:
             cur.execute("SELECT watermark FROM sync_control WHERE id = 1")
@@ -112,10 +217,17 @@ class _ChunkWriter:
     before anything later is written.
     """
 
-    def __init__(self, client: redis.Redis, keys: Keys, stats: CycleStats) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, stats: CycleStats, guard: Guard,
+                 ceiling: datetime, arrival_floor: datetime | None) -> None:
         self.client = client
         self.keys = keys
         self.stats = stats
+        self.guard = guard  # its watermark follows each chunk's
+        self.ceiling = ceiling  # the watermark never passes the source's clock
+        # Queued rows at or above this version were inside the previous read's window: they
+        # are new arrivals (None: this cycle measures nothing).
+        self.arrival_floor = arrival_floor
+        self.oldest_arrival: datetime | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facusync-append")
         self.future: Future[ChunkResult] | None = None
         self.in_flight = 0
@@ -127,8 +239,11 @@ class _ChunkWriter:
             return watermark
         self.in_flight = len(rows)
         self.future = self.executor.submit(append_upserts, self.client, self.keys, rows,
-                                           low_water=watermark, advance_watermark=True)
+                                           low_water=watermark, advance_watermark=True,
+                                           guard=self.guard, ceiling=self.ceiling)
         newest = max((r.version for r in rows if r.version is not None), default=None)
+        if newest is not None:
+            newest = min(newest, self.ceiling)
         return newest if newest is not None and newest > watermark else watermark
 
     def wait(self) -> None:
@@ -136,13 +251,19 @@ class _ChunkWriter:
             return
         future, self.future = self.future, None
         result = future.result()
+        if result.watermark_text is not None:
+            self.guard = Guard(self.guard.lock_key, self.guard.lock_token, result.watermark_text)
         self.stats.read += self.in_flight
         self.stats.queued += result.queued
         self.stats.unchanged += result.unchanged
-        if result.max_version is not None and (
-            self.stats.watermark is None or result.max_version > self.stats.watermark
-        ):
-            self.stats.watermark = result.max_version
+        if self.arrival_floor is not None:
+            floor = self.arrival_floor
+            arrivals = [v for v in result.sent_versions if v >= floor]
+            if arrivals and (self.oldest_arrival is None or min(arrivals) < self.oldest_arrival):
+                self.oldest_arrival = min(arrivals)
+        newest = None if result.max_version is None else min(result.max_version, self.ceiling)
+        if newest is not None and (self.stats.watermark is None or newest > self.stats.watermark):
+            self.stats.watermark = newest
 
     def close(self) -> None:
         try:
@@ -161,11 +282,28 @@ class Producer:
         self.source = ViewSource(cfg)
         self.redis: redis.Redis | None = None
         self.cols: ColumnMap | None = None
+        self.table_cols: dict[str, str] | None = None
+        # The watermark when expected columns went missing, and where to re-read from once
+        # they are back (rows changed meanwhile were synced without them).
+        self.columns_lost_at: datetime | None = None
+        self.reread_from: datetime | None = None
+        self.loss_recalled = False
         self.state_log = StateLog(log)
         self.backoff = Backoff(cfg.backoff_max)
         self.owner = f"producer@{socket.gethostname()}:{os.getpid()}"
-        # Source time at the start of the last cycle that read its whole window.
+        # Source time at the start of the last cycle that read its whole window, and where
+        # that window began (None: from the start).
         self.last_full_read: datetime | None = None
+        self.last_since: datetime | None = None
+        self.lateness = Lateness()
+        self.lateness_reloaded = False
+        # Until an arrival is measured: how far the newest version trailed SQL Server's clock
+        # at this process's first complete read (a writer an hour behind shows up here too).
+        self.boot_lateness: float | None = None
+        # The watermark text this process left in Redis; anything else means someone moved
+        # it (resync) or Redis lost it.
+        self.left_watermark: str | None = None
+        self.future_reported: set[tuple[str, datetime]] = set()
 
     # -- set-up -----------------------------------------------------------------------
     def _client(self) -> redis.Redis:
@@ -174,21 +312,39 @@ class Producer:
         return self.redis
 
     def discover(self) -> ColumnMap:
-        """Synced columns, found once at start (view ∩ table, case-insensitive)."""
-        if self.cols is None:
-            cols = discover_columns(self.cfg, self.source)
-            for name in cols.ignored:
+        """Synced columns (view ∩ table, case-insensitive): found at start, again after SQL
+        Server said a column is gone (error 207), and every cycle while a column datos_vista
+        expects is missing from the view, so that it is synced again as soon as it is back."""
+        old = self.cols
+        if old is not None and not old.missing:
+            return old
+        if self.table_cols is None:
+            self.table_cols = table_columns(self.cfg)
+        cols = discover_columns(self.cfg, self.source, self.table_cols)
+        if cols == old:
+            return cols
+        for name in cols.ignored:
+            if old is None or name not in old.ignored:
                 log.warning("view column %s has no column in %s; it is not synced", name,
                             self.cfg.pg_table_vista, extra={"column": name})
-            log.info("synced columns: %s", ", ".join(cols.names), extra={"columns": cols.names})
-            self.cols = cols
-        return self.cols
+        if cols.missing:
+            log.error("%s", missing_columns_advice(self.cfg, cols.missing),
+                      extra={"missing_columns": list(cols.missing)})
+        back = [n for n in cols.names if old is not None and n not in old.names]
+        if back:
+            log.warning("view column(s) %s are back; re-reading the rows changed meanwhile",
+                        ", ".join(back), extra={"columns": back})
+            self.reread_from = self.columns_lost_at
+        if not cols.missing:
+            self.columns_lost_at = None
+        log.info("synced columns: %s", ", ".join(cols.names), extra={"columns": cols.names})
+        self.cols = cols
+        return cols
 
-    def start_watermark(self, client: redis.Redis) -> tuple[datetime, str]:
-        """Where to read from, and which of the three sources said so."""
-        wm = read_watermark(client, self.keys)
-        if wm is not None:
-            return wm, "redis"
+    def start_watermark(self, stored: str | None) -> tuple[datetime, str]:
+        """Where to read from (given Redis' watermark text), and which source said so."""
+        if stored is not None:
+            return datetime.fromisoformat(stored), "redis"
         wm = committed_watermark(self.cfg)
         if wm is not None:
             log.warning("Redis has no watermark; resuming from PostgreSQL's committed watermark",
@@ -201,24 +357,53 @@ class Producer:
 
         The overlap exists for rows committed late, up to SYNC_OVERLAP after their
         ULTIMA_MODIFICACION. A row that became visible after the previous complete read began
-        (at source time T) therefore has a version >= T - SYNC_OVERLAP. When the view is quiet
-        the watermark stops moving while T does, and re-reading ``watermark - overlap`` would
-        encode and fingerprint the same rows forever (the idle cost `make bench` measured).
-        So the window starts at ``max(W - overlap, min(W, T - overlap))``: unchanged while
-        changes flow, shrinking to the rows at the watermark itself (never above it: rows
-        sharing the boundary timestamp are always re-read) once the view has been quiet for
-        longer than the overlap. Only with a watermark read from Redis by this process; after
-        a restart, a resync or a Redis loss the full window is read.
+        (at source time T) therefore has a version >= T - SYNC_OVERLAP - lag, where lag is how
+        far a writer's clock trails SQL Server's (the measured lateness beyond what the
+        overlap covers; see Lateness). When the view is quiet the watermark stops moving
+        while T does, and re-reading ``watermark - overlap`` would encode and fingerprint the
+        same rows forever (the idle cost `make bench` measured). So the window starts at
+        ``max(W - overlap, min(W, T - overlap - lateness))``: unchanged while changes flow,
+        shrinking to the rows at the watermark itself (never above it: rows sharing the
+        boundary timestamp are always re-read) once the view has been quiet for longer than
+        that. Only with a watermark this process left in Redis; after a restart, a resync or
+        a Redis loss the full window is read. Before any arrival was measured, the lateness
+        assumed is how far the newest version trailed the source's clock at the first
+        complete read (a writer an hour behind makes that at least an hour).
         """
         if origin == "SYNC_START":
             # First run: everything from SYNC_START; the default reads the whole view.
             return None if watermark <= datetime(2000, 1, 1) else watermark
         overlap = timedelta(seconds=self.cfg.sync_overlap)
+        if watermark <= DATETIME_MIN + overlap:
+            return None  # `resync --all`: every row, even one dated before 1753 (datetime2)
         since = watermark - overlap
-        if origin == "redis" and self.last_full_read is not None:
-            since = max(since, min(watermark, self.last_full_read - overlap))
+        late = self.lateness.worst()
+        if late is None:
+            late = self.boot_lateness
+        if origin == "redis" and self.last_full_read is not None and late is not None:
+            widened = self.last_full_read - overlap - timedelta(seconds=late)
+            since = max(since, min(watermark, widened))
         # SQL Server's datetime starts in 1753; a resync --all asks for "everything".
         return max(since, DATETIME_MIN)
+
+    def recall_loss(self, client: redis.Redis, cols: ColumnMap) -> None:
+        """Once per process: columns that went missing before a restart (kept with the stats
+        in Redis) still need their rows re-read once they are back."""
+        if self.loss_recalled:
+            return
+        self.loss_recalled = True
+        raw = client.hget(self.keys.producer_stats, "columns_lost_at")
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        if not text:
+            return
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            return
+        if cols.missing:
+            self.columns_lost_at = min(when, self.columns_lost_at or when)
+        else:
+            self.reread_from = min(when, self.reread_from or when)
 
     # -- one cycle --------------------------------------------------------------------
     def backlog(self, client: redis.Redis) -> int:
@@ -240,23 +425,56 @@ class Producer:
             stats.complete = True
             return stats
         try:
+            if not self.lateness_reloaded:
+                self.lateness.reload(client.hgetall(self.keys.producer_stats))
+                self.lateness_reloaded = True
             stats.backlog = self.backlog(client)
-            watermark, origin = self.start_watermark(client)
+            stored = read_watermark_text(client, self.keys)
+            watermark, origin = self.start_watermark(stored)
+            if origin == "redis" and stored != self.left_watermark:
+                if self.left_watermark is not None:
+                    log.info("the watermark was moved to %s (a resync?); reading the whole "
+                             "window from there", stored, extra={"watermark": stored})
+                origin = "moved"
             stats.watermark = watermark
             if stats.backlog >= self.cfg.queue_max_pending:
                 stats.paused = True
                 return stats
             read_started = self.source.now()
+            read_t0 = time.monotonic()
+            if watermark > read_started:
+                watermark = self._clock_behind(watermark, read_started)
             since = self.window_start(watermark, origin)
+            self.recall_loss(client, cols)
+            if cols.missing and self.columns_lost_at is None:
+                self.columns_lost_at = watermark
+            if self.reread_from is not None and since is not None:
+                since = max(DATETIME_MIN, min(
+                    since, self.reread_from - timedelta(seconds=self.cfg.sync_overlap)))
             stats.since = since
-            writer = _ChunkWriter(client, self.keys, stats)
+            # Every chunk checks the lock and the watermark it expects (absent: "").
+            guard = Guard(lock.key, lock.token, stored or "")
+            # A re-read for a column that came back re-sends old rows: not late arrivals.
+            measures = (origin == "redis" and self.last_full_read is not None
+                        and self.reread_from is None)
+            floor = max(since or DATETIME_MIN, self.last_since or DATETIME_MIN)
+            writer = _ChunkWriter(client, self.keys, stats, guard, ceiling=read_started,
+                                  arrival_floor=floor if measures else None)
             try:
                 pending: list[EncodedRow] = []
                 chunks = 0
                 for rows in self.source.read_since(cols, since):
                     self.service.alive()
+                    future_after = read_started + timedelta(
+                        seconds=time.monotonic() - read_t0 + FUTURE_MARGIN)
                     for row in rows:
-                        pending.append(encode(cols.names, row, cols.key_index, cols.version_index))
+                        try:
+                            encoded = encode(cols.names, row, cols.key_index, cols.version_index)
+                        except MessageError:
+                            raise SchemaError(unencodable(self.cfg, cols, row)) from None
+                        if encoded.version is not None and encoded.version > future_after:
+                            self._dated_in_future(stats, encoded, read_started)
+                        pending.append(encoded)
                         if len(pending) >= self.cfg.chunk_size:
                             lock.extend()  # raises LockLost before writing if we lost it
                             watermark = writer.submit(pending, watermark)
@@ -276,13 +494,66 @@ class Producer:
                 writer.wait()
             finally:
                 writer.close()
+                self.left_watermark = writer.guard.watermark or None
             stats.backlog = self.backlog(client)
             stats.complete = True
+            if measures and self.last_full_read is not None:
+                self._measure(stats, self.last_full_read, writer.oldest_arrival)
+            if self.boot_lateness is None and stats.watermark is not None:
+                self.boot_lateness = max(0.0, (read_started - stats.watermark).total_seconds())
             self.last_full_read = read_started
+            self.last_since = since
+            self.reread_from = None
             return stats
         finally:
             lock.release()
             stats.duration_ms = round((time.monotonic() - t0) * 1000, 1)
+
+    def _clock_behind(self, watermark: datetime, source_now: datetime) -> datetime:
+        """The watermark is ahead of SQL Server's clock: the clock went back (the repeated
+        hour of a daylight-saving change, a correction) or an older version let a future
+        row carry it there. Rows written now get versions below it, so read from the clock
+        (a lower low-water mark is always true) and forget the narrowing."""
+        if self.last_full_read is not None and source_now < self.last_full_read:
+            log.warning("SQL Server's clock went back from %s to %s (a daylight-saving change?); "
+                        "re-reading from its present time",
+                        self.last_full_read.isoformat(sep=" ", timespec="seconds"),
+                        source_now.isoformat(sep=" ", timespec="seconds"))
+        self.last_full_read = None
+        return source_now
+
+    def _measure(self, stats: CycleStats, previous_read: datetime,
+                 oldest_arrival: datetime | None) -> None:
+        """Record how late this cycle's new arrivals were (at least previous read - version)."""
+        if oldest_arrival is None:
+            return
+        stats.late_s = max(0.0, (previous_read - oldest_arrival).total_seconds())
+        self.lateness.add(stats.late_s)
+        if stats.late_s > self.cfg.sync_overlap:
+            log.warning(
+                "a change arrived %.0f s after its %s, more than SYNC_OVERLAP=%g s: a writer's "
+                "clock lags SQL Server's, or transactions run long. Polling still reads such rows "
+                "while it runs, but after a restart or a Redis loss they are left to reconcile; "
+                "raise SYNC_OVERLAP above %.0f", stats.late_s, self.cfg.mssql_version_column,
+                self.cfg.sync_overlap, stats.late_s, extra={"late_s": stats.late_s})
+
+    def _dated_in_future(self, stats: CycleStats, row: EncodedRow, source_now: datetime) -> None:
+        """Count a row dated ahead of SQL Server's clock; log it once per key and version."""
+        stats.future += 1
+        assert row.version is not None
+        if not stats.future_example:
+            stats.future_example = f"{row.key} at {row.version.isoformat(sep=' ')}"
+        seen = (row.key or "", row.version)
+        if seen in self.future_reported:
+            return
+        self.future_reported.add(seen)
+        log.warning(
+            "row %s has %s %s, ahead of SQL Server's clock (%s): it is synced, but the watermark "
+            "stays at the present so later changes keep flowing; correct the row's date at the "
+            "source (a PC with a wrong clock, or a sentinel date)", row.key,
+            self.cfg.mssql_version_column, row.version.isoformat(sep=" "),
+            source_now.isoformat(sep=" ", timespec="seconds"),
+            extra={"key": row.key, "version": row.version.isoformat()})
 
     # -- reporting --------------------------------------------------------------------
     def report(self, stats: CycleStats, state: str, cause: str = "") -> None:
@@ -296,15 +567,22 @@ class Producer:
         else:
             line = (f"cycle {when}: {stats.queued} changed, watermark {wm}, "
                     f"backlog {stats.backlog}")
+        missing = self.cols.missing if self.cols is not None else ()
+        if missing:
+            line += f"; NOT SYNCED, gone from the view: {', '.join(missing)}"
         self.service.status(line)
         metrics.producer_cycle(stats, state)
         fields = {
             "state": state,
             "cause": cause,
+            "missing_columns": ",".join(missing),
             "heartbeat": f"{time.time():.3f}",
             "interval": str(self.cfg.sync_interval),
             "status_line": line,
         }
+        if self.loss_recalled:  # never erase what a previous process left before reading it
+            lost = self.columns_lost_at or self.reread_from
+            fields["columns_lost_at"] = lost.isoformat() if lost else ""
         if state != "backing_off":
             fields.update({
                 "last_cycle_at": f"{stats.started:.3f}",
@@ -314,6 +592,11 @@ class Producer:
                 "last_duration_ms": str(stats.duration_ms),
                 "watermark": stats.watermark.isoformat() if stats.watermark else "",
                 "backlog": str(stats.backlog),
+                "future_rows": str(stats.future),
+                "future_example": stats.future_example,
+                "late_max_s": f"{late:.1f}" if (late := self.lateness.worst()) is not None else "",
+                "late_at": f"{at:.3f}" if (at := self.lateness.worst_at()) is not None else "",
+                "overlap": f"{self.cfg.sync_overlap:g}",
             })
         try:
             if self.redis is not None:
@@ -360,6 +643,15 @@ class Producer:
                 stats = self.run_once()
             except SchemaError:
                 raise
+            except ViewColumnsChanged as exc:
+                # Not an outage: find the view's columns again and go on with the ones that
+                # remain. datos_vista did not change: its columns stay cached, so that a
+                # PostgreSQL outage at the same time cannot stop the producer.
+                log.warning("SQL Server: %s; looking at the view's columns again", exc.cause,
+                            extra={"column": exc.column})
+                self.cols = None
+                self.service.sleep(self.backoff.next_delay())
+                continue
             except UnavailableError as exc:
                 self._failed(exc.target, exc.cause)
                 continue
@@ -368,7 +660,10 @@ class Producer:
                 self._failed("Redis", describe_redis_error(exc, self.cfg))
                 continue
             except LockLost as exc:
-                log.warning("%s; the cycle stops and the next one resumes", exc)
+                # Lost to an expiry, a Redis restart or a FLUSHALL: not a reason to hammer
+                # Redis and SQL Server, so the next attempt waits like any other failure.
+                log.warning("%s; the cycle stops and the next one starts over", exc)
+                self.service.sleep(self.backoff.next_delay())
                 continue
             self.state_log.ok()
             self.backoff.reset()

@@ -6,7 +6,11 @@ How it works
 
     * missing in PostgreSQL, soft-deleted there, or with different values -> an upsert is
       queued (the producer's path and stream). This repairs changes that did not bump
-      ULTIMA_MODIFICACION, rows lost downstream, and hand edits of datos_vista. A row whose
+      ULTIMA_MODIFICACION, rows lost downstream, and hand edits of datos_vista. When
+      PostgreSQL holds a *newer* version than the view (a restore from a backup, a hand
+      edit), the monotonic guard would refuse the view's row forever: that upsert carries
+      ``expect`` = the version compared against, and the consumer replaces the row only if
+      PostgreSQL still holds it, so a change polling delivered meanwhile is never undone. A row whose
       fingerprint already matches and that sits in the dead-letter stream is left to the
       operator (`facusync dead-letter retry`), so reconcile never dead-letters it twice;
     * equal in PostgreSQL but with a missing or stale fingerprint (Redis lost its data)
@@ -45,10 +49,18 @@ import redis
 
 from facusync.compare import PgRow, chunked, iter_pg_rows, iter_view_rows, merge
 from facusync.config import Config
-from facusync.enqueue import EncodedRow, append_deletes, append_upserts, encode, read_watermark
+from facusync.enqueue import (
+    EncodedRow,
+    Guard,
+    append_deletes,
+    append_upserts,
+    encode,
+    read_watermark,
+    restore_fingerprints,
+)
 from facusync.errors import FacusyncError
-from facusync.lock import RedisLock
-from facusync.message import format_version
+from facusync.lock import LockLost, RedisLock
+from facusync.message import format_version, key_identity
 from facusync.pgconn import connect_pg
 from facusync.producer import discover_columns
 from facusync.redisconn import Keys, connect_redis
@@ -57,6 +69,7 @@ from facusync.source import ColumnMap, ViewSource
 log = logging.getLogger("facusync.reconcile")
 
 CHUNK = 2000
+LOCK_TTL = 30.0  # kept alive by the lock's own thread while a slow sorted read runs
 
 
 class MassDeleteRefused(FacusyncError):
@@ -78,6 +91,7 @@ class ReconcileResult:
     source_rows: int = 0
     pg_active_rows: int = 0
     upserts: int = 0
+    replaced_newer: int = 0  # of the upserts: PostgreSQL held a newer version than the view
     undeletes: int = 0
     fingerprints_restored: int = 0
     tombstones: int = 0
@@ -104,13 +118,17 @@ class Reconciler:
         client = connect_redis(self.cfg)
         source = ViewSource(self.cfg)
         conn = connect_pg(self.cfg, application="facusync-reconcile")
-        lock = RedisLock(client, self.keys.source_lock, ttl=30, owner="reconcile")
+        lock = RedisLock(client, self.keys.source_lock, ttl=LOCK_TTL, owner="reconcile")
         try:
             cols = discover_columns(self.cfg, source)
             if not lock.acquire(wait=self.lock_wait, priority=True):
                 raise LockBusy(f"the producer held the source lock for over {self.lock_wait:.0f} s "
                                f"(holder: {lock.holder()}); try again later")
-            result = self._scan(client, source, conn, cols, lock)
+            try:
+                result = self._scan(client, source, conn, cols, lock)
+            except LockLost as exc:
+                raise LockBusy(f"{exc}: reconcile stopped (what it queued before is valid); "
+                               "run it again") from None
         finally:
             lock.release()
             conn.close()
@@ -140,10 +158,9 @@ class Reconciler:
                 continue
             pending.append((v, p))
             if len(pending) >= CHUNK:
-                self._flush(client, pending, dead_keys, low_water, result)
+                self._flush(client, pending, dead_keys, low_water, result, lock)
                 pending = []
-                lock.extend()
-        self._flush(client, pending, dead_keys, low_water, result)
+        self._flush(client, pending, dead_keys, low_water, result, lock)
         result.delete_candidates = len(candidates)
         self._tombstones(client, source, cols, candidates, low_water, result, lock)
         return result
@@ -156,12 +173,22 @@ class Reconciler:
                 keys.add(raw.decode("utf-8", "replace"))
         return keys
 
+    @staticmethod
+    def _guard(lock: RedisLock) -> Guard:
+        """Every write checks, in its own script, that the lock is still ours."""
+        lock.extend()  # fails early (before reading fingerprints) if the renewer lost it
+        return Guard(lock.key, lock.token)
+
     def _flush(self, client: redis.Redis, rows: list[tuple[EncodedRow, PgRow | None]],
-               dead_keys: set[str], low_water: datetime | None, result: ReconcileResult) -> None:
+               dead_keys: set[str], low_water: datetime | None, result: ReconcileResult,
+               lock: RedisLock) -> None:
         if not rows:
             return
+        guard = self._guard(lock)
         known = client.hmget(self.keys.fingerprints, [v.fp_field for v, _ in rows])
         send: list[EncodedRow] = []
+        replace: dict[str, EncodedRow] = {}  # PostgreSQL holds a newer version than the view
+        newer: dict[str, datetime] = {}
         restore: dict[str, str] = {}
         for (v, p), fp in zip(rows, known, strict=True):
             fp_text = fp.decode() if isinstance(fp, bytes) else fp
@@ -174,16 +201,30 @@ class Reconciler:
                 continue
             if p is not None and p.deleted:
                 result.undeletes += 1
-            send.append(v)
-        result.upserts += len(send)
+            if p is not None and v.key is not None and v.version is not None \
+                    and p.version > v.version:
+                replace[v.key] = v
+                newer[v.key] = p.version
+            else:
+                send.append(v)
+        result.upserts += len(send) + len(replace)
+        result.replaced_newer += len(replace)
         result.fingerprints_restored += len(restore)
         if self.dry_run:
             return
-        if restore:
-            client.hset(self.keys.fingerprints, mapping=restore)  # type: ignore[arg-type]
+        restore_fingerprints(client, self.keys, restore, guard)
         if send:
             append_upserts(client, self.keys, send, low_water=low_water, advance_watermark=False,
-                           src="reconcile", force=True)
+                           src="reconcile", force=True, guard=guard)
+        if replace:
+            # The view is the authority on what it holds now: replace the newer version, but
+            # only if PostgreSQL still holds the one compared here (message.py, ``expect``).
+            log.warning("PostgreSQL holds a newer version than the view (restored from a "
+                        "backup? edited by hand?); replacing it with the view's",
+                        extra={"keys": sorted(replace)[:20], "count": len(replace)})
+            append_upserts(client, self.keys, list(replace.values()), low_water=low_water,
+                           advance_watermark=False, src="reconcile", force=True, expect=newer,
+                           guard=guard)
 
     def _tombstones(self, client: redis.Redis, source: ViewSource, cols: ColumnMap,
                     candidates: list[tuple[str, str]], low_water: datetime | None,
@@ -205,18 +246,23 @@ class Reconciler:
         gone: list[tuple[str, str]] = []
         for part in chunked(candidates, 500):
             lock.extend()
-            still = {str(r[cols.key_index]) for r in source.read_keys(cols, [k for k, _ in part])}
-            gone.extend((k, ver) for k, ver in part if k not in still)
-            reappeared = [k for k, _ in part if k in still]
+            # SQL Server finds 'C-1' for 'c-1 ' (CI_AS); so do we: a conduce whose spelling
+            # changed is renamed by its upsert (sql/004), never tombstoned with its note.
+            still = {key_identity(str(r[cols.key_index]))
+                     for r in source.read_keys(cols, [k for k, _ in part])}
+            gone.extend((k, ver) for k, ver in part if key_identity(k) not in still)
+            reappeared = [k for k, _ in part if key_identity(k) in still]
             if reappeared and not self.dry_run:
                 rows = [encode(cols.names, r, cols.key_index, cols.version_index)
                         for r in source.read_keys(cols, reappeared)]
-                result.upserts += append_upserts(client, self.keys, rows, low_water=low_water,
-                                                 advance_watermark=False, src="reconcile").queued
+                result.upserts += append_upserts(
+                    client, self.keys, rows, low_water=low_water, advance_watermark=False,
+                    src="reconcile", guard=self._guard(lock)).queued
         result.tombstones = len(gone)
         if gone and not self.dry_run:
             for part in chunked(gone, CHUNK):
-                append_deletes(client, self.keys, list(part), low_water=low_water)
+                append_deletes(client, self.keys, list(part), low_water=low_water,
+                               guard=self._guard(lock))
 
     def _record(self, client: redis.Redis, result: ReconcileResult) -> None:
         fields = {k: str(v) for k, v in asdict(result).items()}

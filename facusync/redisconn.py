@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from facusync.config import Config, ca_bundle
 from facusync.errors import QueueError
@@ -40,6 +42,11 @@ class Keys:
         return self.prefix + "dead:index"
 
     @property
+    def suspects(self) -> str:
+        """entry id -> times a consumer began writing it alone (MAX_DELIVERIES exceeded)."""
+        return self.prefix + "suspects"
+
+    @property
     def watermark(self) -> str:
         """The last enqueued version (the last sync timestamp of docs/DESIGN.md)."""
         return self.prefix + "watermark"
@@ -63,7 +70,9 @@ class Keys:
 
     @property
     def consumer_stats_pattern(self) -> str:
-        return self.prefix + "stats:consumer:*"
+        """A SCAN MATCH pattern; the prefix's own * ? [ ] \\ match only themselves."""
+        literal = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix)
+        return literal + "stats:consumer:*"
 
     @property
     def reconcile_stats(self) -> str:
@@ -166,17 +175,25 @@ def redis_tls_state(client: redis.Redis) -> TlsState:
         conn.disconnect()
 
 
-def connect_redis(cfg: Config, *, check: bool = True) -> redis.Redis:
-    """A client with timeouts, so a dead server can never hang a loop."""
+def connect_redis(cfg: Config, *, check: bool = True, timeout: float | None = None) -> redis.Redis:
+    """A client with timeouts, so a dead server can never hang a loop.
+
+    No retries inside the driver (newer redis-py retries a refused connection ten times with
+    its own backoff, seconds in all): the loops retry with BACKOFF_MAX and log the outage
+    once, so a server's return is noticed within one of their backoff steps. `timeout` bounds
+    every connect and reply instead, for a caller that must answer sooner (a metrics scrape)
+    than a command that may legitimately take a while.
+    """
     client = redis.Redis(
         host=cfg.redis_host,
         port=cfg.redis_port,
         db=cfg.redis_db,
         password=cfg.redis_password.reveal() or None,
-        socket_connect_timeout=cfg.redis_connect_timeout,
-        socket_timeout=max(30.0, cfg.redis_connect_timeout),
+        socket_connect_timeout=timeout or cfg.redis_connect_timeout,
+        socket_timeout=timeout or max(30.0, cfg.redis_connect_timeout),
         health_check_interval=30,
         **_tls_arguments(cfg),
+        retry=Retry(NoBackoff(), 0),
     )
     if cfg.redis_tls:
         client.connection_pool.connection_class = _HandshakeTimedSSLConnection

@@ -39,10 +39,12 @@ from facusync.migrate import ADVISORY_LOCK_ID, SCHEMA
 log = logging.getLogger("facusync.roles")
 
 REPORT_VIEW = "v_planificacion"
-# Columns of the synced copy the sync must never rewrite: identity, key, and the timestamps
-# owned by the defaults and the trigger. Every other column (synced data, soft-delete flag)
-# is updatable, including columns a later migration adds, once grants are re-applied.
-SYNC_FIXED_COLUMNS = ("sync_id", "conduce", "created_at", "updated_at")
+# Columns of the synced copy the sync must never rewrite: identity and the timestamps owned
+# by the defaults and the trigger. Every other column (synced data, soft-delete flag) is
+# updatable, including columns a later migration adds, once grants are re-applied. The key
+# too: when the view changes a conduce's spelling only (case, trailing spaces; sql/004) the
+# row is renamed, and its tracking row follows by ON UPDATE CASCADE.
+SYNC_FIXED_COLUMNS = ("sync_id", "created_at", "updated_at")
 # The planners' columns. UPDATE never includes conduce: a note cannot move to another
 # conduce. INSERT does, so NocoDB can re-create a missing tracking row; the FK and the
 # UNIQUE constraint reject anything else.

@@ -15,6 +15,10 @@ The guard makes every write idempotent and monotonic (docs/DESIGN.md, invariant 
 - a row whose values did not change is never rewritten, so ``updated_at`` (and NocoDB's view
   of the row) does not churn when the producer's overlap window or reconcile re-sends it.
 
+Keys are compared as SQL Server's CI_AS collation compares them (message.key_identity, the
+unique index of sql/004): an upsert finds its conduce whatever its case or trailing spaces and
+gives the row the view's spelling; the tracking row follows by ON UPDATE CASCADE.
+
 Tombstones soft-delete (``eliminado_en_origen``) only rows not already deleted whose version
 is not newer than the tombstone's; a tombstone for an unknown key is a no-op. Tracking rows in
 ``datos_seguimiento`` are created by the AFTER INSERT statement trigger of sql/001 (its
@@ -45,13 +49,17 @@ import psycopg2.extensions
 from psycopg2 import sql
 
 from facusync.config import Config
-from facusync.errors import SchemaError, SinkError
-from facusync.message import OP_DELETE, OP_UPSERT, Change
+from facusync.errors import QueueError, SchemaError, SinkError
+from facusync.message import OP_DELETE, OP_UPSERT, Change, key_identity
 from facusync.pgconn import connect_pg, describe_pg_error
+from facusync.zone import ensure_zone, mismatch_advice, recorded_zone
 
 log = logging.getLogger("facusync.sink")
 
 STAGE = "facusync_stage"
+# How PostgreSQL identifies a conduce: as SQL Server's CI_AS collation does (message.py's
+# key_identity), through the unique index of sql/004.
+KEY_IDENTITY = "lower(rtrim(conduce, ' '::text))"
 # Columns the sync owns itself; never taken from a message.
 BOOKKEEPING = frozenset({"sync_id", "eliminado_en_origen", "eliminado_at", "created_at", "updated_at"})
 KEY = "conduce"
@@ -62,6 +70,10 @@ ROW_ERRORS: tuple[type[Exception], ...] = (psycopg2.DataError, psycopg2.Integrit
 # Raised when two consumers lock the same rows in a different order: retry the batch.
 RETRY_ERRORS: tuple[type[Exception], ...] = (psycopg2.errors.DeadlockDetected,
                                              psycopg2.errors.SerializationFailure)
+# PG_STATEMENT_TIMEOUT expired (a lock held by another session, a blocked server): an outage
+# on a connection that is still good, so roll back and keep it.
+TIMEOUT_ERRORS: tuple[type[Exception], ...] = (psycopg2.errors.LockNotAvailable,
+                                               psycopg2.errors.QueryCanceled)
 
 
 
@@ -90,6 +102,15 @@ def copy_text(value: Any) -> str:
     return copy_escape(json.dumps(value, ensure_ascii=False))
 
 
+def param_text(value: Any) -> str | None:
+    """One JSON value as the text of a query parameter, cast like a staged COPY field."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (bool, int, float)):
+        return copy_text(value)  # t, f, digits: nothing to escape
+    return json.dumps(value, ensure_ascii=False)
+
+
 @dataclass
 class WriteResult:
     """What one batch did to the table; ``dead`` are the changes PostgreSQL refused."""
@@ -107,7 +128,11 @@ class WriteResult:
         self.updated += other.updated
         self.unchanged += other.unchanged
         self.deleted += other.deleted
+        self.ignored += other.ignored
         self.dead.extend(other.dead)
+        if other.newest_version is not None and (self.newest_version is None
+                                                 or other.newest_version > self.newest_version):
+            self.newest_version = other.newest_version
 
 
 def dedupe(changes: Sequence[Change]) -> tuple[list[Change], int]:
@@ -123,15 +148,16 @@ def dedupe(changes: Sequence[Change]) -> tuple[list[Change], int]:
     best: dict[str, Change] = {}
     upsert_before: dict[str, Change] = {}  # newest upsert seen before the key's tombstone
     for change in changes:
-        seen = best.get(change.key)
+        key = key_identity(change.key)  # one conduce however the view spells it
+        seen = best.get(key)
         if seen is None or change.version >= seen.version:
             if change.op == OP_DELETE and seen is not None:
-                prior = seen if seen.op == OP_UPSERT else upsert_before.get(change.key)
+                prior = seen if seen.op == OP_UPSERT else upsert_before.get(key)
                 if prior is not None:
-                    upsert_before[change.key] = prior
+                    upsert_before[key] = prior
             elif change.op == OP_UPSERT:
-                upsert_before.pop(change.key, None)
-            best[change.key] = change
+                upsert_before.pop(key, None)
+            best[key] = change
     survivors: list[Change] = []
     for key in sorted(best):
         change = best[key]
@@ -146,10 +172,17 @@ class Column:
     name: str
     type_name: str  # format_type without modifiers: "numeric", "character varying", …
 
-    def expression(self, source: sql.Composable, tz: str) -> sql.Composable:
-        """How a staged text value becomes this column's type."""
+    def expression(self, source: sql.Composable, tz: str, *, offsets: bool = False) -> sql.Composable:
+        """How a staged text value becomes this column's type.
+
+        `offsets`: some values of a timestamptz column carry an offset (a datetimeoffset
+        travels as its UTC instant); the others are SOURCE_TIMEZONE local times.
+        """
         if self.type_name in _TEXT_TYPES:
             return source  # assignment coercion: "value too long" instead of truncation
+        if self.type_name == "timestamp with time zone" and offsets:
+            return sql.SQL("(CASE WHEN substr({0}, length({0}) - 2, 1) = ':' THEN {0}::timestamptz"
+                           " ELSE {0}::timestamp AT TIME ZONE {1} END)").format(source, sql.Literal(tz))
         if self.type_name == "timestamp with time zone":
             return sql.SQL("({}::timestamp AT TIME ZONE {})").format(source, sql.Literal(tz))
         return sql.SQL("{}::{}").format(source, sql.SQL(self.type_name))
@@ -170,7 +203,10 @@ class Sink:
         self.table = sql.Identifier(cfg.pg_table_vista)
         self.conn: psycopg2.extensions.connection | None = None
         self.columns: dict[str, Column] = {}
-        self._insert_sql: dict[tuple[str, ...], sql.Composed] = {}
+        self.keys_by_identity = False  # sql/004 applied: keys compared as SQL Server does
+        # The producer's watermark now (Redis); the stored low-water mark never passes it.
+        self.watermark_cap: LowWater | None = None
+        self._insert_sql: dict[tuple[tuple[str, ...], frozenset[str]], sql.Composed] = {}
         self._unknown_warned: set[str] = set()
 
     # -- connection -------------------------------------------------------------------------
@@ -178,10 +214,13 @@ class Sink:
     def connect(self) -> None:
         """Connect and read the target table's columns; SchemaError if not migrated."""
         self.close()
-        conn = connect_pg(self.cfg, application=f"facusync-consumer {self.consumer}".strip())
+        conn = connect_pg(self.cfg, application=f"facusync-consumer {self.consumer}".strip(),
+                          bounded=True)
         try:
             conn.autocommit = False
             self.columns = self._read_columns(conn)
+            self.keys_by_identity = self._has_identity_index(conn)
+            ensure_zone(conn, self.cfg)
             if self.staging == "reuse":
                 self._create_stage(conn, "ON COMMIT DELETE ROWS")
             conn.commit()
@@ -218,6 +257,17 @@ class Sink:
                 "incomplete: run `sudo facusync migrate --admin`"
             )
         return {n: c for n, c in found.items() if n not in BOOKKEEPING}
+
+    def _has_identity_index(self, conn: psycopg2.extensions.connection) -> bool:
+        """Whether sql/004's unique index exists; without it keys are compared exactly."""
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass(%s) IS NOT NULL",
+                        ('"' + self.cfg.pg_table_vista + '_conduce_ci_key"',))
+            found = bool(cur.fetchone()[0])  # type: ignore[index]
+        if not found:
+            log.warning("migration 004_keys_case_insensitive is not applied: keys differing only "
+                        "in case or trailing spaces are separate rows; run `sudo facusync migrate --admin`")
+        return found
 
     def _create_stage(self, conn: psycopg2.extensions.connection, on_commit: str) -> None:
         cols = sql.SQL(", ").join(
@@ -256,6 +306,9 @@ class Sink:
         except RETRY_ERRORS:
             self._rollback()
             raise
+        except TIMEOUT_ERRORS as exc:
+            self._rollback()
+            raise SinkError(describe_pg_error(exc)) from None
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             self.close()
             raise SinkError(describe_pg_error(exc)) from None
@@ -306,8 +359,14 @@ class Sink:
     def _apply(self, cur: psycopg2.extensions.cursor, changes: list[Change], *,
                truncate: bool) -> WriteResult:
         result = WriteResult()
-        upserts = [c for c in changes if c.op == OP_UPSERT]
+        upserts = [c for c in changes if c.op == OP_UPSERT and c.expect is None]
+        replaces = [c for c in changes if c.op == OP_UPSERT and c.expect is not None]
         deletes = [c for c in changes if c.op == OP_DELETE]
+        for change in replaces:
+            if self._replace(cur, change):
+                result.updated += 1
+            else:
+                result.unchanged += 1
         if upserts:
             names = self._column_names(upserts)
             if truncate:
@@ -318,7 +377,7 @@ class Sink:
                 ).as_string(cur),
                 io.StringIO(self._copy_payload(upserts, names)),
             )
-            cur.execute(self._insert_statement(names))
+            cur.execute(self._insert_statement(names, self._offset_columns(upserts, names)))
             inserted, updated = cur.fetchone()  # type: ignore[misc]
             result.inserted, result.updated = int(inserted), int(updated)
             result.unchanged = len(upserts) - result.inserted - result.updated
@@ -335,6 +394,42 @@ class Sink:
             )
             result.deleted = cur.rowcount
         return result
+
+    def _replace(self, cur: psycopg2.extensions.cursor, change: Change) -> bool:
+        """Reconcile's compare and set (message.py, ``expect``): the view's row replaces
+        PostgreSQL's newer one only if PostgreSQL still holds the version reconcile compared
+        against. Rare (restores, hand edits), so one statement per row."""
+        names = self._column_names([change])[2:]
+        row = change.row or {}
+        tz = self.cfg.source_timezone
+        assignments = [sql.SQL("{} = {}").format(sql.Identifier(n), self._one_value(n, row.get(n)))
+                       for n in names]
+        cur.execute(
+            sql.SQL("UPDATE {} SET conduce = %s, ultima_modificacion = (%s::timestamp AT TIME"
+                    " ZONE %s), {}eliminado_en_origen = false, eliminado_at = NULL WHERE {} = {}"
+                    " AND ultima_modificacion = (%s::timestamp AT TIME ZONE %s)").format(
+                self.table, sql.SQL("").join(a + sql.SQL(", ") for a in assignments),
+                *self._key_match()),
+            [change.key, change.version.isoformat(), tz,
+             *(param_text(row.get(n)) for n in names), change.key,
+             change.expect.isoformat() if change.expect else None, tz],
+        )
+        return bool(cur.rowcount)
+
+    def _one_value(self, name: str, value: Any) -> sql.Composable:
+        """The cast of one query parameter into column `name` (a datetimeoffset keeps its
+        offset: it travels as a UTC instant)."""
+        column = self.columns[name]
+        if (column.type_name == "timestamp with time zone" and isinstance(value, str)
+                and value[-3:-2] == ":"):
+            return sql.SQL("{}::timestamptz").format(sql.Placeholder())
+        return column.expression(sql.Placeholder(), self.cfg.source_timezone)
+
+    def _key_match(self) -> tuple[sql.Composable, sql.Composable]:
+        """Both sides of ``WHERE row's key = %s``, exact or by identity (sql/004)."""
+        if self.keys_by_identity:
+            return sql.SQL(KEY_IDENTITY), sql.SQL("lower(rtrim(%s, ' '))")
+        return sql.SQL(KEY), sql.SQL("%s")
 
     def _column_names(self, upserts: list[Change]) -> tuple[str, ...]:
         """The table columns this batch carries: key and version first, then the rest.
@@ -365,20 +460,39 @@ class Sink:
         lines.append("")
         return "\n".join(lines)
 
-    def _insert_statement(self, names: tuple[str, ...]) -> sql.Composed:
-        cached = self._insert_sql.get(names)
+    def _offset_columns(self, upserts: list[Change], names: tuple[str, ...]) -> frozenset[str]:
+        """timestamptz columns of which this batch carries a value with an offset ('+00:00')."""
+        found = set()
+        for name in names[2:]:
+            if self.columns[name].type_name != "timestamp with time zone":
+                continue
+            for change in upserts:
+                value = (change.row or {}).get(name)
+                if isinstance(value, str) and len(value) > 6 and value[-3] == ":":
+                    found.add(name)
+                    break
+        return frozenset(found)
+
+    def _insert_statement(self, names: tuple[str, ...],
+                          offsets: frozenset[str] = frozenset()) -> sql.Composed:
+        cached = self._insert_sql.get((names, offsets))
         if cached is not None:
             return cached
         tz = self.cfg.source_timezone
         targets = sql.SQL(", ").join(map(sql.Identifier, names))
         values = sql.SQL(", ").join(
-            self.columns[n].expression(sql.SQL("s.") + sql.Identifier(n), tz) for n in names
+            self.columns[n].expression(sql.SQL("s.") + sql.Identifier(n), tz, offsets=n in offsets)
+            for n in names
         )
+        # With sql/004 a conduce is found however the view spells it, and the row takes the
+        # view's spelling (its tracking row follows by ON UPDATE CASCADE).
+        renames = self.keys_by_identity
         updates: list[sql.Composable] = [
-            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names[1:]
+            sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n))
+            for n in (names if renames else names[1:])
         ]
         updates.append(sql.SQL("eliminado_en_origen = false, eliminado_at = NULL"))
-        compared = names[2:]
+        compared = (KEY, *names[2:]) if renames else names[2:]
         differ: sql.Composable = sql.SQL("")
         if compared:
             differ = sql.SQL("OR (t.ultima_modificacion = EXCLUDED.ultima_modificacion AND ({}) "
@@ -389,7 +503,7 @@ class Sink:
         statement = sql.SQL(
             "WITH w AS (INSERT INTO {table} AS t ({targets}) SELECT {values} FROM {stage} s"
             " ORDER BY s.conduce"
-            " ON CONFLICT (conduce) DO UPDATE SET {updates}"
+            " ON CONFLICT ({target}) DO UPDATE SET {updates}"
             " WHERE t.ultima_modificacion < EXCLUDED.ultima_modificacion {differ}"
             " OR (t.eliminado_en_origen AND t.ultima_modificacion <= EXCLUDED.ultima_modificacion)"
             " RETURNING (xmax = 0) AS fresh)"
@@ -397,24 +511,50 @@ class Sink:
         ).format(
             table=self.table, targets=targets, values=values, stage=sql.Identifier(STAGE),
             updates=sql.SQL(", ").join(updates), differ=differ,
+            target=sql.SQL("(" + KEY_IDENTITY + ")" if renames else KEY),
         )
-        self._insert_sql[names] = statement
+        self._insert_sql[(names, offsets)] = statement
         return statement
 
     def _record(self, cur: psycopg2.extensions.cursor, result: WriteResult, size: int,
                 low_water: datetime | None) -> None:
         """The batch's bookkeeping in sync_control, in the batch's own transaction."""
+        low_water = self._capped(cur, low_water)
         cur.execute(
             "UPDATE sync_control SET"
             " watermark = GREATEST(watermark, %s::timestamp),"
             " newest_version = GREATEST(newest_version, (%s::timestamp AT TIME ZONE %s)),"
             " last_commit_at = now(), last_consumer = %s, last_batch_size = %s,"
             " last_inserted = %s, last_updated = %s, last_unchanged = %s, last_deleted = %s,"
-            " last_dead = %s WHERE id = 1",
+            " last_dead = %s WHERE id = 1 AND source_timezone = %s",
             (low_water, result.newest_version, self.cfg.source_timezone, self.consumer, size,
              result.inserted, result.updated, result.unchanged, result.deleted,
-             len(result.dead)),
+             len(result.dead), self.cfg.source_timezone),
         )
+        if cur.rowcount == 0:  # the stored times were moved to another zone meanwhile
+            recorded = recorded_zone(cur)
+            self._rollback()
+            raise SchemaError(mismatch_advice(self.cfg, recorded or "an unknown zone"))
+
+    def _capped(self, cur: psycopg2.extensions.cursor,
+                low_water: datetime | None) -> datetime | None:
+        """The low-water mark this commit may store: never above the producer's watermark.
+
+        `facusync resync` lowers the producer's watermark in Redis, then sync_control's. A
+        batch read before that carries a higher ``lw``; storing it would undo the resync for
+        the case it exists for (Redis losing its data before the re-read). So: lock the row,
+        then read the producer's watermark (``watermark_cap``). Either resync's Redis write
+        came first and is seen here, or its sync_control update waits for this commit and
+        lowers the mark again. Redis unreachable: nothing is raised this time.
+        """
+        if low_water is None or self.watermark_cap is None:
+            return low_water
+        cur.execute("SELECT 1 FROM sync_control WHERE id = 1 FOR UPDATE")
+        try:
+            cap = self.watermark_cap()
+        except QueueError:
+            return None
+        return low_water if cap is None else min(low_water, cap)
 
     # -- idle watermark ---------------------------------------------------------------------
 
@@ -424,13 +564,17 @@ class Sink:
             raise SinkError("not connected")
         try:
             with self.conn.cursor() as cur:
+                mark = self._capped(cur, low_water)
                 cur.execute(
                     "UPDATE sync_control SET watermark = GREATEST(watermark, %s::timestamp)"
                     " WHERE id = 1 AND watermark IS DISTINCT FROM"
                     " GREATEST(watermark, %s::timestamp)",
-                    (low_water, low_water),
+                    (mark, mark),
                 )
             self.conn.commit()
+        except TIMEOUT_ERRORS as exc:
+            self._rollback()
+            raise SinkError(describe_pg_error(exc)) from None
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
             self.close()
             raise SinkError(describe_pg_error(exc)) from None

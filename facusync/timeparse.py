@@ -27,6 +27,7 @@ from facusync.errors import UsageError
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw]?)$")
 _AGE_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _YEAR_FIRST = re.compile(r"^\d{4}[-/.]")
+_BARE_YEAR = re.compile(r"^\d{4}$")
 _FOUR_DIGIT_YEAR = re.compile(r"(?<!\d)\d{4}(?!\d)")
 EXAMPLES = "for example 01/11/2026 8:00 (day first), 2026-11-01 08:00 or 7d"
 
@@ -64,8 +65,15 @@ def parse_moment(text: str, now: datetime, option: str) -> datetime:
     """
     typed = text.strip()
     age = parse_age(typed)
+    if age is not None and _BARE_YEAR.match(typed):
+        raise UsageError(f"{option} {typed!r} is ambiguous: write {typed}s for seconds, or "
+                         f"01/01/{typed} for the year; {EXAMPLES}")
     if age is not None:
-        return now - timedelta(seconds=age)
+        try:
+            return now - timedelta(seconds=age)
+        except OverflowError:
+            raise UsageError(f"{option} {typed!r} reaches back past the calendar: give a shorter "
+                             f"age, {EXAMPLES}") from None
     if not typed:
         raise UsageError(f"{option} is empty: give a date, {EXAMPLES}")
     if not any(ch.isdigit() for ch in typed):
@@ -75,8 +83,9 @@ def parse_moment(text: str, now: datetime, option: str) -> datetime:
         raise UsageError(f"{option} {typed!r} is ambiguous: write the year with four digits, "
                          f"{EXAMPLES}")
     try:
+        # What the text leaves out is the start of the year, not today's day ("nov 2026").
         moment = dateparser.parse(typed, parserinfo=_PARSER_INFO, dayfirst=not year_first,
-                                  yearfirst=year_first)
+                                  yearfirst=year_first, default=datetime(now.year, 1, 1))
     except (ValueError, OverflowError):
         raise UsageError(f"{option} {typed!r} is not a date or an age: {EXAMPLES}") from None
     if moment.tzinfo is not None:

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import sqlglot
@@ -53,6 +53,7 @@ class Session:
     user: str
     spid: int
     server_database: str
+    clock_offset: float = 0.0  # seconds added to the server's clock (GETDATE() and friends)
     trancount: int = 0
     rowcount: int = 0
     encrypted: bool = False  # the whole session over TLS (CONNECTIONPROPERTY('encrypt_option'))
@@ -224,6 +225,9 @@ def session_statement(stmt: str, session: Session) -> Control | None:
 # SELECT planning
 
 _BINARY_COLLATIONS = re.compile(r"(_BIN2?$|_CS_)", re.I)
+_DESCRIBE = re.compile(
+    r"sys\.dm_exec_describe_first_result_set\s*\(\s*N?'((?:[^']|'')*)'\s*,\s*NULL\s*,\s*0\s*\)",
+    re.I)
 
 
 def _sqlite_error(exc: sqlite3.Error) -> TdsError:
@@ -257,26 +261,39 @@ class Planner:
         self.conn = conn
         self.tables: dict[str, list[schema.Column]] = {}
         self._versions: tuple[int, int] = (-1, -1)
+        self._renamed: tuple[tuple[str, str], ...] = ()
+        self._stored_as: dict[str, str] = {}  # upper-case shown name -> stored column name
         self._cache: OrderedDict[str, Query] = OrderedDict()
         self._lock = threading.Lock()
 
-    def refresh(self) -> None:
+    def refresh(self, renamed: tuple[tuple[str, str], ...] = ()) -> None:
         """Reload declared types after another connection committed (two cheap pragmas otherwise).
 
-        Tests may re-declare a column (``StandIn.set_column_type``) while the server runs.
+        Tests may re-declare a column (``StandIn.set_column_type``) while the server runs, or
+        show a column under another name (``StandIn.rename_column``: the data stays put).
         """
         versions = (self.conn.execute("PRAGMA schema_version").fetchone()[0],
                     self.conn.execute("PRAGMA data_version").fetchone()[0])
-        if versions == self._versions:
+        if versions == self._versions and renamed == self._renamed:
             return
         tables = schema.load_metadata(self.conn)
-        if tables != self.tables or versions[0] != self._versions[0]:
+        shown = {old.upper(): new for old, new in renamed}
+        self._stored_as = {new.upper(): old for old, new in renamed}
+        for name, cols in tables.items():
+            tables[name] = [schema.Column(shown.get(c.name.upper(), c.name), c.type, c.nullable)
+                            for c in cols]
+        if tables != self.tables or versions[0] != self._versions[0] or renamed != self._renamed:
             self.tables = tables
             self._cache.clear()
         self._versions = versions
+        self._renamed = renamed
 
-    def plan(self, stmt: str, session: Session) -> Query:
-        self.refresh()
+    def plan(self, stmt: str, session: Session,
+             renamed: tuple[tuple[str, str], ...] = ()) -> Query:
+        self.refresh(renamed)
+        described = _DESCRIBE.search(stmt)
+        if described:
+            stmt = self._describe_first_result_set(stmt, described, session, renamed)
         cached = self._cache.get(stmt)
         if cached is not None:
             self._cache.move_to_end(stmt)
@@ -316,6 +333,24 @@ class Planner:
                 self._cache.popitem(last=False)
         return query
 
+    def _describe_first_result_set(self, stmt: str, found: re.Match[str], session: Session,
+                                   renamed: tuple[tuple[str, str], ...]) -> str:
+        """sys.dm_exec_describe_first_result_set(@tsql, NULL, 0): the columns a query would
+        return (name, system_type_name, column_ordinal, is_nullable), as a CTE over the
+        inner query's planned columns. Columns of unknown type are not described."""
+        inner = self.plan(found.group(1).replace("''", "'"), session, renamed)
+        rows = []
+        for ordinal, (name, sqltype) in enumerate(inner.columns, start=1):
+            if sqltype is None:
+                continue
+            quoted_name, quoted_type = name.replace("'", "''"), str(sqltype).replace("'", "''")
+            rows.append(f"SELECT {ordinal} AS column_ordinal, N'{quoted_name}' AS name, "
+                        f"N'{quoted_type}' AS system_type_name, 1 AS is_nullable")
+        if not rows:
+            rows.append("SELECT 0, N'', N'', 1 WHERE 1 = 0")
+        cte = "WITH standin_described AS (" + " UNION ALL ".join(rows) + ") "
+        return cte + stmt[:found.start()] + "standin_described" + stmt[found.end():]
+
     # -- rewriting ---------------------------------------------------------
 
     def _rewrite(self, tree: exp.Expression, session: Session) -> bool:
@@ -351,8 +386,25 @@ class Planner:
                     inner.meta["sqltype"] = target
                     cast_node.replace(inner)
         self._check_columns(tree)
+        self._store_names(tree)
         self._round_literals(tree)
         return volatile
+
+    def _store_names(self, tree: exp.Expression) -> None:
+        """Point renamed columns at the stored ones; a selected one keeps its shown name."""
+        if not self._stored_as:
+            return
+        for column in list(tree.find_all(exp.Column)):
+            stored = self._stored_as.get(column.name.upper())
+            if stored is None:
+                continue
+            sqltype = self._column_type(column, self._scope(tree))
+            replacement = exp.column(stored, table=column.table or None, quoted=True)
+            replacement.meta["sqltype"] = sqltype
+            if isinstance(column.parent, exp.Select) and column.arg_key == "expressions":
+                column.replace(exp.alias_(replacement, column.name, quoted=True))
+            else:
+                column.replace(replacement)
 
     def _check_columns(self, tree: exp.Expression) -> None:
         """Error 207 for unknown columns.
@@ -406,12 +458,12 @@ class Planner:
             value, sqltype = values[name]
             return _value(value, sqltype)
         name = node.name.upper()
-        now = datetime.now()
+        now = datetime.now() + timedelta(seconds=session.clock_offset)
         if name == "__SI_GETDATE":
             return _string(sqltypes.datetime_text(now), sqltypes.DATETIME)
         if name == "__SI_SYSDATETIME":
             return _string(sqltypes.datetime2_text(now), sqltypes.DATETIME2)
-        utc = datetime.now(UTC).replace(tzinfo=None)
+        utc = datetime.now(UTC).replace(tzinfo=None) + timedelta(seconds=session.clock_offset)
         if name == "__SI_GETUTCDATE":
             return _string(sqltypes.datetime_text(utc), sqltypes.DATETIME)
         if name == "__SI_SYSUTCDATETIME":

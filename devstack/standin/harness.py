@@ -111,6 +111,7 @@ class StandIn:
         if self.process is not None and self.process.poll() is None:
             return
         self.port_file.unlink(missing_ok=True)
+        self.control_path.unlink(missing_ok=True)
         self.clear_faults()
         cmd = [
             sys.executable, "-m", "devstack.standin", "serve",
@@ -192,7 +193,8 @@ class StandIn:
     # -- faults ---------------------------------------------------------------
 
     def set_fault(self, *, refuse_logins: bool = False, delay: float = 0.0,
-                  drop_after_rows: int | None = None, hang: bool = False) -> None:
+                  drop_after_rows: int | None = None, hang: bool = False,
+                  clock_offset: float = 0.0) -> None:
         """Misbehave for new logins/queries, until changed or cleared.
 
         - ``refuse_logins``: logins fail with error 18456 (pymssql: OperationalError);
@@ -200,16 +202,49 @@ class StandIn:
         - ``drop_after_rows=N``: reset the connection once the N-th row of a result was
           sent (N=0: right after the column metadata); smaller results complete normally;
         - ``hang``: stop answering (the socket stays open); with ``drop_after_rows`` the
-          stall starts after N rows instead of the reset. Clearing it resumes the answer.
+          stall starts after N rows instead of the reset. Clearing it resumes the answer;
+        - ``clock_offset``: seconds added to the server's clock (GETDATE(), SYSDATETIME()...),
+          e.g. -3600 for the repeated hour of a daylight-saving change.
         """
-        data = {"refuse_logins": refuse_logins, "delay": delay,
-                "drop_after_rows": drop_after_rows, "hang": hang}
+        data = self._control()
+        data.update({"refuse_logins": refuse_logins, "delay": delay,
+                     "drop_after_rows": drop_after_rows, "hang": hang,
+                     "clock_offset": clock_offset})
+        self._write_control(data)
+
+    def _control(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.control_path.read_text() or "{}"))
+        except FileNotFoundError:
+            return {}
+
+    def _write_control(self, data: dict[str, Any]) -> None:
         tmp = self.control_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.control_path)  # a new inode: the server notices at once
 
     def clear_faults(self) -> None:
         self.set_fault()
+
+    def set_slow_reads(self, seconds: float) -> None:
+        """Answer every batch that reads rows only after ``seconds`` (0: at once again);
+        independent of set_fault/clear_faults."""
+        data = self._control()
+        data["slow_reads"] = seconds
+        self._write_control(data)
+
+    def rename_column(self, column: str, shown_as: str | None) -> None:
+        """Show a view column under another name (the ERP team renamed it), or under its own
+        again with ``None``. Only the server's answers change: queries naming the old name get
+        SQL Server's error 207, and the data, the harness and the workload stay as they are."""
+        data = self._control()
+        renamed = dict(data.get("rename_columns") or {})
+        if shown_as is None:
+            renamed.pop(column.upper(), None)
+        else:
+            renamed[column.upper()] = shown_as
+        data["rename_columns"] = renamed
+        self._write_control(data)
 
     # -- data -----------------------------------------------------------------
 
@@ -240,10 +275,12 @@ class StandIn:
     def _write_rows(self, records: list[list[Any]], *, upsert: bool = False) -> None:
         verb = "INSERT OR REPLACE" if upsert else "INSERT"
         placeholders = ", ".join("?" * len(schema.VIEW_COLUMNS))
+        names = ", ".join(f'"{c}"' for c in schema.VIEW_COLUMN_NAMES)  # added columns stay NULL
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(f"{verb} INTO {schema.VIEW} VALUES ({placeholders})", records)
+            conn.executemany(f"{verb} INTO {schema.VIEW} ({names}) VALUES ({placeholders})",
+                             records)
             conn.execute("COMMIT")
         finally:
             conn.close()
@@ -255,17 +292,10 @@ class StandIn:
         version = None
         if bump and "ULTIMA_MODIFICACION" not in changes:
             version = changes["ULTIMA_MODIFICACION"] = now()
-        sets = ", ".join(f'"{name}" = ?' for name in changes)
-        params = [sqltypes.to_storage(_COLUMNS[name].type, value) for name, value in changes.items()]
-        if not sets:
+        if not changes:
             return None
-        conn = self._conn()
-        try:
-            cur = conn.execute(f"UPDATE {schema.VIEW} SET {sets} WHERE CONDUCE = ?", [*params, conduce])
-            if cur.rowcount == 0:
-                raise KeyError(conduce)
-        finally:
-            conn.close()
+        self._set_stored(conduce, {name: sqltypes.to_storage(_COLUMNS[name].type, value)
+                                   for name, value in changes.items()})
         if "ULTIMA_MODIFICACION" in changes and version is None:
             return datetime_value(changes["ULTIMA_MODIFICACION"])
         return version
@@ -316,6 +346,48 @@ class StandIn:
                                "AND column_name = ?", (sql_type, table, column.upper()))
             if cur.rowcount == 0:
                 raise KeyError(f"{table}.{column}")
+        finally:
+            conn.close()
+
+    def add_view_column(self, column: str, sql_type: str) -> None:
+        """ALTER the view to return one more column (NULL in every row until set_values)."""
+        declared = sqltypes.parse_type(sql_type)
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(f'ALTER TABLE {schema.VIEW} ADD COLUMN "{column.upper()}" '
+                         f"{declared.sqlite_decl}")
+            conn.execute(
+                f"INSERT INTO {schema.META_TABLE} (table_name, ordinal, column_name, type, nullable)"
+                f" SELECT ?, max(ordinal) + 1, ?, ?, 1 FROM {schema.META_TABLE}"
+                " WHERE table_name = ?", (schema.VIEW, column.upper(), str(declared), schema.VIEW))
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    def set_values(self, conduce: str, values: dict[str, Any]) -> None:
+        """Set columns of one row by their declared types (added columns too); no version bump."""
+        declared = {c.name: c.type for c in self.view_columns()}
+        self._set_stored(conduce, {name.upper(): sqltypes.to_storage(declared[name.upper()], value)
+                                   for name, value in values.items()})
+
+    def _set_stored(self, conduce: str, stored: dict[str, Any]) -> None:
+        """UPDATE one row with values already in storage form (KeyError: no such conduce)."""
+        sets = ", ".join(f'"{name}" = ?' for name in stored)
+        conn = self._conn()
+        try:
+            cur = conn.execute(f"UPDATE {schema.VIEW} SET {sets} WHERE CONDUCE = ?",
+                               [*stored.values(), conduce])
+            if cur.rowcount == 0:
+                raise KeyError(conduce)
+        finally:
+            conn.close()
+
+    def view_columns(self) -> list[schema.Column]:
+        """The view's declared columns now (tests may have added some)."""
+        conn = self._conn()
+        try:
+            return schema.load_metadata(conn)[schema.VIEW.upper()]
         finally:
             conn.close()
 

@@ -47,6 +47,12 @@ class Faults:
     delay: float = 0.0
     drop_after_rows: int | None = None
     hang: bool = False
+    # (column, shown as): the ERP team renamed a view column; the data stays where it is.
+    rename_columns: tuple[tuple[str, str], ...] = ()
+    # Seconds before answering a batch that reads rows (a loaded server, a slow link); logins,
+    # TOP 0 and metadata queries answer at once.
+    slow_reads: float = 0.0
+    clock_offset: float = 0.0
 
 
 class FaultFile:
@@ -85,7 +91,17 @@ class FaultFile:
             delay=float(data.get("delay", 0.0) or 0.0),
             drop_after_rows=None if drop is None else int(drop),
             hang=bool(data.get("hang", False)),
+            rename_columns=tuple((str(old), str(new))
+                                 for old, new in (data.get("rename_columns") or {}).items()),
+            slow_reads=float(data.get("slow_reads", 0.0) or 0.0),
+            clock_offset=float(data.get("clock_offset", 0.0) or 0.0),
         )
+
+
+def _reads_rows(batch: str) -> bool:
+    """A batch that reads rows of a table (what a slow server is slow at)."""
+    text = batch.upper()
+    return " FROM " in text and "TOP 0" not in text and "DM_EXEC_DESCRIBE" not in text
 
 
 @dataclass
@@ -482,9 +498,11 @@ class Connection:
         v = self.tds_version
         log.debug("spid %d: batch %r", self.spid, text[:500])
         faults = self.faults.current()
+        self.session.clock_offset = faults.clock_offset
         if faults.hang and faults.drop_after_rows is None:
             self.stall()
-        if faults.delay and self.wait_delay(faults.delay):
+        delay = faults.delay + (faults.slow_reads if _reads_rows(text) else 0.0)
+        if delay and self.wait_delay(delay):
             self.reply(tds.token_done(tds.DONE_ATTN, 0, v))
             return
         statements = engine.split_batch(text)
@@ -504,7 +522,7 @@ class Connection:
                             severity=0, state=1, info=True)
                     self.out += tds.token_done(more, 0, v)
                     continue
-                query = self.planner.plan(statement, self.session)
+                query = self.planner.plan(statement, self.session, faults.rename_columns)
                 if not self.select(query, more, faults):
                     return  # cancelled: DONE_ATTN already sent
             except TdsError as exc:
@@ -598,7 +616,8 @@ class Server:
     def __init__(self, config: ServerConfig, host: str = "127.0.0.1", port: int = 0) -> None:
         self.config = config
         self.faults = FaultFile(config.control)
-        self.listener = socket.create_server((host, port), backlog=128, reuse_port=False)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET  # an IPv6 literal too
+        self.listener = socket.create_server((host, port), family=family, backlog=128, reuse_port=False)
         self.host, self.port = self.listener.getsockname()[:2]
         self.tls = tls_context(config)
         self._spid = 50

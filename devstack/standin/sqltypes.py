@@ -7,16 +7,21 @@ Storage keeps SQL Server semantics that SQLite lacks:
 - ``datetime2`` is TEXT 'YYYY-MM-DD HH:MM:SS.fffffff';
 - ``decimal``/``numeric`` are TEXT with exactly ``scale`` decimals, never float;
 - ``bit`` is INTEGER 0/1; strings are TEXT COLLATE NOCASE (SQL Server's default
-  collation is case-insensitive).
+  collation is case-insensitive);
+- ``uniqueidentifier`` is upper-case TEXT (how SQL Server shows it), ``time`` is TEXT
+  'HH:MM:SS.fffffff', ``datetimeoffset`` is TEXT 'YYYY-MM-DD HH:MM:SS.fffffff +HH:MM' (local
+  time and offset, as SQL Server shows it), ``binary(n)``/``varbinary(n)`` are BLOBs
+  (``binary`` padded with zero bytes to n, as SQL Server does).
 """
 
 from __future__ import annotations
 
 import re
 import struct
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
@@ -36,12 +41,12 @@ class SqlType:
     scale: int = 0
 
     def __str__(self) -> str:
-        if self.name in ("nvarchar", "varchar", "varbinary"):
+        if self.name in ("nvarchar", "varchar", "varbinary", "binary"):
             return f"{self.name}({self.length})"
         if self.name in ("decimal", "numeric"):
             return f"{self.name}({self.precision},{self.scale})"
-        if self.name == "datetime2":
-            return f"datetime2({self.scale})"
+        if self.name in SCALED:
+            return f"{self.name}({self.scale})"
         return self.name
 
     @property
@@ -51,13 +56,15 @@ class SqlType:
             return "INTEGER"
         if self.name == "float":
             return "REAL"
-        if self.name in ("nvarchar", "varchar"):
+        if self.name in ("nvarchar", "varchar", "uniqueidentifier"):
             return "TEXT COLLATE NOCASE"
-        if self.name == "varbinary":
+        if self.name in ("varbinary", "binary"):
             return "BLOB"
-        return "TEXT"  # decimal, numeric, datetime, datetime2, date
+        return "TEXT"  # decimal, numeric, datetime, datetime2, date, time, datetimeoffset
 
 
+# Types with a fractional-second scale (default 7), sent natively from TDS 7.3 on.
+SCALED = ("datetime2", "time", "datetimeoffset")
 _TYPE_RE = re.compile(r"^\s*(\w+)\s*(?:\(\s*(max|\d+)\s*(?:,\s*(\d+)\s*)?\))?\s*$", re.I)
 _ALIASES = {"dec": "decimal", "integer": "int", "nchar": "nvarchar", "char": "varchar",
             "ntext": "nvarchar", "text": "varchar", "real": "float", "smalldatetime": "datetime"}
@@ -71,16 +78,18 @@ def parse_type(text: str) -> SqlType:
     name = m.group(1).lower()
     name = _ALIASES.get(name, name)
     arg1, arg2 = m.group(2), m.group(3)
-    if name in ("nvarchar", "varchar", "varbinary"):
+    if name in ("nvarchar", "varchar", "varbinary", "binary"):
         limit = 4000 if name == "nvarchar" else 8000
-        length = limit if arg1 is None or arg1.lower() == "max" else int(arg1)
+        default = 1 if name == "binary" else limit
+        length = default if arg1 is None else limit if arg1.lower() == "max" else int(arg1)
         return SqlType(name, length=min(length, limit))
     if name in ("decimal", "numeric"):
         precision = int(arg1) if arg1 else 18
         return SqlType(name, precision=precision, scale=int(arg2) if arg2 else 0)
-    if name == "datetime2":
+    if name in SCALED:
         return SqlType(name, scale=int(arg1) if arg1 else 7)
-    if name in ("int", "bigint", "bit", "datetime", "float", "date", "smallint", "tinyint"):
+    if name in ("int", "bigint", "bit", "datetime", "float", "date", "smallint", "tinyint",
+                "uniqueidentifier", "sql_variant"):
         return SqlType(name)
     raise ValueError(f"unsupported SQL type {text!r}")
 
@@ -209,7 +218,48 @@ def to_storage(sqltype: SqlType, value: Any) -> Any:
         return float(value)
     if name in ("nvarchar", "varchar"):
         return str(value)
+    if name == "uniqueidentifier":
+        return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))).upper()
+    if name == "time":
+        return time_text(value)
+    if name == "datetimeoffset":
+        return datetimeoffset_text(value)
+    if name == "binary":
+        return bytes(value)[:sqltype.length].ljust(sqltype.length, b"\x00")
+    if name == "varbinary":
+        return bytes(value)[:sqltype.length]
     return value
+
+
+def time_text(value: Any) -> str:
+    """'HH:MM:SS.fffffff' (100 ns units) from a time or a literal."""
+    if isinstance(value, time):
+        return f"{value:%H:%M:%S}.{value.microsecond:06d}0"
+    return datetime2_text("2000-01-01 " + str(value).strip())[11:]
+
+
+def datetimeoffset_text(value: Any) -> str:
+    """'YYYY-MM-DD HH:MM:SS.fffffff +HH:MM' from an aware datetime or a literal."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ConversionError(f"{value!r} has no offset")
+        minutes = int((value.utcoffset() or timedelta()).total_seconds()) // 60
+        local = datetime2_text(value.replace(tzinfo=None))
+    else:
+        m = re.match(r"^\s*(.*?)\s*([+-])(\d{2}):(\d{2})\s*$", str(value))
+        if not m:
+            raise ConversionError(repr(value))
+        local = datetime2_text(m.group(1))
+        minutes = (int(m.group(3)) * 60 + int(m.group(4))) * (-1 if m.group(2) == "-" else 1)
+    sign = "-" if minutes < 0 else "+"
+    return f"{local} {sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def _offset_parts(text: str) -> tuple[datetime, int, int]:
+    """(local datetime, 100 ns units within the second, offset minutes) of stored text."""
+    local = datetime.fromisoformat(text[:19])
+    minutes = int(text[29:31]) * 60 + int(text[32:34])
+    return local, int(text[20:27]), -minutes if text[28] == "-" else minutes
 
 
 def from_storage(sqltype: SqlType, value: Any) -> Any:
@@ -229,6 +279,16 @@ def from_storage(sqltype: SqlType, value: Any) -> Any:
         return bool(value)
     if name == "date":
         return date.fromisoformat(str(value)[:10])
+    if name == "uniqueidentifier":
+        return uuid.UUID(str(value))
+    if name == "time":
+        return time.fromisoformat(str(value)[:15])
+    if name == "datetimeoffset":
+        local, units, minutes = _offset_parts(str(value))
+        return local.replace(microsecond=units // 10,
+                             tzinfo=timezone(timedelta(minutes=minutes)))
+    if name in ("binary", "varbinary"):
+        return bytes(value)
     return value
 
 
@@ -255,11 +315,15 @@ def type_info(sqltype: SqlType, tds_version: int) -> bytes:
     if name in ("decimal", "numeric"):
         code = 0x6A if name == "decimal" else 0x6C
         return bytes([code, decimal_size(sqltype.precision), sqltype.precision, sqltype.scale])
-    if name in ("datetime2", "date") and tds.at_least(tds_version, tds.TDS73):
+    if name == "uniqueidentifier":
+        return b"\x24\x10"  # GUIDTYPE, BYTELEN 16
+    if name in ("datetime2", "date", "time", "datetimeoffset") and \
+            tds.at_least(tds_version, tds.TDS73):
         if name == "date":
             return b"\x28"
-        return bytes([0x2A, sqltype.scale])
-    if name in ("datetime2", "date"):
+        code = {"datetime2": 0x2A, "time": 0x29, "datetimeoffset": 0x2B}[name]
+        return bytes([code, sqltype.scale])
+    if name in ("datetime2", "date", "time", "datetimeoffset"):
         # Below TDS 7.3 SQL Server sends these as nvarchar text.
         return b"\xe7" + _pack_H(2 * text_width(sqltype)) + (tds.COLLATION if collate else b"")
     if name == "nvarchar":
@@ -268,13 +332,22 @@ def type_info(sqltype: SqlType, tds_version: int) -> bytes:
         return b"\xa7" + _pack_H(sqltype.length) + (tds.COLLATION if collate else b"")
     if name == "varbinary":
         return b"\xa5" + _pack_H(sqltype.length)
+    if name == "binary":
+        return b"\xad" + _pack_H(sqltype.length)  # BIGBINARYTYPE
+    if name == "sql_variant":
+        return b"\x62" + struct.pack("<I", 8016)  # SSVARIANTTYPE, LONGLEN max length; no rows
     raise ValueError(f"no wire encoding for {sqltype}")
 
 
 def text_width(sqltype: SqlType) -> int:
     if sqltype.name == "date":
         return 10
-    return 19 + (sqltype.scale + 1 if sqltype.scale else 0)
+    fraction = sqltype.scale + 1 if sqltype.scale else 0
+    if sqltype.name == "time":
+        return 8 + fraction
+    if sqltype.name == "datetimeoffset":
+        return 19 + fraction + 7
+    return 19 + fraction
 
 
 def decimal_size(precision: int) -> int:
@@ -350,6 +423,33 @@ def make_datetime2_encoder(scale: int) -> Callable[[Any], bytes]:
     return encode
 
 
+def make_time_encoder(scale: int, *, with_date: bool = False) -> Callable[[Any], bytes]:
+    """TIMEN (or, with_date, DATETIMEOFFSETN) value, TDS 7.3+.
+
+    MS-TDS 2.2.5.5.1.8: time(n) is 10^-n s units since midnight in 3-5 bytes; datetimeoffset
+    is the datetime2 of the UTC instant followed by the offset in minutes (signed 16 bits).
+    """
+    nbytes = _time_bytes(scale)
+    divisor = 10 ** (7 - scale)
+
+    def units_of(moment: datetime, hundred_ns: int) -> int:
+        units = (moment.hour * 3600 + moment.minute * 60 + moment.second) * 10**7 + hundred_ns
+        return (units + divisor // 2) // divisor if divisor > 1 else units
+
+    def encode(value: Any) -> bytes:
+        if not with_date:
+            text = time_text(value)
+            moment = datetime.fromisoformat("2000-01-01 " + text[:8])
+            return bytes([nbytes]) + units_of(moment, int(text[9:16])).to_bytes(nbytes, "little")
+        local, hundred_ns, minutes = _offset_parts(datetimeoffset_text(value))
+        utc = local - timedelta(minutes=minutes)
+        days = utc.date().toordinal() - 1
+        return (bytes([nbytes + 5]) + units_of(utc, hundred_ns).to_bytes(nbytes, "little")
+                + days.to_bytes(3, "little") + struct.pack("<h", minutes))
+
+    return encode
+
+
 def encode_date(value: Any) -> bytes:
     days = date.fromisoformat(str(value)[:10]).toordinal() - 1
     return b"\x03" + days.to_bytes(3, "little")
@@ -376,9 +476,14 @@ def make_decimal_encoder(sqltype: SqlType) -> Callable[[Any], bytes]:
 
 
 def text_for_wire(sqltype: SqlType) -> Callable[[Any], str]:
-    """Text form of datetime2/date for clients below TDS 7.3."""
+    """Text form of datetime2/date/time/datetimeoffset for clients below TDS 7.3."""
     if sqltype.name == "date":
         return lambda v: str(v)[:10]
+    if sqltype.name == "time":
+        return lambda v: time_text(v)[:text_width(sqltype)]
+    if sqltype.name == "datetimeoffset":
+        fraction = sqltype.scale + 1 if sqltype.scale else 0
+        return lambda v: (lambda t: t[:19 + fraction] + t[27:])(datetimeoffset_text(v))
     width = text_width(sqltype)
 
     def convert(value: Any) -> str:
@@ -472,7 +577,14 @@ def build_row_encoder(
         elif name in ("datetime2", "date") and modern:
             env[f"enc{i}"] = encode_date if name == "date" else make_datetime2_encoder(sqltype.scale)
             lines.append(f"        {c} = b'\\x00' if {v} is None else enc{i}({v})")
-        elif name in ("datetime2", "date"):
+        elif name in ("time", "datetimeoffset") and modern:
+            env[f"enc{i}"] = make_time_encoder(sqltype.scale, with_date=name == "datetimeoffset")
+            lines.append(f"        {c} = b'\\x00' if {v} is None else enc{i}({v})")
+        elif name == "uniqueidentifier":
+            env[f"uuid{i}"] = uuid.UUID
+            lines.append(f"        {c} = b'\\x00' if {v} is None else "
+                         f"b'\\x10' + uuid{i}(str({v})).bytes_le")
+        elif name in ("datetime2", "date", "time", "datetimeoffset"):
             env[f"conv{i}"] = text_for_wire(sqltype)
             lines.append(f"        if {v} is not None:\n            {v} = conv{i}({v})")
             lines.append(_STRING_SNIPPET.format(i=i, v=v, c=c, conv="str", codec="utf-16-le",
@@ -483,12 +595,14 @@ def build_row_encoder(
         elif name == "varchar":
             lines.append(_STRING_SNIPPET.format(i=i, v=v, c=c, conv="str", codec="cp1252",
                                                 errors=", 'replace'", maxb=sqltype.length))
-        elif name == "varbinary":
+        elif name in ("varbinary", "binary"):
             lines.append(
                 f"        if {v} is None:\n            {c} = b'\\xff\\xff'\n"
                 f"        else:\n            e = bytes({v})[:{sqltype.length}]\n"
                 f"            {c} = pH(len(e)) + e"
             )
+        elif name == "sql_variant":  # declared for metadata only: NULLs, never a value
+            lines.append(f"        {c} = b'\\x00\\x00\\x00\\x00'")
         else:
             raise ValueError(f"no wire encoding for {sqltype}")
     parts = ", ".join(f"c{i}" for i in range(len(types)))

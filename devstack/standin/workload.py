@@ -58,6 +58,9 @@ class Workload:
         self.delete_ratio = delete_ratio
         self.late_ratio = late_ratio
         self.late_by = late_by
+        # The writer's clock error: its ULTIMA_MODIFICACION is SQL Server's time plus this
+        # (negative: an application server whose clock lags). Tests change it while running.
+        self.clock_offset = timedelta(0)
         self.record = Path(record) if record else None
         self.events: list[Event] = []
         self._keys: list[str] = []
@@ -83,7 +86,7 @@ class Workload:
     def step(self, conn: Any) -> Event:
         """Commit one random change and return what was done."""
         roll = self.rng.random()
-        stamp = sqltypes.datetime_text(datetime.now())
+        stamp = sqltypes.datetime_text(datetime.now() + self.clock_offset)
         if not self._keys or roll < self.insert_ratio:
             return self._insert(conn, stamp, late=False)
         roll -= self.insert_ratio
@@ -117,7 +120,7 @@ class Workload:
         self._next += 1
         version = stamp
         if late:  # a transaction that stamped its rows long before committing
-            version = sqltypes.datetime_text(datetime.now() - self.late_by)
+            version = sqltypes.datetime_text(datetime.now() + self.clock_offset - self.late_by)
         code, name = self._client()
         conn.execute(
             f"INSERT INTO {schema.VIEW} VALUES (?, ?, 0, NULL, ?, ?, ?)",

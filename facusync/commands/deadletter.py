@@ -22,7 +22,7 @@ from facusync.config import Config
 from facusync.deadletter import forget
 from facusync.errors import EX_OK
 from facusync.redisconn import Keys, connect_redis
-from facusync.timeparse import parse_moment
+from facusync.timeparse import parse_age, parse_moment
 
 # Fields the consumer adds when dead-lettering; the rest is the original message.
 ANNOTATIONS = ("error", "original_id", "consumer", "failed_at", "deliveries")
@@ -98,11 +98,23 @@ def cmd_retry(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> int:
     return EX_OK
 
 
+def _cutoff_ms(typed: str) -> int:
+    """Unix milliseconds of --older-than. An age counts real seconds back from now: counted
+    back on the wall clock, a clock change since would move it by an hour (and purge letters
+    younger than asked). A date is this host's local time."""
+    cutoff = parse_moment(typed, datetime.now(), "--older-than")  # refuses what is unclear
+    age = parse_age(typed)
+    if age is not None:
+        return max(0, int((time.time() - age) * 1000))
+    try:
+        return max(0, int(cutoff.timestamp() * 1000))
+    except (OverflowError, ValueError):  # before the first instant the calendar has here
+        return 0
+
+
 def cmd_purge(client: redis.Redis, keys: Keys, args: argparse.Namespace) -> int:
     if args.older_than:
-        cutoff = parse_moment(args.older_than, datetime.now(), "--older-than")
-        cutoff_ms = int(cutoff.timestamp() * 1000)
-        entries = client.xrange(keys.dead, "-", f"{cutoff_ms}-0")
+        entries = client.xrange(keys.dead, "-", f"{_cutoff_ms(args.older_than)}-0")
         what = f"{len(entries)} dead letter(s) older than {args.older_than}"
     else:
         entries = client.xrange(keys.dead, "-", "+")

@@ -21,7 +21,7 @@ from facusync.message import format_version
 from facusync.pgconn import connect_pg
 from facusync.redisconn import Keys, connect_redis
 
-EARLIEST = datetime(1900, 1, 1)
+EARLIEST = datetime(1753, 1, 1)  # SQL Server's first datetime: the producer reads every row
 
 
 def confirm(question: str, assume_yes: bool) -> bool:

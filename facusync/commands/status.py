@@ -10,6 +10,9 @@ Exit codes, for monitoring: 0 healthy, 1 degraded, 2 down.
   SQL Server unreachable) or paused by backpressure, or reconcile overdue: its last run is
   older than two RECONCILE_INTERVALs, it never ran on a schema older than that, or it refused
   to tombstone (mass-delete guard).
+* warnings (shown, exit code unchanged): rows dated ahead of SQL Server's clock (synced, but
+  their date is wrong at the source); changes arriving later after their version than
+  SYNC_OVERLAP allows (a writer's clock behind SQL Server's, or long transactions).
 
 A daemon that stops cleanly says so (state ``stopped``); one that died just falls silent.
 Consumers that stopped or fell silent are listed apart, marked, until their stats expire.
@@ -35,22 +38,28 @@ from facusync.config import Config
 from facusync.errors import FacusyncError
 from facusync.pgconn import connect_pg, describe_pg_error
 from facusync.redisconn import GROUP, Keys, connect_redis, describe_redis_error
+from facusync.zone import mismatch_advice
 
 HEALTHY, DEGRADED, DOWN = 0, 1, 2
 CONSUMER_SILENT_S = 60.0
 PRODUCER_GRACE_S = 30.0  # beyond its interval, a silent producer is stale
 # Stats fields that hold text; every other one holds a number (or a flag) written as text.
-TEXT_FIELDS = frozenset({"state", "cause", "status_line", "watermark", "host"})
+TEXT_FIELDS = frozenset({"state", "cause", "status_line", "watermark", "host", "future_example"})
 
 
 @dataclass
 class Health:
     code: int = HEALTHY
     reasons: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def worse(self, code: int, reason: str) -> None:
         self.code = max(self.code, code)
         self.reasons.append(reason)
+
+    def warn(self, reason: str) -> None:
+        """Something to fix that loses nothing: shown, but the exit code stays."""
+        self.warnings.append(reason)
 
 
 def _s(value: Any) -> str:
@@ -163,6 +172,9 @@ def gather_pg(cfg: Config) -> dict[str, Any]:
             # When the schema was created: how long reconcile has had to run at least once.
             cur.execute("SELECT extract(epoch FROM now() - min(applied_at)) FROM schema_migrations")
             schema_age = (cur.fetchone() or (None,))[0]
+            # to_jsonb: also before migration 005 added the column.
+            cur.execute("SELECT to_jsonb(s) ->> 'source_timezone' FROM sync_control s WHERE id = 1")
+            zone_row = cur.fetchone()
         conn.rollback()
     except psycopg2.Error as exc:
         raise FacusyncError(f"PostgreSQL: {describe_pg_error(exc)}") from None
@@ -179,6 +191,7 @@ def gather_pg(cfg: Config) -> dict[str, Any]:
         "last_commit_age_s": round(float(commit_age), 1) if commit_age is not None else None,
         "last_consumer": last_consumer,
         "schema_age_s": round(float(schema_age), 1) if schema_age is not None else None,
+        "source_timezone": zone_row[0] if zone_row else None,
     }
 
 
@@ -226,6 +239,9 @@ def assess(cfg: Config, data: dict[str, Any], now: float) -> Health:
             health.worse(DOWN, data[target + "_error"]["error"])
     if health.code == DOWN:
         return health
+    zone = data.get("postgresql", {}).get("source_timezone")
+    if zone and zone != cfg.source_timezone:
+        health.worse(DOWN, mismatch_advice(cfg, zone))
     producer = data["producer"]
     queue = data["queue"]
     interval = _f(producer, "interval") or cfg.sync_interval
@@ -247,6 +263,22 @@ def assess(cfg: Config, data: dict[str, Any], now: float) -> Health:
         elif state == "paused":
             health.worse(DEGRADED, "the producer is paused by backpressure (queue above "
                                    "QUEUE_MAX_PENDING): are the consumers keeping up?")
+        if producer.get("missing_columns"):
+            health.worse(DEGRADED, f"column(s) {producer['missing_columns']} of "
+                                   f"{cfg.pg_table_vista} are gone from the view {cfg.mssql_view} "
+                                   "and not synced: see the producer's log for what to do")
+        future = int(_f(producer, "future_rows") or 0)
+        if future:
+            health.warn(f"{future} row(s) dated ahead of SQL Server's clock, e.g. "
+                        f"{producer.get('future_example', '?')}: synced, but the watermark stays "
+                        f"at the present; correct {cfg.mssql_version_column} at the source")
+    late = _f(producer, "late_max_s")
+    overlap = _f(producer, "overlap") or cfg.sync_overlap
+    if late is not None and late > overlap:
+        health.warn(f"changes arrive up to {late:.0f} s after their {cfg.mssql_version_column}, "
+                    f"more than SYNC_OVERLAP={overlap:g} s allows (a writer's clock behind SQL "
+                    f"Server's, or long transactions): after a restart or a Redis loss such rows "
+                    f"are left to reconcile; raise SYNC_OVERLAP above {late:.0f}")
     alive = [n for n, c in data["consumers"].items() if c["alive"]]
     if not alive:
         if queue["length"] > 0:
@@ -266,7 +298,7 @@ def assess(cfg: Config, data: dict[str, Any], now: float) -> Health:
 
 def collect(cfg: Config) -> tuple[dict[str, Any], Health]:
     now = time.time()
-    data: dict[str, Any] = {"time": datetime.now().isoformat(timespec="seconds")}
+    data: dict[str, Any] = {"time": datetime.now().astimezone().isoformat(timespec="seconds")}
     try:
         client = connect_redis(cfg)
         try:
@@ -285,7 +317,7 @@ def collect(cfg: Config) -> tuple[dict[str, Any], Health]:
         _annotate(cfg, data, now)
     health = assess(cfg, data, now)
     data["health"] = {"code": health.code, "state": ("healthy", "degraded", "down")[health.code],
-                      "reasons": health.reasons}
+                      "reasons": health.reasons, "warnings": health.warnings}
     return data, health
 
 
@@ -320,6 +352,8 @@ def render(data: dict[str, Any], now: float) -> str:
     lines.append(f"facusync status at {data['time']}: {h['state'].upper()}")
     for reason in h["reasons"]:
         lines.append(f"  ! {reason}")
+    for warning in h.get("warnings", []):
+        lines.append(f"  warning: {warning}")
     if "producer" in data:
         p = data["producer"]
         beat = _f(p, "heartbeat")

@@ -37,7 +37,9 @@ class Settings:
 
     sync_interval: float = 1.0
     sync_overlap: float = 60.0
-    query_timeout: int = 10  # below WatchdogSec=30, so a stalled query cannot trip the watchdog
+    # Below WatchdogSec=30, so a stalled query cannot trip the watchdog; above the source
+    # lock's TTL (15 s), so a slow read that answers in time must complete (issue 16).
+    query_timeout: int = 20
     backoff_max: float = 5.0
     claim_idle: float = 10.0
     restart_sec: float = 5.0

@@ -62,7 +62,7 @@ def run(opts: Options) -> int:
     """The whole run; returns the exit status (0 only when every check passed)."""
     workdir = Path(tempfile.mkdtemp(prefix="facusync-chaos-"))
     seconds = opts.minutes * 60
-    faults = plan(opts.seed, seconds, opts.pg_outage)
+    faults = plan(opts.seed, seconds, opts.pg_outage, opts.sync_overlap)
     print(f"chaos: seed {opts.seed}; replay with: {replay_command(opts)}", flush=True)
     print(f"chaos: {len(faults)} faults in {seconds:.0f} s; work directory {workdir}", flush=True)
     for f in faults:
@@ -87,7 +87,7 @@ def run(opts: Options) -> int:
                           late_by=opts.late_by)
         planners = Planners(stack.nocodb_dsn, seed=opts.seed + 1)
         probe = LagProbe(cfg)
-        injector = Injector(stack, faults)
+        injector = Injector(stack, faults, workload=erp.workload)
         t_chaos = time.monotonic()
         erp.start()
         planners.start()
@@ -95,6 +95,8 @@ def run(opts: Options) -> int:
         injector.start(t_chaos)
         chaos(stack, erp, planners, injector, t_chaos + seconds, outcome)
         injector.finish()
+        for finding in injector.findings:
+            outcome.fail(finding)
         outcome.workload = erp.stop()
         planners.stop()
         t_stopped = time.time()

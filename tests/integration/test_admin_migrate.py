@@ -169,3 +169,31 @@ def test_admin_by_peer_authentication_creates_schema_and_roles(
         shutil.rmtree(private)
         peer_server.psql("DROP DATABASE syncdb")
         peer_server.psql("DROP ROLE IF EXISTS facusync_sync; DROP ROLE IF EXISTS facusync_nocodb")
+
+
+@pytest.mark.parametrize("password", [
+    "Pa;ss#w}rd 'quoted' \"double\" \\ back ñé",  # what the env file and SQL must carry
+    "Ｆｕｌｌ\u00a0wídth ﬁ ligature 12",  # SASLprep maps these before hashing (libpq too)
+])
+def test_create_roles_with_odd_passwords_lets_the_role_log_in(
+        env: dict[str, str], pg_server: PostgresServer, pg_db: str, password: str) -> None:
+    """`migrate --admin --create-roles` with a password as odd as operators pick: the role
+    logs in with it, and the password shows in no output."""
+    tag = uuid.uuid4().hex[:8]
+    sync, nocodb = f"t_sync_{tag}", f"t_nocodb_{tag}"
+    admin_env = {**env, "PG_SYNC_ROLE": sync, "PG_NOCODB_ROLE": nocodb,
+                 "PG_SYNC_ROLE_PASSWORD": password, "PG_NOCODB_ROLE_PASSWORD": password[::-1],
+                 "PG_ADMIN_HOST": pg_server.host, "PG_ADMIN_USER": pg_server.user,
+                 "PG_ADMIN_PASSWORD": pg_server.password}
+    out = subprocess.run([sys.executable, "-m", "facusync.cli", "migrate", "--admin", "--create-roles"],
+                         env={**os.environ, **admin_env}, capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    try:
+        assert out.returncode == 0, out.stderr
+        assert password not in out.stdout + out.stderr
+        for role, secret in ((sync, password), (nocodb, password[::-1])):
+            psycopg2.connect(host=pg_server.host, port=pg_server.port, dbname=pg_db, user=role,
+                             password=secret).close()
+    finally:
+        for name in (sync, nocodb):
+            pg_server.psql(f'DROP OWNED BY "{name}"; DROP ROLE IF EXISTS "{name}"', database=pg_db)

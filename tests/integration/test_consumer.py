@@ -3,6 +3,7 @@ claims after a crash between commit and ack, poison rows, watermark, NOGROUP rec
 
 from __future__ import annotations
 
+import argparse
 import random
 import threading
 import time
@@ -11,8 +12,9 @@ from datetime import datetime, timedelta
 
 import redis
 
+from facusync.commands import resync
 from facusync.config import Config
-from facusync.consumer import Consumer
+from facusync.consumer import SUSPECT_STOPS, Consumer
 from facusync.deadletter import forget
 from facusync.message import format_version
 from facusync.redisconn import GROUP, Keys
@@ -191,20 +193,26 @@ def test_poison_entries_dead_lettered_batch_mates_written(
     assert stream_len(rds, cfg) == 0 and pending(rds, cfg) == 0
 
 
-def test_too_many_deliveries_dead_lettered(make_config: Callable[..., Config],
+def test_too_many_deliveries_written_alone(make_config: Callable[..., Config],
                                            cfg: Config, rds: redis.Redis) -> None:  # noqa: F811
+    """Over-delivered entries are written alone; one that consumers stopped on while writing
+    it alone SUSPECT_STOPS times (a row that kills the consumer) is dead-lettered."""
     strict = make_config(CLAIM_IDLE="1", MAX_DELIVERIES="1")
-    add(rds, cfg, [upsert("M1", BASE)])
+    keys = Keys(cfg.redis_prefix)
+    ids = add(rds, cfg, [upsert("M1", BASE), upsert("M2", BASE)])
     first = Consumer(strict, Service("a"), name="first")
     first.ensure_group()
-    assert len(first.read_batch()) == 1  # delivered once, then the consumer "hangs"
+    assert len(first.read_batch()) == 2  # delivered once, then the consumer "hangs"
+    rds.hset(keys.suspects, ids[1], SUSPECT_STOPS)  # consumers died twice writing M2 alone
     time.sleep(1.2)
     second = Consumer(strict, Service("b"), name="second")
     second.connect()
     second.claim_batches()
-    dead = rds.xrange(Keys(cfg.redis_prefix).dead)
-    assert len(dead) == 1 and dead[0][1][b"error"] == b"delivered 2 times"
-    assert snapshot(cfg) == {} and stream_len(rds, cfg) == 0
+    dead = rds.xrange(keys.dead)
+    assert len(dead) == 1 and dead[0][1][b"key"] == b"M2"
+    assert dead[0][1][b"error"] == b"delivered 2 times; the consumer stopped 2 times while writing it alone"
+    assert list(snapshot(cfg)) == ["M1"] and stream_len(rds, cfg) == 0
+    assert not rds.exists(keys.suspects)
     second.sink.close()
 
 
@@ -339,3 +347,27 @@ def test_one_refused_change_is_dead_lettered_once(cfg: Config, rds: redis.Redis)
     add(rds, cfg, [upsert("TL2", BASE, cliente="y" * 200)])
     drain(cfg)
     assert rds.xlen(keys.dead) == 1
+
+
+def test_resync_lowered_watermark_is_not_raised_by_an_older_batch(
+        cfg: Config, rds: redis.Redis) -> None:  # noqa: F811
+    """A batch read before `facusync resync --since T` commits after it: sync_control keeps T
+    (or lower), so a Redis loss right after the resync cannot skip the re-read."""
+    keys = Keys(cfg.redis_prefix)
+    lw, since = BASE - timedelta(hours=1), BASE - timedelta(days=3)
+    rds.set(keys.watermark, format_version(BASE))  # the producer's
+    add(rds, cfg, [upsert("A", BASE, lw=lw)])
+    c = Consumer(cfg, Service("t"), name="c1")
+    c.connect()
+    batch = c.read_batch()
+    assert batch.low_water == lw
+    code = resync.run(cfg, argparse.Namespace(all=False, since=since.isoformat(), yes=True,
+                                              lock_wait=5.0))
+    assert code == 0 and query(cfg, "SELECT watermark FROM sync_control") == [(since,)]
+    c.process(batch)  # read before the resync, committed after it
+    assert query(cfg, "SELECT watermark FROM sync_control") == [(since,)]
+    add(rds, cfg, [upsert("B", BASE, lw=lw)])  # an entry queued before the resync, still there
+    c.process(c.read_batch())
+    c.idle()
+    assert query(cfg, "SELECT watermark FROM sync_control") == [(since,)]
+    c.sink.close()

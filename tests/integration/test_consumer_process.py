@@ -39,15 +39,16 @@ def write_env(path: Path, env: dict[str, str]) -> Path:
 
 
 class Proc:
-    """One consumer process with its log in a file (shown when a test fails)."""
+    """One consumer (or producer) process with its log in a file (shown when a test fails)."""
 
     def __init__(self, env_file: Path, log: Path, *, once: bool = False,
-                 python: str = sys.executable) -> None:
-        args = [python, "-m", "facusync.consumer", "--env-file", str(env_file)]
+                 python: str = sys.executable, module: str = "facusync.consumer") -> None:
+        args = [python, "-m", module, "--env-file", str(env_file)]
         if once:
             args.append("--once")
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.log = log.open("ab")
+        self.started = time.monotonic()
         self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env,
                                   cwd=ROOT)
 

@@ -3,6 +3,10 @@ checked against what PostgreSQL and Redis hold."""
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,7 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import facusync
 from devstack.processes import Daemon, start_daemon
-from devstack.servers import free_port
+from devstack.servers import RedisServer, free_port
+from facusync import metrics
 from facusync.config import config_from_mapping
 from facusync.enqueue import read_watermark
 from facusync.redisconn import Keys, connect_redis
@@ -211,3 +216,66 @@ def _listening(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_a_hung_redis_does_not_make_the_producer_look_down(env: dict[str, str]) -> None:
+    """Redis stopped dead (SIGSTOP: it accepts connections and never answers) must not turn
+    the producer's endpoint into a timeout, which Prometheus reads as up == 0 (daemon down):
+    each scrape answers within Prometheus' default 10 s scrape timeout, with the queue series
+    left out; successive scrapes do not queue up behind each other."""
+    hung = RedisServer().start()
+    assert hung.proc is not None
+    cfg = config_from_mapping({**env, "REDIS_PORT": str(hung.port), "REDIS_PASSWORD": hung.password,
+                               "METRICS_PRODUCER_PORT": str(free_port())})
+    assert cfg.metrics_producer_port is not None
+    server = metrics.serve(metrics.Metrics(cfg, "producer"), "127.0.0.1", cfg.metrics_producer_port)
+    try:
+        assert ("facusync_queue_length", frozenset()) in scrape(cfg.metrics_producer_port)
+        os.kill(hung.proc.pid, signal.SIGSTOP)
+        took: list[float] = []
+        errors: list[BaseException] = []
+
+        def one() -> None:
+            began = time.monotonic()
+            try:
+                samples = scrape(cfg.metrics_producer_port)
+                assert ("facusync_queue_length", frozenset()) not in samples
+                assert value(samples, "facusync_ready", daemon="producer") == 0
+            except BaseException as exc:
+                errors.append(exc)
+            took.append(time.monotonic() - began)
+
+        scrapers = [threading.Thread(target=one) for _ in range(3)]  # overlapping scrapes
+        for scraper in scrapers:
+            scraper.start()
+            time.sleep(1)
+        for scraper in scrapers:
+            scraper.join(60)
+        assert not errors, (errors, took)
+        assert max(took) < 10, took
+    finally:
+        os.kill(hung.proc.pid, signal.SIGCONT)
+        server.shutdown()
+        server.server_close()
+        hung.destroy()
+
+
+def test_an_idle_connection_does_not_hold_a_thread_forever(env: dict[str, str]) -> None:
+    """A scraper that connects and never sends its request (its network died, a port scan
+    that stops half-way) is dropped after a while: each connection holds a thread of the
+    daemon, and without a timeout they would pile up for as long as the daemon runs."""
+    port = free_port()
+    cfg = config_from_mapping({**env, "METRICS_CONSUMER_PORT": str(port)})
+    server = metrics.serve(metrics.Metrics(cfg, "consumer"), "127.0.0.1", port)
+    try:
+        idle = socket.create_connection(("127.0.0.1", port), timeout=60)
+        began = time.monotonic()
+        try:
+            assert idle.recv(1) == b""  # closed by the server
+        finally:
+            idle.close()
+        assert time.monotonic() - began < 30
+        assert ("facusync_ready", frozenset({("daemon", "consumer")})) in scrape(port)
+    finally:
+        server.shutdown()
+        server.server_close()

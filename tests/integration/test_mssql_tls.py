@@ -24,7 +24,7 @@ import pytest
 
 from devstack.standin.harness import StandIn
 from devstack.tlsca import KeyPair, TestCA
-from facusync.config import Config, config_from_mapping
+from facusync.config import Config, ConfigError, config_from_mapping
 from facusync.errors import SourceError
 from facusync.freetdsconf import use_freetds_conf
 from facusync.mssqlconn import connect_mssql
@@ -74,8 +74,8 @@ def _own_freetds_conf(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def start_standin(tmp_path: Path, encryption: str, pair: KeyPair | None,
-                  versions: tuple[str, str] = ("1.2", "1.2")) -> StandIn:
-    server = StandIn(tmp_path / f"standin-{encryption}", encryption=encryption,
+                  versions: tuple[str, str] = ("1.2", "1.2"), host: str = "127.0.0.1") -> StandIn:
+    server = StandIn(tmp_path / f"standin-{encryption}", encryption=encryption, host=host,
                      certificate=(pair.cert, pair.key) if pair else None, tls_versions=versions)
     server.start()
     server.seed(40, seed=3)
@@ -434,3 +434,100 @@ def test_private_conf_comes_back_when_tmp_is_cleaned(tmp_path: Path, ca: TestCA,
             conn.close()
     finally:
         server.stop()
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="no IPv6 loopback (::1) on this host")
+@pytest.mark.parametrize("python", BUILDS)
+def test_an_ipv6_literal_host_connects_with_its_settings(tmp_path: Path, ca: TestCA,
+                                                        server_cert: KeyPair, python: str) -> None:
+    """MSSQL_HOST=::1 (an IPv6 literal, full of colons FreeTDS cannot tell from the port's)
+    reaches the server, and the private freetds.conf's settings apply to it (require: the whole
+    session encrypted, which the default `request` would not ask for)."""
+    server = start_standin(tmp_path, "off", server_cert, host="::1")
+    try:
+        result = run_client(python, mssql_env(server, MSSQL_ENCRYPT="require",
+                                              MSSQL_CA_FILE=str(ca.ca.cert),
+                                              MSSQL_CHECK_HOSTNAME="no"))
+        assert result.get("encrypt_option") == "TRUE", result
+        assert result["rows"] == 40
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("python", BUILDS)
+def test_a_password_with_odd_characters_logs_in_and_stays_out_of_the_conf(
+        tmp_path: Path, python: str) -> None:
+    """The characters freetds.conf and ODBC connection strings treat specially (; # { } = and
+    quotes, blanks, non-ASCII) travel in the LOGIN7 packet only: the login succeeds and the
+    private freetds.conf never holds the password."""
+    password = "Pa;ss#w}r{d= 'q' \"d\" \\ ñé"
+    server = StandIn(tmp_path / "standin-odd", password=password)
+    server.start()
+    server.seed(40, seed=3)
+    try:
+        result = run_client(python, mssql_env(server))
+        assert result.get("error") is None and result["rows"] == 40, result
+        cfg = config_from_mapping(mssql_env(server))
+        assert password not in use_freetds_conf(cfg).read_text()
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("folder", ["one blank", "two  blanks", "tab\there"])
+def test_a_ca_file_path_with_blanks_verifies_or_is_refused_at_start(
+        tmp_path: Path, ca: TestCA, server_cert: KeyPair, folder: str) -> None:
+    """freetds.conf has no quoting and folds runs of blanks into one space: a CA path that
+    FreeTDS would read differently must be a configuration error naming MSSQL_CA_FILE, never
+    a TLS failure at connect time; any other path must work."""
+    server = start_standin(tmp_path, "on", server_cert)
+    (tmp_path / folder).mkdir()
+    path = tmp_path / folder / "ca.pem"
+    shutil.copy(ca.ca.cert, path)
+    try:
+        env = mssql_env(server, MSSQL_ENCRYPT="require", MSSQL_CA_FILE=str(path))
+        try:
+            config_from_mapping(env)
+        except ConfigError as exc:
+            assert "MSSQL_CA_FILE" in str(exc) and folder != "one blank"
+            return
+        result = run_client(sys.executable, env)
+        assert result.get("encrypt_option") == "TRUE", result
+    finally:
+        server.stop()
+
+
+def test_a_port_that_closes_at_once_is_one_clear_line(tmp_path: Path) -> None:
+    """MSSQL_PORT on something that accepts and hangs up (another service, a proxy without a
+    backend, a server out of connections): FreeTDS says only "connection failed" (20002) and
+    the probe cannot get further; the operator still gets one line naming what to check, not
+    the driver's tuple with its byte strings."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def hang_up() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                listener.accept()[0].close()
+
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        cfg = config_from_mapping({"MSSQL_HOST": "127.0.0.1", "MSSQL_PORT": str(port),
+                                   "MSSQL_USER": "u", "MSSQL_PASSWORD": "pw-not-shown",
+                                   "PG_HOST": "127.0.0.1", "PG_USER": "u", "PG_PASSWORD": "p",
+                                   "MSSQL_LOGIN_TIMEOUT": "3"})
+        with pytest.raises(SourceError) as failure:
+            connect_mssql(cfg)
+        message = str(failure.value)
+        assert "MSSQL_HOST" in message and "MSSQL_PORT" in message, message
+        assert "DB-Lib" not in message and "b'" not in message and "\n" not in message
+        assert "pw-not-shown" not in message
+    finally:
+        listener.close()

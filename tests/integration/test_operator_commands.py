@@ -157,3 +157,53 @@ def test_every_command_names_the_server_that_is_down(pipeline_env: dict[str, str
 def test_status_is_down_without_a_producer(pipeline_env: dict[str, str]) -> None:
     out = cli(pipeline_env, "status")
     assert out.returncode == 2 and "the producer has never reported" in out.stdout
+
+
+def _clock_changed_hours_ago(hours: int, *, forward: bool) -> str:
+    """A POSIX TZ rule (standard time UTC+0, summer time UTC+1) whose clocks went forward (summer
+    began) or back (summer ended) `hours` ago on the real clock, so the last day holds an hour
+    of wall time that never happened, or one that happened twice."""
+    change = time.gmtime((int(time.time()) // 3600 - hours) * 3600)
+    day = change.tm_yday - 1  # the rule's zero-based day of the year
+    if not 5 <= day <= 360:
+        pytest.skip("the rule's summer would cross the end of the year")
+    if forward:  # summer from the change for five days
+        return f"XST0XDT-1,{day}/{change.tm_hour},{day + 5}/0"
+    return f"XST0XDT-1,{day - 5}/0,{day}/{change.tm_hour + 1}"  # the end is in summer time
+
+
+@pytest.mark.parametrize("forward", [True, False], ids=["clocks_forward", "clocks_back"])
+def test_purge_older_than_an_age_counts_real_hours_across_a_clock_change(
+        env: dict[str, str], forward: bool) -> None:
+    """`--older-than 12h` means twelve real hours, also when the host's clock was put forward
+    (or back) an hour since: it must never delete a dead letter younger than asked (nor keep
+    one older)."""
+    rule = _clock_changed_hours_ago(6, forward=forward)
+    cfg = config_from_mapping(env)
+    keys = Keys(cfg.redis_prefix)
+    client = connect_redis(cfg)
+    now_ms = int(time.time() * 1000)
+    hour = 3600 * 1000
+    try:
+        for age_ms in (12 * hour + hour // 2, 11 * hour + hour // 2):  # oldest first
+            client.xadd(keys.dead, {"key": f"AGE-{age_ms}", "error": "test"}, id=f"{now_ms - age_ms}-0")
+        out = cli({**env, "TZ": rule}, "dead-letter", "purge", "--older-than", "12h", "--yes")
+        assert out.returncode == 0, out.stderr
+        left = [fields[b"key"].decode() for _, fields in client.xrange(keys.dead)]
+        assert left == [f"AGE-{11 * hour + hour // 2}"], (rule, out.stdout)
+    finally:
+        client.close()
+
+
+def test_purge_older_than_an_age_beyond_the_calendar_is_a_usage_error(env: dict[str, str]) -> None:
+    for typed in ("99999999d", "1" + "0" * 40 + "w"):
+        out = cli(env, "dead-letter", "purge", "--older-than", typed, "--yes")
+        assert out.returncode == 64, out.stderr
+        assert "--older-than" in out.stderr and "unexpected" not in out.stderr
+
+
+def test_purge_older_than_the_first_year_east_of_greenwich(env: dict[str, str]) -> None:
+    """0001-01-01 in a zone ahead of UTC is before the calendar's first instant: nothing is
+    older, and saying so is no crash."""
+    out = cli({**env, "TZ": "Asia/Tokyo"}, "dead-letter", "purge", "--older-than", "0001-01-01", "--yes")
+    assert out.returncode == 0 and "nothing to purge" in out.stdout, out.stderr

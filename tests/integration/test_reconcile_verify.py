@@ -15,9 +15,12 @@ import pytest
 from facusync.commands.verify import compare
 from facusync.config import Config, config_from_mapping
 from facusync.consumer import Consumer
+from facusync.message import decode
 from facusync.producer import Producer
 from facusync.reconcile import MassDeleteRefused, Reconciler
+from facusync.redisconn import Keys, connect_redis
 from facusync.service import Service
+from facusync.sink import connect_sink
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -203,3 +206,86 @@ def test_reconcile_while_the_producer_runs_loses_nothing(cfg: Config, standin: A
     report = compare(cfg)
     assert report.differences == 0, report
     assert report.source_rows > 300
+
+
+def test_reconcile_replaces_a_newer_version_in_postgresql(cfg: Config, standin: Any) -> None:
+    """PostgreSQL holds newer versions than the view (restored from a backup, edited by hand):
+    one reconcile makes it equal to the view, notes kept; verify reports in sync."""
+    keys = [r["CONDUCE"] for r in standin.rows()[20:23]]
+    pg(cfg, "UPDATE datos_seguimiento SET nota = 'entregar temprano' WHERE conduce = %s",
+       (keys[0],))
+    pg(cfg, "UPDATE datos_vista SET ultima_modificacion = ultima_modificacion + interval '2 days',"
+            " cliente = 'de la copia' WHERE conduce = %s", (keys[0],))
+    pg(cfg, "UPDATE datos_vista SET ultima_modificacion = ultima_modificacion + interval '1 hour'"
+            " WHERE conduce = %s", (keys[1],))
+    pg(cfg, "UPDATE datos_vista SET ultima_modificacion = ultima_modificacion + interval '1 day',"
+            " eliminado_en_origen = true, eliminado_at = now() WHERE conduce = %s", (keys[2],))
+    assert compare(cfg).differences == 3
+    result = Reconciler(cfg).run()
+    consume(cfg)
+    assert compare(cfg).differences == 0
+    assert result.replaced_newer == 3 and result.upserts == 3
+    assert pg(cfg, "SELECT nota FROM datos_seguimiento WHERE conduce = %s", (keys[0],)) == [
+        ("entregar temprano",)]
+    assert Reconciler(cfg).run().upserts == 0
+
+
+def test_reconcile_never_undoes_a_change_polling_delivered_meanwhile(cfg: Config,
+                                                                    standin: Any) -> None:
+    """Reconcile compared against version P; before its entry is applied, polling delivers a
+    newer change of the same conduce: the compare-and-set entry must not overwrite it."""
+    key = standin.rows()[30]["CONDUCE"]
+    pg(cfg, "UPDATE datos_vista SET ultima_modificacion = ultima_modificacion + interval '1 day'"
+            " WHERE conduce = %s", (key,))  # restored from a backup, newer than the view
+    Reconciler(cfg).run()  # queues the view's row with expect = PostgreSQL's version
+    # Meanwhile the row changes in the source and polling queues it; a second consumer takes
+    # that later entry and commits it before reconcile's entry is applied.
+    standin.update(key, cliente="Cambio Posterior, S.R.L.")
+    produce(cfg)
+    client = connect_redis(cfg)
+    stream = Keys(cfg.redis_prefix).stream
+    entries = client.xrange(stream)
+    assert [f[b"src"] for _, f in entries] == [b"reconcile", b"poll"]
+    assert b"expect" in entries[0][1]
+    poll_id, poll_fields = entries[1]
+    sink = connect_sink(cfg, "second")
+    assert sink.write([decode(poll_id.decode(), poll_fields)]).updated == 1
+    sink.close()
+    client.xdel(stream, poll_id)  # committed, then deleted, as that consumer does
+    client.close()
+    consume(cfg)  # reconcile's entry: PostgreSQL no longer holds what it compared: skipped
+    assert pg(cfg, "SELECT cliente FROM datos_vista WHERE conduce = %s", (key,)) == [
+        ("Cambio Posterior, S.R.L.",)]
+    assert compare(cfg).differences == 0
+
+
+def test_a_key_spelled_differently_keeps_its_note(cfg: Config, standin: Any) -> None:
+    """'C-0000004', 'c-0000004' and 'C-0000004 ' are one conduce for SQL Server (CI_AS): a
+    change of spelling renames the row, its tracking row (with the planners' note) follows,
+    nothing is soft-deleted and no second tracking row appears."""
+    rows = standin.rows()[40:43]
+    keys = [r["CONDUCE"] for r in rows]
+    assert all(k.startswith("C-") for k in keys)
+    for key in keys:
+        pg(cfg, "UPDATE datos_seguimiento SET nota = %s WHERE conduce = %s", ("nota " + key, key))
+    spelled = [keys[0].lower(), keys[1] + " ", keys[2].lower() + "  "]
+    for key in keys:
+        standin.delete(key)
+    # The first comes back with a new version (polling sees it), the others silently.
+    standin.insert([{**{k: v for k, v in rows[0].items() if k != "ULTIMA_MODIFICACION"},
+                     "CONDUCE": spelled[0]}])
+    standin.insert([{**row, "CONDUCE": key} for row, key in zip(rows[1:], spelled[1:],
+                                                                   strict=True)])
+    sync(cfg)
+    Reconciler(cfg).run()
+    consume(cfg)
+    for key, new_key in zip(keys, spelled, strict=True):
+        assert pg(cfg, "SELECT v.conduce, v.eliminado_en_origen, s.nota FROM datos_vista v"
+                       " JOIN datos_seguimiento s USING (conduce)"
+                       " WHERE lower(rtrim(v.conduce)) = lower(%s)", (key,)) == [
+            (new_key, False, "nota " + key)]
+    assert pg(cfg, "SELECT count(*) FROM datos_seguimiento")[0][0] == 300
+    assert pg(cfg, "SELECT count(*) FROM datos_vista WHERE eliminado_en_origen")[0][0] == 0
+    assert compare(cfg).differences == 0
+    # An older message with the old spelling (the overlap re-read) changes nothing back.
+    assert Reconciler(cfg).run().upserts == 0

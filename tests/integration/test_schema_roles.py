@@ -326,7 +326,8 @@ def test_sync_role_cannot_touch_people_columns(roles: Roles, admin: Conn,
             "INSERT INTO datos_seguimiento (conduce) VALUES ('C1')",
             "SELECT nota FROM datos_seguimiento",
             "SELECT * FROM datos_seguimiento",
-            # and the synced copy: soft delete only, key and bookkeeping fixed
+            # and the synced copy: soft delete only, bookkeeping fixed, the key may only
+            # change its spelling (sql/004)
             "DELETE FROM datos_vista",
             "TRUNCATE datos_vista",
             "UPDATE datos_vista SET conduce = 'C9'",
@@ -336,9 +337,11 @@ def test_sync_role_cannot_touch_people_columns(roles: Roles, admin: Conn,
             "DROP TRIGGER datos_vista_tracking ON datos_vista",
         ):
             assert denied(sync, sql), sql
+        # The view spelled the key differently (sql/004): the note follows it.
+        run(sync, "UPDATE datos_vista SET conduce = 'c1 ' WHERE conduce = 'C1'")
     finally:
         sync.close()
-    assert run(admin, "SELECT nota FROM datos_seguimiento") == [("mine",)]
+    assert run(admin, "SELECT conduce, nota FROM datos_seguimiento") == [("c1 ", "mine")]
 
 
 def test_create_roles_again_is_idempotent_and_changes_the_password(
@@ -494,3 +497,25 @@ def test_cli_create_roles_with_non_default_tables(env: dict[str, str], tmp_path:
         assert "password set" in capsys.readouterr().out
     finally:
         drop_roles(admin, f"t_s_{tag}", f"t_n_{tag}")
+
+
+def test_migration_004_lets_an_existing_sync_role_respell_keys(roles: Roles, admin: Conn,
+                                                               pg_server: PostgresServer,
+                                                               pg_db: str) -> None:
+    """An upgrade that only migrates (grants made by an older version): the sync role may
+    respell a key afterwards, and its note follows."""
+    run(admin, f'REVOKE UPDATE (conduce) ON datos_vista FROM "{roles.sync}"')
+    run(admin, "DROP TRIGGER datos_vista_keep_conduce ON datos_vista")
+    run(admin, "DROP FUNCTION datos_vista_keep_conduce()")
+    run(admin, "DROP INDEX datos_vista_conduce_ci_key")
+    run(admin, "DELETE FROM schema_migrations WHERE version = 4")
+    add(admin, "C7")
+    run(admin, "UPDATE datos_seguimiento SET nota = 'ruta norte' WHERE conduce = 'C7'")
+    migrated(roles.cfg)
+    sync = login(pg_server, pg_db, roles.sync, roles.sync_password)
+    try:
+        run(sync, "UPDATE datos_vista SET conduce = 'c7' WHERE conduce = 'C7'")
+        assert denied(sync, "UPDATE datos_vista SET conduce = 'C8' WHERE conduce = 'c7'")
+    finally:
+        sync.close()
+    assert run(admin, "SELECT conduce, nota FROM datos_seguimiento") == [("c7", "ruta norte")]

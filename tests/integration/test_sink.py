@@ -186,3 +186,20 @@ def test_text_that_looks_like_null_or_marker_roundtrips(cfg: Config, sink: Sink)
     sink.write([change(upsert("N1", BASE, cliente="\\N")), change(upsert("N2", BASE, cliente="\\."))])
     got = dict(query(cfg, f"SELECT conduce, cliente FROM {vista(cfg)}"))
     assert got == {"N1": "\\N", "N2": "\\."}
+
+
+def test_keys_compared_as_sql_server_compares_them(cfg: Config, sink: Sink) -> None:  # noqa: F811
+    """One conduce whatever its case or trailing spaces: renamed to the newest spelling, its
+    tracking row (and note) following; an older message in the old spelling changes nothing;
+    two spellings in one batch are one row."""
+    sink.write([change(upsert("K-0001", BASE))])
+    query(cfg, f"UPDATE {cfg.pg_table_seguimiento} SET nota = 'frágil' WHERE conduce = 'K-0001'")
+    later = BASE + timedelta(minutes=5)
+    assert sink.write([change(upsert("k-0001", later))]).updated == 1
+    sink.write([change(upsert("K-0001", BASE))])  # the overlap re-reads the old message
+    sink.write([change(upsert("k-0001 ", later), 1), change(upsert("K-0002", BASE), 2),
+                change(upsert("k-0002  ", BASE), 3)])
+    rows = query(cfg, f"SELECT v.conduce, s.nota FROM {vista(cfg)} v JOIN"
+                      f" {cfg.pg_table_seguimiento} s USING (conduce) ORDER BY 1")
+    assert rows == [("k-0001 ", "frágil"), ("k-0002  ", None)]
+    assert query(cfg, f"SELECT count(*) FROM {cfg.pg_table_seguimiento}") == [(2,)]

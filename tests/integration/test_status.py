@@ -8,6 +8,7 @@ import re
 import signal
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +168,30 @@ def test_a_refused_reconcile_degrades_status(synced: dict[str, Any], standin: An
     assert code == 1 and data["reconcile"]["refused"] is True
     assert "the last reconcile refused to tombstone 20 row(s)" in data["reconcile"]["overdue"]
     assert "`facusync reconcile --force`" in text and "REFUSED (mass-delete guard)" in text
+
+
+@pytest.mark.parametrize("zone", ["America/Santo_Domingo", "Asia/Kolkata"])
+def test_json_time_carries_its_offset(env: dict[str, str], zone: str) -> None:
+    """`time` in --json is read next to last_commit_at (which has its offset) and on other
+    machines: without an offset it names no instant."""
+    _code, data, _text = status({**env, "TZ": zone})
+    stamp = datetime.fromisoformat(data["time"])
+    assert stamp.tzinfo is not None, data["time"]
+    assert abs(stamp.timestamp() - time.time()) < 60
+
+
+def test_a_prefix_with_glob_characters_still_finds_its_consumers(env: dict[str, str]) -> None:
+    """REDIS_PREFIX is any text without spaces; status finds consumers with a SCAN pattern, in
+    which * ? [ ] are wildcards: a prefix holding them must match itself, not other keys."""
+    prefix = f"fs[{time.time_ns() % 1000}]*?:"
+    cfg = config_from_mapping({**env, "REDIS_PREFIX": prefix})
+    keys = Keys(prefix)
+    client = connect_redis(cfg)
+    try:
+        client.hset(keys.consumer_stats("c1"), mapping={"heartbeat": f"{time.time():.3f}",
+                                                        "state": "idle"})
+        _code, data, _text = status({**env, "REDIS_PREFIX": prefix})
+        assert list(data["consumers"]) == ["c1"]
+    finally:
+        client.delete(keys.consumer_stats("c1"))
+        client.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grp
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -116,6 +117,17 @@ def test_daemons_exit_78_on_bad_config_without_leaking(program: str, tmp_path: P
     assert not any(s in both for s in SECRETS)
 
 
+def test_env_file_does_not_invite_role_passwords() -> None:
+    """The daemons' env file (shipped as /etc/facusync/facusync.env) must not ask for the
+    roles' passwords: the daemons never need them, and the NocoDB role's password would sit
+    in a file the service user can read. `migrate --create-roles` asks for them instead."""
+    example = (Path(__file__).resolve().parents[2] / "facusync.env.example").read_text()
+    settings = re.findall(r"^#?([A-Z][A-Z0-9_]*)=", example, flags=re.MULTILINE)
+    assert "PG_PASSWORD" in settings and "PG_NOCODB_ROLE" in settings
+    assert "PG_NOCODB_ROLE_PASSWORD" not in settings
+    assert "PG_SYNC_ROLE_PASSWORD" not in settings
+
+
 def test_metrics_and_reconcile_settings_are_validated() -> None:
     cfg = config_from_mapping(GOOD)
     assert (cfg.metrics_address, cfg.metrics_producer_port, cfg.metrics_consumer_port) == \
@@ -169,3 +181,21 @@ def test_unreadable_env_file_is_a_permission_problem() -> None:
     assert f"cannot read {f}: permission denied" in out.stderr
     assert "sudo facusync" in out.stderr and "member of group adm" in out.stderr
     shutil.rmtree(folder)
+
+
+def test_env_file_backslashes_read_as_systemd_reads_them() -> None:
+    """What systemd 252 (Debian 12) hands the daemons from these lines, as recorded by
+    tests/system/test_env_file_syntax.py: the admin commands must read the same passwords."""
+    from tests.system.test_env_file_syntax import LINES
+
+    assert parse_env_file("".join(line + "\n" for line in LINES)) == {
+        "FX_PLAIN": "Pa;ss#w}rd ñ",
+        "FX_BACKSLASH": "abcd",  # unquoted: a backslash escapes the next character
+        "FX_TWO_BACKSLASHES": "x\\y",
+        "FX_DOUBLE_QUOTED_BACKSLASH": "a\\b",  # in "": only \" \\ \` \$ are escapes
+        "FX_SINGLE_QUOTED": 'a\\b "c',
+        "FX_ESCAPED_QUOTES": 'with "q" and # hash',
+        "FX_DOLLAR": "cost $5",
+        "FX_SPACES": "spaced value",
+        "FX_CONTINUED": "firstsecond",
+    }

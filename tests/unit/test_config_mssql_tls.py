@@ -100,3 +100,25 @@ def test_daemon_exits_78_naming_the_ca_file(tmp_path: Path) -> None:
     assert out.returncode == 78, out.stderr
     assert f"MSSQL_CA_FILE='{missing}' cannot be read" in out.stdout + out.stderr
     assert "ms-Secret-123" not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("host", ["db # the primary", "db;backup", "[::1]", "db\n\tencryption = off",
+                                  "db server"])
+def test_a_host_freetds_conf_cannot_carry_is_refused(host: str) -> None:
+    """freetds.conf cuts a value at # or ;, collapses spaces and ends a section name at ]; a
+    newline would add a setting of its own (encryption = off). Such a MSSQL_HOST (an inline
+    comment systemd keeps in the value, an IPv6 address in brackets) is named at start-up."""
+    assert "MSSQL_HOST" in problems(MSSQL_HOST=host)
+
+
+@pytest.mark.parametrize("host", ["sqlserver.example.invalid", "10.0.0.5", "::1", "fe80::1%eth0",
+                                  "SQL-01"])
+def test_host_names_and_ip_addresses_are_accepted(host: str) -> None:
+    assert config_from_mapping({**GOOD, "MSSQL_HOST": host}).mssql_host == host
+
+
+def test_a_named_instance_says_to_use_its_port() -> None:
+    r"""SERVER\SQLEXPRESS is how SQL Server people name an instance; facusync connects by TCP
+    port (no SQL Browser), so the message says which port to set."""
+    message = problems(MSSQL_HOST="sqlserver.example.invalid\\SQLEXPRESS")
+    assert "MSSQL_HOST" in message and "MSSQL_PORT" in message and "instance" in message

@@ -56,3 +56,23 @@ def test_ages() -> None:
     assert parse_age("1.5h") == 5400
     assert parse_age("90") == 90
     assert parse_age("2026-11-01") is None
+
+
+@pytest.mark.parametrize(("typed", "meant"), [
+    ("nov 2026", datetime(2026, 11, 1)),
+    ("noviembre de 2026", datetime(2026, 11, 1)),
+    ("12/2026", datetime(2026, 12, 1)),
+])
+def test_a_month_without_a_day_means_its_first_day_not_todays(typed: str, meant: datetime) -> None:
+    """dateutil fills a missing day from today: "nov 2026" typed on the 28th would mean the
+    28th of November, and a purge would reach four weeks further than the operator meant."""
+    assert parse_moment(typed, NOW, "--older-than") == meant
+
+
+@pytest.mark.parametrize("typed", ["2026", "1999", " 2026 "])
+def test_a_bare_year_is_not_read_as_seconds(typed: str) -> None:
+    """`--older-than 2026` would otherwise mean 2026 seconds (34 minutes) ago, and purge every
+    dead letter older than that instead of those from before 2026."""
+    with pytest.raises(UsageError) as caught:
+        parse_moment(typed, NOW, "--older-than")
+    assert "ambiguous" in str(caught.value) and f"{typed.strip()}s" in str(caught.value)
