@@ -25,12 +25,12 @@ from typing import Any
 
 import redis
 
+from devstack.standin import schema, sqltypes
+from devstack.standin.harness import now as standin_now
 from facusync.redisconn import GROUP, Keys
 from tests.chaos.actors import EDITABLE, ErpWorkload, Planners
 from tests.chaos.faults import Injector
 from tests.chaos.stack import Stack, cli
-from tests.standin import schema, sqltypes
-from tests.standin.harness import now as standin_now
 
 
 @dataclass

@@ -36,10 +36,10 @@ from typing import Any
 import psycopg2
 import redis
 
+from devstack.standin.harness import now as source_now
 from facusync.redisconn import Keys
 from tests.chaos.actors import insert_null_key, insert_too_long
 from tests.chaos.stack import DATABASE, Stack, cli
-from tests.standin.harness import now as source_now
 
 WINDOW_KINDS = ("pg_outage", "standin_drop", "standin_hang", "standin_slow", "servers_down")
 LONG_KINDS = ("writer_skew", "slow_source", "pg_lock_wait", "column_renamed")
@@ -198,7 +198,7 @@ class Injector:
     poison_at: dict[str, float] = field(default_factory=dict)  # key or marker -> when written
     wipes_at: list[float] = field(default_factory=list)  # when Redis lost its data
     error: str | None = None
-    workload: Any = None  # the ERP workload (tests.standin.workload.Workload), for writer_skew
+    workload: Any = None  # the ERP workload (devstack.standin.workload.Workload), for writer_skew
     # What a fault showed while it lasted (a daemon not READY, a cycle that never finished...).
     findings: list[str] = field(default_factory=list)
     windows_seen: list[tuple[str, float, float]] = field(default_factory=list)  # kind, begin, end
