@@ -209,6 +209,7 @@ class Injector:
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._open: dict[str, Callable[[], None]] = {}  # window kind -> how to end it
+        self._began: dict[str, float] = {}  # original window kinds -> when they began
         self._thread = threading.Thread(target=self._run, daemon=True, name="fault-injector")
         self._lock = threading.Lock()
 
@@ -295,6 +296,7 @@ class Injector:
             self.note(fault.describe())
             s.pg.stop("immediate" if fault.param else "fast")
             self._open[kind] = s.pg.start_again
+            self._began[kind] = self.now()
         else:
             if kind == "standin_drop":
                 s.standin.set_fault(drop_after_rows=int(fault.param))
@@ -305,12 +307,16 @@ class Injector:
                 s.standin.set_fault(delay=fault.param)
             self.note(fault.describe())
             self._open[kind] = s.standin.clear_faults
+            self._began[kind] = self.now()
         self.done[kind] += 1
 
     def _end(self, kind: str) -> None:
         end = self._open.pop(kind, None)
         if end is not None:
             end()
+            began = self._began.pop(kind, None)
+            if began is not None:  # the original windows; issue 16's record their own
+                self.windows_seen.append((kind, began, self.now()))
             self.note(f"end of {LABELS[kind]}")
 
     def _window(self, fault: Fault, end: Callable[[], None]) -> None:
