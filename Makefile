@@ -28,16 +28,17 @@ deps: $(VENV)/.installed
 	if [ -n "$$full" ]; then apt-get install -y -q $$full || exit 1; fi; \
 	if [ -n "$$lean" ]; then apt-get install -y -q --no-install-recommends $$lean || exit 1; fi
 
-$(VENV)/.installed: requirements-dev.txt pyproject.toml
+$(VENV)/.installed: requirements-dev.txt pyproject.toml devstack/pyproject.toml
 	@command -v dpkg-query >/dev/null && { dpkg-query -W python3-venv >/dev/null 2>&1 || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv; }; }
 	test -x $(PY) || /usr/bin/python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -e devstack
 	touch $@
 
 lint: deps
-	$(VENV)/bin/ruff check facusync tests scripts bench
+	$(VENV)/bin/ruff check facusync devstack tests scripts bench
 	$(VENV)/bin/mypy
 
 # The whole suite, what CI runs: lint; unit and integration tests against real servers; the
@@ -113,10 +114,10 @@ test-chaos: deps
 # CPU, all in one run on private servers. Prints a table and writes bench/results.json; about
 # 9 minutes. BENCH_ARGS="--quick" is the seconds-long smoke mode (numbers meaningless).
 bench: deps
-	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 # The cost of TLS (PostgreSQL verify-full, Redis tls-port) on the consumer write path and the
 # backfill, next to plaintext in one run (bench/tls.py; bench/README.md).
 .PHONY: bench-tls
 bench-tls: deps
-	$(PY) bench/tls.py $(BENCH_ARGS)
+	$(PY) -m bench.tls $(BENCH_ARGS)

@@ -1,1 +1,1 @@
-"""Benchmarks: `make bench` runs bench/run.py (see bench/README.md)."""
+"""Benchmarks: `make bench` runs `python -m bench.run` (see bench/README.md)."""

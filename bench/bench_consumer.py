@@ -14,14 +14,13 @@ Every consumer measurement runs the real ``Consumer`` loop (reader thread, one t
 and one MULTI/EXEC per batch) and counts from the start of its first batch to its last
 commit, so process start-up is not measured. Run from the repository root::
 
-    .venv/bin/python bench/bench_consumer.py [--rows 100000] [--batch-sizes 200,1000,5000]
+    .venv/bin/python -m bench.bench_consumer [--rows 100000] [--batch-sizes 200,1000,5000]
         [--staging reuse,drop] [--json out.json] [--no-durable]
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import subprocess
 import sys
@@ -31,19 +30,16 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench import writepath
+from bench.common import create_database
+from devstack.servers import PostgresServer, RedisServer
+from facusync.config import Config
+from facusync.consumer import Consumer
+from facusync.message import encode_row, upsert_fields
+from facusync.redisconn import Keys, connect_redis
+from facusync.service import Service
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import psycopg2  # noqa: E402
-
-from facusync.config import Config, config_from_mapping  # noqa: E402
-from facusync.consumer import Consumer  # noqa: E402
-from facusync.message import encode_row, upsert_fields  # noqa: E402
-from facusync.migrate import apply_migrations  # noqa: E402
-from facusync.pgconn import connect_pg  # noqa: E402
-from facusync.redisconn import Keys, connect_redis  # noqa: E402
-from facusync.service import Service  # noqa: E402
-from tests.servers import PostgresServer, RedisServer  # noqa: E402
 
 BASE = datetime(2026, 3, 1, 8, 0, 0)
 
@@ -88,48 +84,24 @@ def rate(parts: list[dict[str, float]]) -> float:
 
 def copy_ceiling(cfg: Config, rows: int) -> float:
     """One COPY of pre-built text rows into an empty table shaped like datos_vista."""
-    conn = connect_pg(cfg)
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE TABLE copy_target (LIKE "{cfg.pg_table_vista}" INCLUDING ALL)')
-        conn.commit()
-        lines = []
-        for i in range(rows):
-            r = make_row(i, BASE, "copy")
-            lines.append("\t".join([
-                r["conduce"], r["fecha_emision"].isoformat(), "t" if r["facturado"] else "f",
-                r["numero_factura"] or "\\N", r["codigo_cliente"], r["cliente"],
-                r["ultima_modificacion"].isoformat()]))
-        payload = "\n".join(lines) + "\n"
-        started = time.perf_counter()
-        cur.copy_expert(
-            "COPY copy_target (conduce, fecha_emision, facturado, numero_factura,"
-            " codigo_cliente, cliente, ultima_modificacion) FROM STDIN", io.StringIO(payload))
-        conn.commit()
-        elapsed = time.perf_counter() - started
-        cur.execute("DROP TABLE copy_target")
-        conn.commit()
-    conn.close()
-    return rows / elapsed
+    lines = []
+    for i in range(rows):
+        r = make_row(i, BASE, "copy")
+        lines.append("\t".join([
+            r["conduce"], r["fecha_emision"].isoformat(), "t" if r["facturado"] else "f",
+            r["numero_factura"] or "\\N", r["codigo_cliente"], r["cliente"],
+            r["ultima_modificacion"].isoformat()]))
+    return writepath.copy_ceiling(cfg, "\n".join(lines) + "\n", rows)
 
 
 def fresh(pg: PostgresServer, rds: RedisServer, name: str, batch: int) -> Config:
-    admin = psycopg2.connect(pg.dsn())
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        cur.execute(f'CREATE DATABASE "{name}"')
-    admin.close()
-    cfg = config_from_mapping({
+    return create_database(pg, name, {
         "MSSQL_HOST": "127.0.0.1", "MSSQL_USER": "x", "MSSQL_PASSWORD": "placeholder-not-used",
         "PG_HOST": pg.host, "PG_PORT": str(pg.port), "PG_DATABASE": name, "PG_USER": pg.user,
         "PG_PASSWORD": pg.password, "REDIS_HOST": rds.host, "REDIS_PORT": str(rds.port),
         "REDIS_PASSWORD": rds.password, "REDIS_PREFIX": f"bench{name}:",
         "BATCH_SIZE": str(batch), "LOG_LEVEL": "WARNING", "LOG_FORMAT": "text",
     })
-    conn = connect_pg(cfg)
-    list(apply_migrations(conn, cfg))
-    conn.close()
-    return cfg
 
 
 def env_text(cfg: Config, pg: PostgresServer, rds: RedisServer) -> str:
@@ -148,8 +120,8 @@ def parallel(cfg: Config, pg: PostgresServer, rds: RedisServer, workers: int,
     with tempfile.NamedTemporaryFile("w", suffix=".env", delete=False) as f:
         f.write(env_text(cfg, pg, rds))
         env_file = f.name
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", env_file, "--staging",
-                               staging], stdout=subprocess.PIPE, cwd=ROOT)
+    procs = [subprocess.Popen([sys.executable, "-m", "bench.bench_consumer", "--worker", env_file,
+                               "--staging", staging], stdout=subprocess.PIPE, cwd=ROOT)
              for _ in range(workers)]
     parts = [json.loads(p.communicate()[0]) for p in procs]
     Path(env_file).unlink()

@@ -1,7 +1,7 @@
 """Rows/s the SQL Server stand-in delivers to pymssql: 7-column VW_VENTAS_SYNC rows read
 with fetchmany, the server in its own process (as in the tests and the demo).
 
-    .venv/bin/python bench/bench_standin.py [--rows 200000] [--batch 5000] [--repeat 3] [--debian]
+    .venv/bin/python -m bench.bench_standin [--rows 200000] [--batch 5000] [--repeat 3] [--debian]
 
 Prints a table, then one JSON line (for scripts that collect benchmark results).
 """
@@ -18,11 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from devstack.standin.harness import StandIn
 
-from tests.standin.harness import StandIn  # noqa: E402  (needs the repository on sys.path)
+REPO = Path(__file__).resolve().parents[1]
 
 QUERIES = {
     "key order (BIN2)": "SELECT [CONDUCE], [FECHA_EMISION], [FACTURADO], [NUMERO_FACTURA], [CODIGO_CLIENTE], "
@@ -57,7 +55,7 @@ def read_all(server: StandIn, sql: str, batch: int) -> tuple[int, float, float]:
 
 def read_debian(server: StandIn, sql: str, batch: int) -> tuple[int, float, float]:
     """The same read with Debian's python3-pymssql 2.2.2 (a subprocess of /usr/bin/python3)."""
-    probe = REPO / "tests" / "standin" / "probe.py"
+    probe = REPO / "devstack" / "standin" / "probe.py"
     env = dict(os.environ, STANDIN_PASSWORD=server.password)
     env.pop("PYTHONPATH", None)
     done = subprocess.run(

@@ -7,32 +7,71 @@ it did not start.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 
+from devstack.processes import DaemonExited
+from devstack.servers import PostgresServer, RedisServer
+from devstack.standin.harness import local_timezone
+from devstack.tlsca import TestCA
 from facusync.config import Config, config_from_mapping
 from facusync.migrate import apply_migrations
 from facusync.pgconn import connect_pg
-from tests.processes import child_env
-from tests.servers import PostgresServer, RedisServer
-from tests.standin.harness import local_timezone
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent  # the venv's bin: facusync-producer, facusync-consumer
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class BenchError(Exception):
     """A benchmark step failed; the message says which and where its logs are."""
+
+
+class PrivateServers:
+    """The run's PostgreSQL 15 (durable) and Redis 7, with tls from a throwaway CA, and its work
+    folder: deleted after a run that succeeded, kept (and said where) after one that failed."""
+
+    def __init__(self, prefix: str, *, tls: bool = False) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix=prefix))
+        self.workdir.chmod(0o755)
+        self.ca = TestCA(self.workdir / "ca") if tls else None
+        self.pg = PostgresServer(durable=True, tls=self.ca.issue("postgresql") if self.ca else None)
+        self.rds = RedisServer(tls=self.ca.issue("redis") if self.ca else None)
+
+    def run(self, measure: Callable[[], None]) -> int:
+        """Start the servers, measure, tear down; the exit status (1: a step failed)."""
+        code = 0
+        try:
+            self.pg.start()
+            self.rds.start()
+            measure()
+        except (BenchError, DaemonExited) as exc:
+            print(f"benchmark failed: {exc}", file=sys.stderr)
+            code = 1
+        finally:
+            self.pg.destroy()
+            self.rds.destroy()
+            if code == 0:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            else:
+                print(f"logs kept in {self.workdir}", file=sys.stderr)
+        return code
+
+
+def write_results(results: dict[str, Any], out: str | None) -> None:
+    if out:
+        Path(out).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"\nwrote {out}")
 
 
 # -- statistics -------------------------------------------------------------------------------
@@ -215,61 +254,6 @@ class CpuMeter:
         out["machine_busy_pct_of_2_cores" if os.cpu_count() == 2 else "machine_busy_pct"] = round(
             100 * (busy - self.sys0[0]) / max(total - self.sys0[1], 1e-6), 1)
         return out
-
-
-# -- daemons ------------------------------------------------------------------------------------
-
-
-class Daemon:
-    """facusync-producer or facusync-consumer as production runs it (minus systemd)."""
-
-    def __init__(self, name: str, env_file: Path, log_path: Path) -> None:
-        self.name = name
-        self.env_file = env_file
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
-
-    @property
-    def pid(self) -> int:
-        if self.proc is None:
-            raise BenchError(f"{self.name} is not running")
-        return self.proc.pid
-
-    def start(self) -> Daemon:
-        with open(self.log_path, "ab") as log:
-            self.started_at = time.time()
-            self.proc = subprocess.Popen(
-                [str(BIN / self.name), "--env-file", str(self.env_file)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=ROOT,
-                env=child_env(), start_new_session=True,
-            )
-        return self
-
-    def check(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise BenchError(f"{self.name} exited with {self.proc.returncode}; log {self.log_path}:\n"
-                             + tail(self.log_path))
-
-    def stop(self, timeout: float = 20.0) -> None:
-        """SIGTERM, as systemd does; SIGKILL only if it does not stop in time."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def tail(path: Path, lines: int = 12) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return "    (no log)"
-    return "\n".join("    " + line for line in text[-lines:])
 
 
 def consumer_key(prefix: str, pid: int) -> str:

@@ -24,17 +24,17 @@ from typing import Any
 
 import redis
 
+from devstack.processes import Daemon
+from devstack.servers import PostgresServer, RedisServer
+from devstack.standin.harness import StandIn
 from facusync.config import Config, load_config
 from facusync.pgconn import connect_pg
 from facusync.redisconn import Keys, connect_redis
 from facusync.source import ViewSource, map_columns
-from tests.servers import PostgresServer, RedisServer
-from tests.standin.harness import StandIn
 
 from .common import (
     BenchError,
     CpuMeter,
-    Daemon,
     checkpoint,
     consumer_key,
     cpu_seconds,
@@ -85,8 +85,8 @@ class Pipeline:
         self.cfg: Config | None = None
         self.client: redis.Redis | None = None
         self.keys = Keys(PREFIX)
-        self.producer = Daemon("facusync-producer", self.env_file, workdir / "producer.log")
-        self.consumer = Daemon("facusync-consumer", self.env_file, workdir / "consumer.log")
+        self.producer = Daemon("producer", workdir / "producer.log", env_file=self.env_file)
+        self.consumer = Daemon("consumer", workdir / "consumer.log", env_file=self.env_file)
 
     def setup(self, rows: int) -> float:
         """Seed the view and create the database; returns the seed time."""
@@ -120,7 +120,7 @@ class Pipeline:
 
     def meter(self) -> CpuMeter:
         def one(d: Daemon) -> Callable[[], list[int]]:
-            return lambda: [d.pid] if d.proc is not None else []
+            return lambda: [d.pid] if d.running else []
         standin = self.standin.process
         return CpuMeter({
             "producer": one(self.producer), "consumer": one(self.consumer),

@@ -6,7 +6,7 @@ stand-in), so that every comparison is measured under the same conditions: quote
 which survive noise much better than the absolute numbers. Each number is the median of the
 repetitions; each ratio is the median of the per-repetition ratios. See bench/README.md.
 
-    .venv/bin/python bench/run.py [--quick] [--json bench/results.json] [--reps 3]
+    .venv/bin/python -m bench.run [--quick] [--json bench/results.json] [--reps 3]
         [--rows 50000] [--backfill-rows 1000000] [--only write,pipeline]
         [--set CHUNK_SIZE=5000 --set FETCH_SIZE=10000 ...]
 
@@ -20,21 +20,16 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from bench import pipeline, writepath
+from bench.common import PrivateServers, default_settings, load_average, median, write_results
+from facusync.logsetup import setup_logging
 
-from bench import pipeline, writepath  # noqa: E402
-from bench.common import BenchError, default_settings, load_average, median  # noqa: E402
-from facusync.logsetup import setup_logging  # noqa: E402
-from tests.servers import PostgresServer, RedisServer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 TARGETS = {  # from issue 13
     "insert_pct_copy": 30.0, "update_pct_copy": 20.0, "two_consumers_x": 1.3, "vs_naive_x": 8.0,
@@ -148,7 +143,7 @@ def metrics_cost(m: dict[str, Any]) -> dict[str, Any]:
         rate = median(off[op])
 
         def share(every: float, cpu_row: float = cpu_row, rate: float = rate) -> float:
-            return round(100 * (hook / m["batch_size"] + 1000 * scrape / (every * rate)) / cpu_row, 3)
+            return round(100 * (hook / float(m["batch_size"]) + 1000 * scrape / (every * rate)) / cpu_row, 3)
 
         out[op] = {
             "rows_per_s_off": round(rate), "rows_per_s_on": round(median(on[op])),
@@ -263,16 +258,12 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "host": platform.node(),
         "cpus": os.cpu_count(), "python": platform.python_version(), "quick": quick,
         "load_start": load_average(), "defaults": defaults}}
-    workdir = Path(tempfile.mkdtemp(prefix="facusync-bench-"))
-    workdir.chmod(0o755)
-    pg = PostgresServer(durable=True)
-    rds = RedisServer()
-    code = 0
-    try:
-        print(f"servers: PostgreSQL 15 (durable) and Redis 7 in {workdir}; load average "
-              f"{results['meta']['load_start']}", flush=True)
-        pg.start()
-        rds.start()
+    servers = PrivateServers("facusync-bench-")
+    pg, rds, workdir = servers.pg, servers.rds, servers.workdir
+    print(f"servers: PostgreSQL 15 (durable) and Redis 7 in {workdir}; load average "
+          f"{results['meta']['load_start']}", flush=True)
+
+    def measure() -> None:
         if "write" in only:
             print(f"1. consumer write path: {rows:,} rows, batch sizes {sizes}, {reps} repetitions",
                   flush=True)
@@ -289,26 +280,15 @@ def main() -> int:
                 latency_seconds=args.latency_seconds or (3.0 if quick else 60.0),
                 latency_rate=args.latency_rate, overrides=overrides,
                 log=lambda m: print(m, flush=True))
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        code = 1
-    finally:
-        pg.destroy()
-        rds.destroy()
-        if code == 0:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"logs kept in {workdir}", file=sys.stderr)
+
+    code = servers.run(measure)
     if code:
         return code
     results["meta"]["load_end"] = load_average()
     results["meta"]["seconds"] = round(time.monotonic() - started, 1)
     results["summary"] = summarize(results, defaults)
     print_table(results, results["summary"])
-    out = args.json or (None if quick else str(ROOT / "bench" / "results.json"))
-    if out:
-        Path(out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\nwrote {out}")
+    write_results(results, args.json or (None if quick else str(ROOT / "bench" / "results.json")))
     return 0
 
 

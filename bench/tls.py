@@ -9,29 +9,22 @@ MSSQL_ENCRYPT=require, PG_SSLMODE=verify-full and REDIS_TLS=on, all verified aga
 (the write path has no SQL Server hop). Each repetition measures both back to back (the order
 alternates), and the ratio is the median of the per-repetition ratios. See bench/README.md.
 
-    .venv/bin/python bench/tls.py [--quick] [--reps 3] [--rows 50000] [--backfill-rows 200000]
+    .venv/bin/python -m bench.tls [--quick] [--reps 3] [--rows 50000] [--backfill-rows 200000]
         [--json bench/results-tls.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench import writepath  # noqa: E402
-from bench.common import (  # noqa: E402
-    BenchError,
+from bench import writepath
+from bench.common import (
+    PrivateServers,
     checkpoint,
     create_database,
     env_values,
@@ -39,13 +32,16 @@ from bench.common import (  # noqa: E402
     median,
     reset_tables,
     write_env_file,
+    write_results,
 )
-from bench.pipeline import Pipeline  # noqa: E402
-from facusync.logsetup import setup_logging  # noqa: E402
-from facusync.redisconn import Keys, connect_redis  # noqa: E402
-from tests.servers import PostgresServer, RedisServer  # noqa: E402
-from tests.standin.harness import StandIn  # noqa: E402
-from tests.tlsca import TestCA  # noqa: E402
+from bench.pipeline import Pipeline
+from devstack.servers import PostgresServer, RedisServer
+from devstack.standin.harness import StandIn
+from devstack.tlsca import TestCA
+from facusync.logsetup import setup_logging
+from facusync.redisconn import Keys, connect_redis
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MODES = ("plaintext", "tls")
 
@@ -150,31 +146,19 @@ def main() -> int:
                                         "quick": args.quick, "reps": reps, "rows": rows,
                                         "backfill_rows": backfill_rows,
                                         "load_start": load_average()}}
-    workdir = Path(tempfile.mkdtemp(prefix="facusync-bench-tls-"))
-    workdir.chmod(0o755)
-    ca = TestCA(workdir / "ca")
-    pg = PostgresServer(durable=True, tls=ca.issue("postgresql"))
-    rds = RedisServer(tls=ca.issue("redis"))
-    code = 0
-    try:
-        log(f"servers: PostgreSQL 15 (durable, ssl=on), Redis 7 (port and tls-port) and the SQL "
-            f"Server stand-in (certificate, encryption not forced) in {workdir}")
-        pg.start()
-        rds.start()
+    servers = PrivateServers("facusync-bench-tls-", tls=True)
+    pg, rds, ca, workdir = servers.pg, servers.rds, servers.ca, servers.workdir
+    assert ca is not None
+    log(f"servers: PostgreSQL 15 (durable, ssl=on), Redis 7 (port and tls-port) and the SQL "
+        f"Server stand-in (certificate, encryption not forced) in {workdir}")
+
+    def measure() -> None:
         log(f"1. consumer write path: {rows:,} rows, plaintext and TLS, {reps} repetitions")
         results["write_path"] = write_path(pg, rds, ca, workdir, rows=rows, reps=reps, log=log)
         log(f"2. backfill of {backfill_rows:,} rows, plaintext and TLS, {reps} repetitions")
         results["backfill"] = backfill(pg, rds, ca, workdir, rows=backfill_rows, reps=reps, log=log)
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
-        code = 1
-    finally:
-        pg.destroy()
-        rds.destroy()
-        if code == 0:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            print(f"logs kept in {workdir}", file=sys.stderr)
+
+    code = servers.run(measure)
     if code:
         return code
     results["meta"]["load_end"] = load_average()
@@ -185,10 +169,7 @@ def main() -> int:
     for line in results["summary"]:
         print(f"| {line['measure']} | {line['plaintext_rows_per_s']:,} | {line['tls_rows_per_s']:,} "
               f"| {line['tls_pct_of_plaintext']}% |")
-    out = args.json or (None if args.quick else str(ROOT / "bench" / "results-tls.json"))
-    if out:
-        Path(out).write_text(json.dumps(results, indent=2) + "\n")
-        print(f"\nwrote {out}")
+    write_results(results, args.json or (None if args.quick else str(ROOT / "bench" / "results-tls.json")))
     return 0
 
 

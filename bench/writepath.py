@@ -39,6 +39,8 @@ from typing import Any
 
 import redis
 
+from devstack.servers import PostgresServer, RedisServer, free_port
+from devstack.standin.seed import generate_rows
 from facusync import metrics
 from facusync.config import Config, load_config
 from facusync.consumer import Consumer
@@ -48,8 +50,6 @@ from facusync.pgconn import connect_pg
 from facusync.redisconn import Keys, connect_redis
 from facusync.service import Service
 from facusync.sink import WriteResult
-from tests.servers import PostgresServer, RedisServer, free_port
-from tests.standin.seed import generate_rows
 
 from .common import ROOT, BenchError, checkpoint, create_database, env_values, reset_tables, write_env_file
 

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg2.errors
 import psycopg2.extensions
 
-from facusync.errors import SchemaError
+from facusync.errors import SinkError
 
 Cursor = psycopg2.extensions.cursor
 
@@ -85,12 +85,19 @@ def newest_version(cur: Cursor) -> datetime | None:
 
 
 def zone(cur: Cursor) -> str | None:
-    """The zone the stored source times are in; SchemaError before migration 005."""
+    """The zone the stored source times are in; SinkError (an outage) while migration 005
+    is not applied.
+
+    Not a configuration error: right after `apt install` of a new version the services restart
+    before the operator runs `migrate`, and a daemon that exited 78 would stay failed
+    (RestartPreventExitStatus). It waits with backoff instead, saying what it waits for.
+    """
     try:
         recorded = _one(cur, "zone")
     except psycopg2.errors.UndefinedColumn:
-        raise SchemaError("sync_control has no source_timezone column: run "
-                          "`sudo facusync migrate --admin`") from None
+        cur.connection.rollback()
+        raise SinkError("the schema is older than this facusync (migration 005 not applied): "
+                        "waiting for `sudo facusync migrate --admin`") from None
     return None if recorded is None else str(recorded)
 
 

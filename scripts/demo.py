@@ -9,7 +9,7 @@ the view while the progress is shown live. At the end the workload stops, the qu
 `facusync reconcile` catches what polling cannot see (deletes, changes that did not bump
 ULTIMA_MODIFICACION), and `facusync verify` must find 0 differences: the exit code says so.
 
-Run from the repository root with the venv's python (``make demo`` does). Settings, from the
+Run with the venv's python (``make demo`` does). Settings, from the
 environment:
 
     DEMO_ROWS=50000    rows seeded into the view before the first (backfill) copy
@@ -28,7 +28,6 @@ stopped and nothing is left listening. The logs stay in the demo's folder (print
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -43,23 +42,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `tests.*` (servers, stand-in) import from the checkout
-    sys.path.insert(0, str(REPO_ROOT))
+from devstack.processes import BIN, DaemonExited, tail
+from devstack.stack import DATABASE, NOCODB_ROLE
+from devstack.stack import Stack as DevStack
+from devstack.standin.workload import Workload
+from facusync.commands.status import collect
+from facusync.config import Config, load_config
 
-import psycopg2  # noqa: E402
-
-from facusync.commands.status import collect  # noqa: E402
-from facusync.config import Config, load_config  # noqa: E402
-from tests.processes import child_env  # noqa: E402
-from tests.servers import PostgresServer, RedisServer  # noqa: E402
-from tests.standin.harness import StandIn, local_timezone  # noqa: E402
-from tests.standin.workload import Workload  # noqa: E402
-from tests.tlsca import TestCA  # noqa: E402
-
-BIN = Path(sys.executable).parent  # the venv's bin: facusync, facusync-producer, -consumer
-DATABASE = "syncdb"
-SYNC_ROLE, NOCODB_ROLE = "facusync_sync", "facusync_nocodb"
 STALL_S = 60.0  # no progress for this long during the backfill or a drain: give up, say why
 
 
@@ -222,168 +211,30 @@ class Interrupts:
             signal.signal(sig, signal.SIG_IGN)
 
 
-# -- processes -----------------------------------------------------------------------------
-
-
-class Daemon:
-    """One facusync daemon, run as production runs it (minus systemd), logging to a file."""
-
-    def __init__(self, name: str, env_file: Path, log_path: Path) -> None:
-        self.name = name
-        self.env_file = env_file
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            # Own session: the terminal's Ctrl+C is the demo's to handle, not the daemon's.
-            self.proc = subprocess.Popen(
-                [str(BIN / self.name), "--env-file", str(self.env_file)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=REPO_ROOT,
-                env=child_env(), start_new_session=True,
-            )
-
-    def check(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise DemoError(f"{self.name} {exit_text(self.proc.returncode)}; "
-                            f"its log is {self.log_path}:\n{tail(self.log_path)}")
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM, as systemd does; SIGKILL only if it does not stop in time."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
-
-
-def exit_text(code: int) -> str:
-    """Popen's return code in words: negative means killed by that signal."""
-    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return "    (no log)"
-    return "\n".join("    " + line for line in text[-lines:])
-
-
-
-
 # -- the stack -----------------------------------------------------------------------------
 
 
-class Stack:
-    """The throwaway servers, the env file and the two daemons; close() undoes everything."""
+class Stack(DevStack):
+    """The development stack, with the demo's settings, its workload and its screen."""
 
     def __init__(self, settings: Settings, screen: Screen) -> None:
-        self.settings = settings
+        # Fast polling so changes show up within a second; the workload's late rows (30 s
+        # old) fall inside the overlap window.
+        super().__init__(Path(tempfile.mkdtemp(prefix="facusync-demo-")), tls=settings.tls,
+                         overrides={"SYNC_INTERVAL": "1", "SYNC_OVERLAP": "60"})
         self.screen = screen
-        self.dir = Path(tempfile.mkdtemp(prefix="facusync-demo-"))
-        self.env_file = self.dir / "facusync.env"
-        self.pg: PostgresServer | None = None
-        self.redis: RedisServer | None = None
-        self.standin: StandIn | None = None
         self.workload: Workload | None = None
-        self.producer = Daemon("facusync-producer", self.env_file, self.dir / "facusync-producer.log")
-        self.consumer = Daemon("facusync-consumer", self.env_file, self.dir / "facusync-consumer.log")
         self.cfg: Config | None = None
-        self.sync_password = secrets.token_urlsafe(18)
-        self.nocodb_password = secrets.token_urlsafe(18)
-        self.ca: TestCA | None = None
 
-    # set-up
+    def configure(self) -> None:
+        """The env file the daemons and the admin commands read (mode 0600)."""
+        self.cfg = load_config(self.write_env_file(), environ={})
 
-    def start_servers(self) -> None:
-        # Assigned before start(): an interrupted start is still cleaned up by close().
-        if self.settings.tls:
-            self.ca = TestCA(self.dir / "tls", name="facusync demo CA")
-            self.pg = PostgresServer(tls=self.ca.issue("postgresql"), tls_only=True)
-            self.redis = RedisServer(tls=self.ca.issue("redis"), tls_only=True)
-        else:
-            self.pg = PostgresServer()
-            self.redis = RedisServer()
-        self.pg.start()
-        self.redis.start()
-        tls: dict[str, Any] = {}
-        if self.ca is not None:  # like SQL Server with "Force Encryption": TLS or nothing
-            pair = self.ca.issue("sqlserver")
-            tls = {"encryption": "on", "certificate": (pair.cert, pair.key)}
-        self.standin = StandIn(self.dir / "standin", password=secrets.token_urlsafe(12), **tls)
-        self.standin.start()
-        with self.pg_admin() as cur:
-            cur.execute(f"CREATE DATABASE {DATABASE}")
-
-    @contextmanager
-    def pg_admin(self, database: str = "postgres") -> Iterator[Any]:
-        assert self.pg is not None
-        conn = psycopg2.connect(self.pg.dsn(database), connect_timeout=10)
-        conn.autocommit = True
-        try:
-            with conn.cursor() as cur:
-                yield cur
-        finally:
-            conn.close()
-
-    def ports(self) -> dict[str, int]:
-        assert self.pg and self.redis and self.standin
-        return {"postgresql": self.pg.port, "redis": self.redis.tls_port or self.redis.port,
-                "sqlserver": self.standin.port}
-
-    def write_env_file(self) -> None:
-        """The same file production reads from /etc/facusync/facusync.env, mode 0600."""
-        assert self.pg and self.redis and self.standin
-        values = {
-            **self.standin.env(),
-            "PG_HOST": self.pg.host, "PG_PORT": str(self.pg.port), "PG_DATABASE": DATABASE,
-            "PG_USER": SYNC_ROLE, "PG_PASSWORD": self.sync_password,
-            "PG_SYNC_ROLE": SYNC_ROLE, "PG_SYNC_ROLE_PASSWORD": self.sync_password,
-            "PG_NOCODB_ROLE": NOCODB_ROLE, "PG_NOCODB_ROLE_PASSWORD": self.nocodb_password,
-            "REDIS_HOST": self.redis.host, "REDIS_PORT": str(self.ports()["redis"]),
-            "REDIS_PASSWORD": self.redis.password, "REDIS_PREFIX": "facusync:",
-            # Fast polling so changes show up within a second; the workload's late rows
-            # (30 s old) fall inside the overlap window.
-            "SYNC_INTERVAL": "1", "SYNC_OVERLAP": "60",
-            "SOURCE_TIMEZONE": local_timezone(),
-            "LOG_LEVEL": "INFO", "LOG_FORMAT": "text",
-            **self.tls_settings(),
-        }
-        lines = ["# facusync demo: throwaway local servers; deleted when the demo ends."]
-        lines += [f"{key}={value}" for key, value in values.items()]
-        fd = os.open(self.env_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-        self.cfg = load_config(self.env_file, environ={})
-
-    def tls_settings(self) -> dict[str, str]:
-        """DEMO_TLS=1: every hop verified against the demo's CA, as production would be."""
-        if self.ca is None:
-            return {}
-        ca = str(self.ca.ca.cert)
-        return {"MSSQL_ENCRYPT": "require", "MSSQL_CA_FILE": ca,
-                "PG_SSLMODE": "verify-full", "PG_SSLROOTCERT": ca,
-                "REDIS_TLS": "on", "REDIS_CA_FILE": ca}
-
-    def facusync(self, *args: str, superuser: bool = False, check: bool = True,
-                 show: bool = True) -> subprocess.CompletedProcess[str]:
+    def admin(self, *args: str, superuser: bool = False, check: bool = True,
+              show: bool = True) -> subprocess.CompletedProcess[str]:
         """Run the admin command; its output is shown indented."""
-        extra: dict[str, str] = {}
-        if superuser:  # migrate creates the roles: it runs as the cluster's owner
-            assert self.pg is not None
-            extra = {"PG_USER": self.pg.user, "PG_PASSWORD": self.pg.password}
-        result = subprocess.run(
-            [str(BIN / "facusync"), "--env-file", str(self.env_file), *args],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=REPO_ROOT,
-            env=child_env(**extra), timeout=300,
-        )
+        # migrate creates the roles: it runs as the cluster's owner
+        result = self.facusync(*args, env=self.superuser_env() if superuser else None)
         if show:
             for line in (result.stdout + result.stderr).rstrip().splitlines():
                 self.screen.say("    " + line)
@@ -395,52 +246,21 @@ class Stack:
         self.producer.check()
         self.consumer.check()
 
-    # counts
-
     def pg_rows(self) -> tuple[int, int]:
         """(all rows, rows flagged deleted) in datos_vista."""
-        with self.pg_admin(DATABASE) as cur:
+        with self.admin_cursor(DATABASE) as cur:
             cur.execute("SELECT count(*), count(*) FILTER (WHERE eliminado_en_origen) FROM datos_vista")
             total, deleted = cur.fetchone()
         return int(total), int(deleted)
 
-    # tear-down
-
     def close(self) -> list[str]:
-        """Stop everything, in the order production would; returns what went wrong."""
         problems: list[str] = []
-
-        def attempt(what: str, fn: Callable[[], Any]) -> None:
-            try:
-                fn()
-            except Exception as exc:
-                problems.append(f"{what}: {type(exc).__name__}: {exc}")
-
         if self.workload is not None:
-            attempt("workload", self.workload.stop)
-        for daemon in (self.producer, self.consumer):
-            code: int | None = None
             try:
-                code = daemon.stop()
+                self.workload.stop()
             except Exception as exc:
-                problems.append(f"{daemon.name}: {exc}")
-            if code not in (None, 0):
-                problems.append(f"{daemon.name} {exit_text(code)}; see {daemon.log_path}")
-        if self.standin is not None:
-            attempt("SQL Server stand-in", self.standin.stop)
-        for server, log_name in ((self.redis, "redis.log"), (self.pg, "postgres.log")):
-            if server is None:
-                continue
-            source = server.base / log_name if isinstance(server, RedisServer) else server.logfile
-            with suppress(OSError):
-                shutil.copyfile(source, self.dir / log_name)  # keep it for a post-mortem
-            attempt(type(server).__name__, server.destroy)
-        # Keep the logs; drop the data and the file with (throwaway) passwords.
-        self.env_file.unlink(missing_ok=True)
-        for data in (self.dir / "standin").glob("standin.sqlite3*"):
-            data.unlink(missing_ok=True)
-        shutil.rmtree(self.dir / "tls", ignore_errors=True)  # the throwaway CA's private key
-        return problems
+                problems.append(f"workload: {type(exc).__name__}: {exc}")
+        return problems + super().close()
 
 
 # -- phases --------------------------------------------------------------------------------
@@ -453,16 +273,16 @@ def set_up(stack: Stack, settings: Settings, screen: Screen) -> None:
     stack.start_servers()
     ports = stack.ports()
     screen.say(f"    ports: postgresql {ports['postgresql']}, redis {ports['redis']}, "
-               f"sqlserver {ports['sqlserver']}   (folder {stack.dir})")
+               f"sqlserver {ports['sqlserver']}   (folder {stack.workdir})")
     assert stack.standin is not None
     screen.step(f"seeding VW_VENTAS_SYNC with {settings.rows:,} realistic rows")
     stack.standin.seed(settings.rows, seed=20261127)
-    stack.write_env_file()
+    stack.configure()
     screen.say(f"    env file {stack.env_file} (mode 0600, like /etc/facusync/facusync.env)")
     screen.step("facusync migrate --create-roles (schema, the sync role and the NocoDB role)")
-    stack.facusync("migrate", "--create-roles", superuser=True)
+    stack.admin("migrate", "--create-roles", superuser=True)
     screen.step("facusync check (can the daemons reach all three servers with this env file?)")
-    stack.facusync("check")
+    stack.admin("check")
     screen.say(f"    set up in {time.monotonic() - t0:.1f} s")
 
 
@@ -505,7 +325,7 @@ def backfill(stack: Stack, screen: Screen, interrupts: Interrupts) -> float:
             return now - t0
         if now - best_at > STALL_S:
             raise DemoError(f"the backfill made no progress for {STALL_S:.0f} s; see the logs in "
-                            f"{stack.dir}:\n{tail(stack.producer.log_path)}\n{tail(stack.consumer.log_path)}")
+                            f"{stack.workdir}:\n{tail(stack.producer.log_path)}\n{tail(stack.consumer.log_path)}")
         time.sleep(0.25 if screen.tty else 0.5)
 
 
@@ -595,21 +415,21 @@ def finish(stack: Stack, screen: Screen) -> int:
     wait_drained(stack, screen, time.time(), "    draining")
     screen.step("facusync reconcile (finds deletes and changes that did not bump "
                 "ULTIMA_MODIFICACION)")
-    stack.facusync("reconcile")
+    stack.admin("reconcile")
     wait_drained(stack, screen, None, "    applying")
     screen.step("facusync status")
-    status = stack.facusync("status", check=False)
+    status = stack.admin("status", check=False)
     if status.returncode != 0:
         screen.say(f"    (status exit code {status.returncode}: 1 degraded, 2 down)")
     screen.step("facusync verify (SQL Server and PostgreSQL, row by row)")
-    verify = stack.facusync("verify", check=False)
+    verify = stack.admin("verify", check=False)
     return verify.returncode
 
 
 def summary(stack: Stack, screen: Screen) -> None:
     """What is in PostgreSQL now, in the words of the tables people use."""
     rows, deleted = stack.pg_rows()
-    with stack.pg_admin(DATABASE) as cur:
+    with stack.admin_cursor(DATABASE) as cur:
         cur.execute("SELECT count(*) FROM datos_seguimiento")
         (tracking,) = cur.fetchone()
     screen.say(f"    datos_vista: {rows:,} rows ({deleted:,} flagged eliminado_en_origen, kept for "
@@ -671,7 +491,7 @@ def main() -> int:
     except KeyboardInterrupt:
         screen.say(f"\ninterrupted ({interrupts.aborted_by.name}): shutting down")
         code = 128 + interrupts.aborted_by  # the shell's convention: 130 for Ctrl+C
-    except DemoError as exc:
+    except (DemoError, DaemonExited) as exc:
         screen.say(f"\ndemo failed: {exc}")
     except Exception as exc:
         screen.say(f"\ndemo failed: unexpected {type(exc).__name__}: {exc}")
@@ -689,7 +509,7 @@ def main() -> int:
             if problems and code == 0:
                 code = 1
             screen.say(f"    {'stopped' if problems else 'nothing left running'}; logs kept in "
-                       f"{stack.dir}")
+                       f"{stack.workdir}")
         screen.say(f"demo finished in {time.monotonic() - started:.0f} s, exit code {code}")
         if screen.out is None and code == 0:
             code = 1  # nobody saw the result: do not claim success

@@ -11,8 +11,8 @@ import psycopg2
 import pytest
 import redis
 
+from devstack.servers import PostgresServer, RedisServer
 from facusync.config import Config, config_from_mapping
-from tests.servers import PostgresServer, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +107,7 @@ def make_config(env: dict[str, str]) -> Callable[..., Config]:
 @pytest.fixture()
 def standin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A SQL Server stand-in process with an empty VW_VENTAS_SYNC; stopped afterwards."""
-    from tests.standin.harness import StandIn
+    from devstack.standin.harness import StandIn
 
     server = StandIn(tmp_path_factory.mktemp("standin"))
     server.start()

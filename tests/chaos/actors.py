@@ -21,12 +21,12 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
+from devstack.standin import schema, sqltypes
+from devstack.standin.harness import StandIn, now
+from devstack.standin.workload import Workload
 from facusync.commands.status import collect
 from facusync.config import Config
 from tests.poison import widen_view_column
-from tests.standin import schema, sqltypes
-from tests.standin.harness import StandIn, now
-from tests.standin.workload import Workload
 
 EDITABLE = ("nota", "ruta", "trabajado", "preparador")
 # A tracking row as the trigger creates it: what a column holds before any planner edit.

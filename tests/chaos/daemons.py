@@ -87,8 +87,7 @@ class Supervised:
             t.start()
 
     def _spawn(self) -> None:
-        env = {**os.environ, **self.env, "NOTIFY_SOCKET": str(self._sock_path),
-               "PYTHONPATH": str(REPO_ROOT)}
+        env = {**os.environ, **self.env, "NOTIFY_SOCKET": str(self._sock_path)}
         with self._lock, open(self.log_path, "ab") as log:
             log.write(f"---- chaos: starting facusync-{self.name} at {time.strftime('%H:%M:%S')}\n"
                       .encode())
@@ -210,10 +209,3 @@ class Supervised:
         except subprocess.TimeoutExpired:
             proc.kill()
         self._last_ping = time.monotonic()
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])

@@ -36,10 +36,10 @@ from typing import Any
 import psycopg2
 import redis
 
+from devstack.standin.harness import now as source_now
 from facusync.redisconn import Keys
 from tests.chaos.actors import insert_null_key, insert_too_long
 from tests.chaos.stack import DATABASE, Stack, cli
-from tests.standin.harness import now as source_now
 
 WINDOW_KINDS = ("pg_outage", "standin_drop", "standin_hang", "standin_slow", "servers_down")
 LONG_KINDS = ("writer_skew", "slow_source", "pg_lock_wait", "column_renamed")
@@ -98,7 +98,7 @@ class Fault:
         elif self.kind == "pg_outage":
             text += " (crash: -m immediate)" if self.param else " (clean: -m fast)"
         elif self.kind == "writer_skew":
-            text += f" by {self.param:.0f} s (inserts only, some committed late)"
+            text += f" by {self.param:.0f} s (inserts only, some committed SYNC_OVERLAP + 10 s late)"
         elif self.kind == "slow_source":
             text += f" ({self.param:.1f} s per read; lock TTL {LOCK_TTL:g} s)"
         elif self.kind == "column_renamed":
@@ -166,7 +166,10 @@ def plan_long(rng: random.Random, span: float, sync_overlap: float) -> list[Faul
     """The long conditions, one after the other in a random order, beside the windows."""
     slow = round(rng.uniform(LOCK_TTL + 1, LOCK_TTL + 3), 1)
     long_ones = [
-        ("writer_skew", rng.uniform(15, 25), round(sync_overlap * rng.uniform(1.2, 2.0))),
+        # Behind by less than SYNC_OVERLAP, so that its rows stay within SYNC_OVERLAP of the
+        # newest version seen (issue 16, situation 3); its late rows, committed later still,
+        # arrive more than SYNC_OVERLAP after their version (lost by the old narrowing).
+        ("writer_skew", rng.uniform(20, 30), round(sync_overlap * rng.uniform(0.7, 0.9))),
         # Long enough for a restarted producer to finish a cycle of a few slow reads.
         ("slow_source", 3.5 * slow, slow),
         ("pg_lock_wait", rng.uniform(WATCHDOG_SEC + 5, WATCHDOG_SEC + 15), 0.0),
@@ -198,7 +201,7 @@ class Injector:
     poison_at: dict[str, float] = field(default_factory=dict)  # key or marker -> when written
     wipes_at: list[float] = field(default_factory=list)  # when Redis lost its data
     error: str | None = None
-    workload: Any = None  # the ERP workload (tests.standin.workload.Workload), for writer_skew
+    workload: Any = None  # the ERP workload (devstack.standin.workload.Workload), for writer_skew
     # What a fault showed while it lasted (a daemon not READY, a cycle that never finished...).
     findings: list[str] = field(default_factory=list)
     windows_seen: list[tuple[str, float, float]] = field(default_factory=list)  # kind, begin, end
@@ -206,6 +209,7 @@ class Injector:
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._open: dict[str, Callable[[], None]] = {}  # window kind -> how to end it
+        self._began: dict[str, float] = {}  # original window kinds -> when they began
         self._thread = threading.Thread(target=self._run, daemon=True, name="fault-injector")
         self._lock = threading.Lock()
 
@@ -292,6 +296,7 @@ class Injector:
             self.note(fault.describe())
             s.pg.stop("immediate" if fault.param else "fast")
             self._open[kind] = s.pg.start_again
+            self._began[kind] = self.now()
         else:
             if kind == "standin_drop":
                 s.standin.set_fault(drop_after_rows=int(fault.param))
@@ -302,12 +307,16 @@ class Injector:
                 s.standin.set_fault(delay=fault.param)
             self.note(fault.describe())
             self._open[kind] = s.standin.clear_faults
+            self._began[kind] = self.now()
         self.done[kind] += 1
 
     def _end(self, kind: str) -> None:
         end = self._open.pop(kind, None)
         if end is not None:
             end()
+            began = self._began.pop(kind, None)
+            if began is not None:  # the original windows; issue 16's record their own
+                self.windows_seen.append((kind, began, self.now()))
             self.note(f"end of {LABELS[kind]}")
 
     def _window(self, fault: Fault, end: Callable[[], None]) -> None:
@@ -359,18 +368,32 @@ class Injector:
 
     def _writer_skew(self, fault: Fault) -> None:
         """The ERP writes with a clock `param` seconds behind SQL Server's: new rows only
-        (an update would move a version backwards), some committed late."""
+        (an update would move a version backwards), some committed late, so that they arrive
+        more than SYNC_OVERLAP after their version. Late rows start only once the skewed rows
+        are the newest seen, so each stays within SYNC_OVERLAP of the newest version seen."""
         workload = self.workload
         if workload is None:
             self.note(f"{LABELS[fault.kind]}: no workload, skipped")
             return
-        saved = workload.insert_ratio
+        overlap = self.stack.settings.sync_overlap
+        saved = (workload.insert_ratio, workload.late_ratio, workload.late_by)
+        late_by = overlap - fault.param + 10  # param + late_by = SYNC_OVERLAP + 10 s
         workload.clock_offset = -timedelta(seconds=fault.param)
-        workload.insert_ratio = 1.0 - workload.late_ratio
+        workload.insert_ratio, workload.late_ratio = 1.0, 0.0
+
+        def late_rows() -> None:
+            workload.late_by = timedelta(seconds=late_by)
+            workload.insert_ratio, workload.late_ratio = 0.8, 0.2
+
+        # Once the newest version seen is a skewed one (param s), plus the late rows' lag.
+        timer = threading.Timer(fault.param + late_by - overlap + 3, late_rows)
+        timer.daemon = True
+        timer.start()
 
         def end() -> None:
+            timer.cancel()
             workload.clock_offset = timedelta(0)
-            workload.insert_ratio = saved
+            workload.insert_ratio, workload.late_ratio, workload.late_by = saved
 
         self._window(fault, end)
 

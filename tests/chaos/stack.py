@@ -14,25 +14,21 @@ session's fixtures, because this run stops and wipes them on purpose.
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg2
-
+from devstack.stack import NOCODB_ROLE
+from devstack.stack import Stack as DevStack
+from devstack.standin.harness import StandIn
 from facusync.config import Config, config_from_mapping
 from tests.chaos.actors import allow_null_keys
 from tests.chaos.daemons import REPO_ROOT, Supervised
-from tests.servers import PostgresServer, RedisServer
-from tests.standin.harness import StandIn
 
 DATABASE = "facusync_chaos"
-SYNC_ROLE = "facusync_sync"
-NOCODB_ROLE = "facusync_nocodb"
 
 
 @dataclass
@@ -49,129 +45,56 @@ class Settings:
     restart_sec: float = 5.0
 
 
-@dataclass
-class Stack:
-    workdir: Path
-    settings: Settings
-    pg: PostgresServer = field(init=False)
-    redis: RedisServer = field(init=False)
-    standin: StandIn = field(init=False)
-    producer: Supervised = field(init=False)
-    consumer: Supervised = field(init=False)
-    env: dict[str, str] = field(init=False)  # the daemons' EnvironmentFile (sync role)
-    nocodb_dsn: str = field(init=False)
+class Stack(DevStack):
+    """The development stack, durable, with the daemons supervised like their units."""
 
-    def start_servers(self, seed_rows: int, seed: int) -> None:
-        self.pg = PostgresServer(durable=True).start()
-        self.redis = RedisServer().start(appendonly=True)
-        self.standin = StandIn(self.workdir / "standin")
-        allow_null_keys(self.standin)
-        self.standin.seed(seed_rows, seed=seed)
-        self.standin.start()
-        admin = psycopg2.connect(self.pg.dsn())
-        admin.autocommit = True
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{DATABASE}"')
-        admin.close()
-
-    def base_env(self) -> dict[str, str]:
-        s = self.settings
-        return {
-            **self.standin.env(),
-            "PG_HOST": self.pg.host, "PG_PORT": str(self.pg.port), "PG_DATABASE": DATABASE,
-            "REDIS_HOST": self.redis.host, "REDIS_PORT": str(self.redis.port),
-            "REDIS_PASSWORD": self.redis.password, "REDIS_PREFIX": "facusync:",
+    def __init__(self, workdir: Path, settings: Settings) -> None:
+        s = settings
+        super().__init__(workdir, durable=True, redis_aof=True, database=DATABASE, overrides={
             "SYNC_INTERVAL": str(s.sync_interval), "SYNC_OVERLAP": str(s.sync_overlap),
             "MSSQL_LOGIN_TIMEOUT": "5", "MSSQL_QUERY_TIMEOUT": str(s.query_timeout),
-            "BACKOFF_MAX": str(s.backoff_max), "CLAIM_IDLE": str(s.claim_idle),
-            "SOURCE_TIMEZONE": local_zone(),
-            "LOG_FORMAT": "text", "LOG_LEVEL": "INFO",
-        }
+            "BACKOFF_MAX": str(s.backoff_max), "CLAIM_IDLE": str(s.claim_idle)})
+        self.settings = settings
+
+    def start_servers(self, seed_rows: int, seed: int) -> None:  # type: ignore[override]
+        def prepare(standin: StandIn) -> None:
+            allow_null_keys(standin)
+            standin.seed(seed_rows, seed=seed)
+
+        super().start_servers(prepare)
 
     def migrate(self) -> None:
-        """`facusync migrate --create-roles` as the superuser, passwords from the environment."""
-        sync_pw, nocodb_pw = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
-        env = {**self.base_env(), "PG_USER": self.pg.user, "PG_PASSWORD": self.pg.password,
-               "PG_SYNC_ROLE": SYNC_ROLE, "PG_SYNC_ROLE_PASSWORD": sync_pw,
-               "PG_NOCODB_ROLE": NOCODB_ROLE, "PG_NOCODB_ROLE_PASSWORD": nocodb_pw}
-        out = cli(env, "migrate", "--create-roles")
-        if out.returncode != 0:
-            raise RuntimeError(f"facusync migrate --create-roles failed ({out.returncode}):\n"
-                               f"{out.stdout}{out.stderr}")
-        self.env = {**self.base_env(), "PG_USER": SYNC_ROLE, "PG_PASSWORD": sync_pw}
-        self.nocodb_dsn = self.pg.dsn(DATABASE, user=NOCODB_ROLE, password=nocodb_pw)
+        super().migrate()
+        self.env = self.sync_env()  # the daemons' EnvironmentFile (sync role)
+        self.nocodb_dsn = self.pg.dsn(DATABASE, user=NOCODB_ROLE, password=self.nocodb_password)
 
     def config(self) -> Config:
         return config_from_mapping(self.env)
 
     def start_daemons(self) -> None:
-        s = self.settings
-        self.producer = Supervised("producer", self.env, self.workdir, restart_sec=s.restart_sec)
-        self.consumer = Supervised("consumer", self.env, self.workdir, restart_sec=s.restart_sec)
+        """The daemons under an emulated systemd unit each (they replace the plain ones)."""
+        restart_sec = self.settings.restart_sec
+        self.producer = Supervised("producer", self.env, self.workdir, restart_sec=restart_sec)
+        self.consumer = Supervised("consumer", self.env, self.workdir, restart_sec=restart_sec)
         self.producer.start()
         self.consumer.start()
 
     def admin_query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """A query as the superuser (the checks read everything, including people's columns)."""
-        conn = psycopg2.connect(self.pg.dsn(DATABASE), connect_timeout=5)
-        try:
-            with conn, conn.cursor() as cur:
-                cur.execute(sql, params)
-                return cur.fetchall() if cur.description else []
-        finally:
-            conn.close()
+        with self.admin_cursor(DATABASE) as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
 
     def stop(self) -> None:
         """Stop everything that was started; safe after a partial start."""
-        for name in ("producer", "consumer"):
-            daemon = getattr(self, name, None)
-            if daemon is not None:
-                daemon.stop()
-        for name in ("standin", "redis", "pg"):
-            server = getattr(self, name, None)
-            if server is None:
-                continue
-            try:
-                server.stop() if name == "standin" else server.destroy()
-            except Exception as exc:  # cleanup must go on
-                print(f"chaos: stopping {name} failed: {exc}", file=sys.stderr)
-
-    def log_tails(self, lines: int = 30) -> str:
-        parts = []
-        for name in ("producer", "consumer"):
-            daemon = getattr(self, name, None)
-            if daemon is not None:
-                parts.append(f"---- last {lines} lines of facusync-{name} ({daemon.log_path})\n"
-                             f"{daemon.tail(lines)}")
-        nowhere = Path("/nonexistent")
-        logs = (("stand-in", self.workdir / "standin" / "standin.log"),
-                ("redis", getattr(getattr(self, "redis", None), "base", nowhere) / "redis.log"),
-                ("postgresql", getattr(getattr(self, "pg", None), "logfile", nowhere)))
-        for label, path in logs:
-            try:
-                text = path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines // 2:]
-            except OSError:
-                continue
-            parts.append(f"---- last lines of the {label} log ({path})\n" + "\n".join(text))
-        return "\n".join(parts)
-
-
-def local_zone() -> str:
-    """The zone of this process's local time, which the stand-in and the workload write:
-    SOURCE_TIMEZONE must name it (the chaos run sets TZ; otherwise the host's zone)."""
-    if os.environ.get("TZ"):
-        return os.environ["TZ"].lstrip(":")
-    try:
-        return Path("/etc/timezone").read_text().strip() or "UTC"
-    except OSError:
-        link = os.path.realpath("/etc/localtime")
-        return link.split("zoneinfo/", 1)[1] if "zoneinfo/" in link else "UTC"
+        for problem in self.close():
+            print(f"chaos: stopping: {problem}", file=sys.stderr)
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """The admin command as an operator runs it (a real process, the daemons' environment)."""
     return subprocess.run([sys.executable, "-m", "facusync.cli", *args],
-                          env={**os.environ, **env, "PYTHONPATH": str(REPO_ROOT)}, cwd=REPO_ROOT,
+                          env={**os.environ, **env}, cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from devstack.servers import PG_BIN, PostgresServer
 from facusync.cli import main
 from facusync.migrate import find_sql_dir
-from tests.servers import PG_BIN, PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,6 +1,6 @@
 """`make bench` in its smallest form, so the benchmark cannot rot unnoticed.
 
-Runs bench/run.py --quick (tiny sizes, well under a minute) as a process, the way `make bench`
+Runs `python -m bench.run --quick` (tiny sizes, well under a minute) as a process, the way `make bench`
 runs it, and checks behaviour only: every section ran, every row arrived, every change was
 seen, the results file has the same shape as the real one, and nothing is left behind. Speeds
 are never asserted: they mean nothing at this size, and these machines are noisy.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import processes_under
+from devstack.processes import processes_under
 
 pytestmark = pytest.mark.timeout(280)
 
@@ -41,7 +41,7 @@ def bench_tmp() -> Iterator[Path]:
 def test_quick_benchmark_measures_every_section_and_cleans_up(bench_tmp: Path) -> None:
     out_file = bench_tmp / "results.json"
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "bench" / "run.py"), "--quick", "--json", str(out_file)],
+        [sys.executable, "-m", "bench.run", "--quick", "--json", str(out_file)],
         cwd=REPO_ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240,
         env={**os.environ, "TMPDIR": str(bench_tmp), "PYTHONUNBUFFERED": "1"},
     )
@@ -89,7 +89,7 @@ def test_quick_benchmark_measures_every_section_and_cleans_up(bench_tmp: Path) -
 def test_quick_tls_benchmark_compares_both_modes_and_cleans_up(bench_tmp: Path) -> None:
     out_file = bench_tmp / "results-tls.json"
     result = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "bench" / "tls.py"), "--quick", "--json", str(out_file)],
+        [sys.executable, "-m", "bench.tls", "--quick", "--json", str(out_file)],
         cwd=REPO_ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240,
         env={**os.environ, "TMPDIR": str(bench_tmp), "PYTHONUNBUFFERED": "1"},
     )

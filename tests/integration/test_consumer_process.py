@@ -18,6 +18,7 @@ import psycopg2
 import pytest
 import redis
 
+from devstack.servers import PostgresServer, RedisServer
 from facusync.config import Config, config_from_mapping
 from facusync.redisconn import GROUP, Keys, connect_redis
 from tests.integration.test_consumer import (
@@ -28,7 +29,6 @@ from tests.integration.test_consumer import (
     table_state,
 )
 from tests.integration.test_consumer_support import BASE, add, migrate, query, upsert
-from tests.servers import PostgresServer, RedisServer
 
 ROOT = Path(__file__).resolve().parents[2]
 

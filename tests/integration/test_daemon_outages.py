@@ -21,12 +21,12 @@ import psycopg2
 import pytest
 import redis
 
+from devstack.servers import PostgresServer, RedisServer
 from facusync.config import Config, config_from_mapping
 from facusync.redisconn import GROUP, Keys, connect_redis
 from tests.integration.test_consumer import pending, stream_len, table_state
 from tests.integration.test_consumer_process import Proc, show, write_env
 from tests.integration.test_consumer_support import BASE, add, migrate, upsert
-from tests.servers import PostgresServer, RedisServer
 
 WATCHDOG_SEC = 5.0  # the small WatchdogSec the consumer must never starve
 

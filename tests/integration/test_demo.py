@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import processes_under
+from devstack.processes import processes_under
 
 pytestmark = pytest.mark.timeout(280)
 

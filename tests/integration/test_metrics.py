@@ -19,14 +19,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import facusync
+from devstack.processes import Daemon, start_daemon
+from devstack.servers import RedisServer, free_port
 from facusync import metrics
 from facusync.config import config_from_mapping
 from facusync.redisconn import Keys, connect_redis
 from facusync.stream import read_watermark
 from tests.integration.test_operator_commands import cli, pg_rows, wait_for
 from tests.poison import insert_too_long
-from tests.processes import Daemon
-from tests.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -62,7 +62,7 @@ def metrics_env(pipeline_env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture()
 def daemons(metrics_env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, Daemon]]:
-    started = {name: Daemon(name, metrics_env, tmp_path) for name in ("producer", "consumer")}
+    started = {name: start_daemon(name, metrics_env, tmp_path) for name in ("producer", "consumer")}
     try:
         yield started
     finally:
@@ -176,7 +176,7 @@ def test_scrape_during_a_sync_matches_postgresql_and_redis(
 def test_failures_are_counted_by_server_and_kind(metrics_env: dict[str, str], tmp_path: Path) -> None:
     env = {**metrics_env, "MSSQL_PORT": str(free_port())}  # nothing listens there
     port = int(env["METRICS_PRODUCER_PORT"])
-    producer = Daemon("producer", env, tmp_path)
+    producer = start_daemon("producer", env, tmp_path)
     try:
         def failed() -> bool:
             try:
@@ -199,10 +199,10 @@ def test_failures_are_counted_by_server_and_kind(metrics_env: dict[str, str], tm
 
 def test_a_taken_port_is_a_clear_error(metrics_env: dict[str, str], tmp_path: Path) -> None:
     port = int(metrics_env["METRICS_CONSUMER_PORT"])
-    first = Daemon("consumer", metrics_env, tmp_path)
+    first = start_daemon("consumer", metrics_env, tmp_path)
     try:
         wait_for(lambda: _listening(port), 30, "the first consumer's endpoint")
-        second = Daemon("consumer", metrics_env, tmp_path)
+        second = start_daemon("consumer", metrics_env, tmp_path)
         assert second.proc.wait(30) == 69  # EX_UNAVAILABLE: systemd retries, then gives up
         assert f"cannot serve metrics on 127.0.0.1:{port}" in second.log()
         assert "METRICS_CONSUMER_PORT" in second.log() and "Traceback" not in second.log()

@@ -13,12 +13,12 @@ import psycopg2
 import psycopg2.extensions
 import pytest
 
+from devstack.servers import PostgresServer
 from facusync.cli import main
 from facusync.config import Config
 from facusync.errors import SchemaError
 from facusync.migrate import apply_migrations, check_current, list_migrations, pending
 from facusync.pgconn import connect_pg
-from tests.servers import PostgresServer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -3,7 +3,7 @@ pymssql builds (Debian's 2.2.2 with FreeTDS 1.3.17 + GnuTLS, the PyPI wheel with
 FreeTDS + OpenSSL) and `tsql` connect through it; every certificate or protocol problem
 reaches the operator as one line naming the setting to change, never a password.
 
-Certificates come from a throwaway CA (tests/tlsca.py); nothing about TLS is faked.
+Certificates come from a throwaway CA (devstack/tlsca.py); nothing about TLS is faked.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from typing import Any
 
 import pytest
 
+from devstack.standin.harness import StandIn
+from devstack.tlsca import KeyPair, TestCA
 from facusync.config import Config, ConfigError, config_from_mapping
 from facusync.errors import SourceError
 from facusync.freetdsconf import use_freetds_conf
 from facusync.mssqlconn import connect_mssql
 from facusync.mssqltls import probe_tls
-from tests.standin.harness import StandIn
-from tests.tlsca import KeyPair, TestCA
 
 REPO = Path(__file__).resolve().parents[2]
 DEBIAN_PYTHON = "/usr/bin/python3"

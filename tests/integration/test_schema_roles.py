@@ -21,13 +21,13 @@ import psycopg2.errors
 import psycopg2.extensions
 import pytest
 
+from devstack.servers import PostgresServer
 from facusync.cli import main
 from facusync.config import Config, Secret
 from facusync.errors import ConfigError, SchemaError
 from facusync.migrate import apply_migrations
 from facusync.pgconn import connect_pg
 from facusync.roles import apply_roles
-from tests.servers import PostgresServer
 
 Conn = psycopg2.extensions.connection
 

@@ -6,7 +6,7 @@ import psycopg2
 import pytest
 import redis
 
-from tests.servers import PostgresServer, RedisServer
+from devstack.servers import PostgresServer, RedisServer
 
 
 def test_postgres_requires_password(pg_server: PostgresServer, pg_db: str) -> None:

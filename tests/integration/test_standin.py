@@ -19,15 +19,15 @@ from typing import Any
 
 import pytest
 
-from tests.standin import schema
-from tests.standin.engine import split_batch
-from tests.standin.harness import StandIn, now
+from devstack.standin import schema
+from devstack.standin.engine import split_batch
+from devstack.standin.harness import StandIn, now
 
 pymssql = pytest.importorskip("pymssql")
 
 pytestmark = pytest.mark.timeout(180)
 
-PROBE = Path(__file__).resolve().parents[1] / "standin" / "probe.py"
+PROBE = Path(__file__).resolve().parents[2] / "devstack" / "standin" / "probe.py"
 DEBIAN_PYTHON = "/usr/bin/python3"
 ROWS = 100_000
 VIEW_SELECT = (
@@ -495,11 +495,12 @@ def test_seed_cli_and_workload(tmp_path: Path) -> None:
     db = tmp_path / "w.sqlite3"
     repo = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=str(repo))
-    done = subprocess.run([sys.executable, "-m", "tests.standin", "seed", "--db", str(db), "--rows", "500"],
+    done = subprocess.run([sys.executable, "-m", "devstack.standin", "seed", "--db", str(db),
+                           "--rows", "500"],
                           cwd=repo, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     record = tmp_path / "events.jsonl"
-    done = subprocess.run([sys.executable, "-m", "tests.standin", "workload", "--db", str(db),
+    done = subprocess.run([sys.executable, "-m", "devstack.standin", "workload", "--db", str(db),
                            "--rate", "100", "--seconds", "1", "--deletes", "0.1", "--late", "0.1",
                            "--record", str(record)],
                           cwd=repo, env=env, capture_output=True, text=True, timeout=60)

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from devstack.processes import start_daemon
 from facusync.commands.status import CONSUMER_SILENT_S, PRODUCER_GRACE_S
 from facusync.config import config_from_mapping
 from facusync.redisconn import Keys, connect_redis
 from tests.integration.test_operator_commands import cli, pg_rows, wait_for
-from tests.processes import Daemon
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -36,7 +36,7 @@ def status(env: dict[str, str]) -> tuple[int, dict[str, Any], str]:
 def synced(pipeline_env: dict[str, str], standin: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """Producer and consumer as processes, 100 rows synced; yields env and the daemons."""
     standin.seed(100, seed=12)
-    daemons = {name: Daemon(name, pipeline_env, tmp_path) for name in ("producer", "consumer")}
+    daemons = {name: start_daemon(name, pipeline_env, tmp_path) for name in ("producer", "consumer")}
     try:
         wait_for(lambda: pg_rows(pipeline_env, "SELECT count(*) FROM datos_vista")[0][0] == 100,
                  90, "the backfill")
@@ -67,7 +67,7 @@ def test_stopped_consumers_are_marked_and_live_ones_listed_first(synced: dict[st
     assert code == 1 and "no consumer has reported in the last minute" in text
     assert re.search(rf"^  {re.escape(old_name)}\s+STOPPED: last heard \d+ s ago", text, re.M), text
 
-    daemons["consumer"] = new = Daemon("consumer", env, synced["tmp"])
+    daemons["consumer"] = new = start_daemon("consumer", env, synced["tmp"])
     new_name = f"{_hostname()}-{new.proc.pid}"
     wait_for(lambda: cli(env, "status").returncode == 0, 60, "healthy with the new consumer")
     code, data, text = status(env)

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from devstack.servers import PostgresServer, RedisServer
+from devstack.tlsca import KeyPair, TestCA
 from facusync.config import config_from_mapping
 from facusync.errors import QueueError, SinkError
 from facusync.pgconn import connect_pg, pg_tls_state
 from facusync.redisconn import connect_redis, redis_tls_state
 from tests.conftest import base_env
-from tests.servers import PostgresServer, RedisServer
-from tests.tlsca import KeyPair, TestCA
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -18,14 +18,14 @@ import psycopg2
 import pytest
 import redis
 
+from devstack.servers import PostgresServer, RedisServer
+from devstack.standin.harness import StandIn
+from devstack.tlsca import TestCA
 from facusync.config import config_from_mapping
 from facusync.errors import SinkError
 from facusync.pgconn import connect_pg
 from tests.conftest import base_env
 from tests.integration.test_debian_runtime import debian
-from tests.servers import PostgresServer, RedisServer
-from tests.standin.harness import StandIn
-from tests.tlsca import TestCA
 
 pytestmark = [
     pytest.mark.timeout(300),

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.processes import sigterm_raises_keyboard_interrupt, skip_folder_unless
+from tests.gating import sigterm_raises_keyboard_interrupt, skip_folder_unless
 
 if TYPE_CHECKING:
     from tests.nocodb.stack import Stack

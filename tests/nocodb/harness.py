@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.servers import PostgresServer, free_port
+from devstack.servers import PostgresServer, free_port
 
 HERE = Path(__file__).resolve().parent
 

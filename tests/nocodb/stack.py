@@ -6,25 +6,24 @@ producer and consumer processes connected as the sync role, and NocoDB connected
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 
-from tests.conftest import base_env
+from devstack.servers import PostgresServer
+from devstack.stack import Stack as DevStack
+from devstack.standin.harness import StandIn
 from tests.nocodb.conftest import MEASUREMENTS
 from tests.nocodb.harness import NocoDB
-from tests.servers import PostgresServer, RedisServer
-from tests.standin.harness import StandIn
 
 REPO = Path(__file__).resolve().parents[2]
 DATABASE = "syncdb"
@@ -47,7 +46,6 @@ class Stack:
     env_file: Path
     setup_report: dict[str, Any]
     token: str
-    daemons: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
     def base_id(self) -> str:
@@ -116,67 +114,29 @@ def run_setup(nocodb: NocoDB, pg: PostgresServer, *args: str, coordinates: bool 
                           cwd=REPO)
 
 
-def start_daemon(name: str, env_file: Path, workdir: Path) -> subprocess.Popen[bytes]:
-    log = open(workdir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen([sys.executable, "-m", f"facusync.{name}", "--env-file", str(env_file)],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
-    log.close()
-    return proc
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 @contextlib.contextmanager
 def open_stack(home: Path, workdir: Path) -> Iterator[Stack]:
     """Start everything, connect NocoDB with `facusync nocodb-setup`; tear it all down."""
     version = (home / ".complete").read_text().strip()
-    cleanup: list[Callable[[], None]] = []
+    dev = DevStack(workdir, database=DATABASE, prefix="nocodbtest:", overrides={
+        "SYNC_INTERVAL": "0.5", "SYNC_OVERLAP": "60", "MSSQL_LOGIN_TIMEOUT": "3",
+        "MSSQL_QUERY_TIMEOUT": "5", "BACKOFF_MAX": "2", "CLAIM_IDLE": "2",
+        "SOURCE_TIMEZONE": "America/Santo_Domingo", "LOG_FORMAT": "json"})
+    dev.sync_password, dev.nocodb_password = SYNC_PASSWORD, NOCODB_ROLE_PASSWORD
+    cleanup: list[Callable[[], object]] = [dev.close]
     try:
-        pg = PostgresServer().start()
-        cleanup.append(pg.destroy)
-        redis_server = RedisServer().start()
-        cleanup.append(redis_server.destroy)
-        standin = StandIn(workdir / "standin")
-        standin.start()
-        cleanup.append(standin.stop)
-        pg.psql(f"CREATE DATABASE {DATABASE}")
+        def seed(standin: StandIn) -> None:
+            standin.seed(SEED_ROWS, seed=12)
+            standin.insert([{"CONDUCE": key, "FECHA_EMISION": emitted, "ULTIMA_MODIFICACION": changed,
+                             "CLIENTE": "Colmado La Madrugada"}
+                            for key, (emitted, changed) in TZ_ROWS.items()])
 
-        standin.seed(SEED_ROWS, seed=12)
-        standin.insert([{"CONDUCE": key, "FECHA_EMISION": emitted, "ULTIMA_MODIFICACION": changed,
-                         "CLIENTE": "Colmado La Madrugada"}
-                        for key, (emitted, changed) in TZ_ROWS.items()])
-
-        env = base_env(pg, redis_server, DATABASE, "nocodbtest:")
-        env.update(standin.env())
-        env.update({"SYNC_INTERVAL": "0.5", "SYNC_OVERLAP": "60", "MSSQL_LOGIN_TIMEOUT": "3",
-                    "MSSQL_QUERY_TIMEOUT": "5", "BACKOFF_MAX": "2", "CLAIM_IDLE": "2",
-                    "SOURCE_TIMEZONE": "America/Santo_Domingo"})
-        migrate = subprocess.run(
-            [sys.executable, "-m", "facusync.cli", "migrate", "--create-roles"],
-            env={**os.environ, **env, "PG_SYNC_ROLE_PASSWORD": SYNC_PASSWORD,
-                 "PG_NOCODB_ROLE_PASSWORD": NOCODB_ROLE_PASSWORD},
-            capture_output=True, text=True, cwd=REPO, stdin=subprocess.DEVNULL, timeout=120)
-        assert migrate.returncode == 0, migrate.stderr + migrate.stdout
-
-        # The daemons run as the sync role, as installed.
-        env_file = workdir / "facusync.env"
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in
-                                    {**env, "PG_USER": "facusync_sync",
-                                     "PG_PASSWORD": SYNC_PASSWORD}.items()))
-        env_file.chmod(0o600)
-        daemons: dict[str, subprocess.Popen[bytes]] = {}
-        for name in ("consumer", "producer"):
-            daemons[name] = start_daemon(name, env_file, workdir)
-            cleanup.append(functools.partial(stop_process, daemons[name]))
+        dev.start_servers(seed)
+        dev.migrate()
+        dev.write_env_file()  # the daemons run as the sync role, as installed
+        dev.start_daemons()
+        pg, standin = dev.pg, dev.standin
+        assert pg is not None and standin is not None
         total = SEED_ROWS + len(TZ_ROWS)
         wait_for("the first load", lambda: psql_count(pg) == total, timeout=90, logs=workdir)
 
@@ -196,15 +156,16 @@ def open_stack(home: Path, workdir: Path) -> Iterator[Stack]:
         for secret in (nocodb.admin_password, NOCODB_ROLE_PASSWORD):
             assert secret not in result.stdout + result.stderr
         token = nocodb.create_api_token("facusync acceptance: planner")
-        yield Stack(version, pg, standin, nocodb, env_file, json.loads(result.stdout), token,
-                    daemons)
+        yield Stack(version, pg, standin, nocodb, dev.env_file, json.loads(result.stdout), token)
         MEASUREMENTS[f"{version}: NocoDB memory at the end (RSS)"] = f"{nocodb.rss_mb():.0f} MB"
     finally:
         for step in reversed(cleanup):
             try:
-                step()
+                problems = step()
             except Exception as exc:  # keep tearing down the rest
-                print(f"teardown: {exc}", file=sys.stderr)
+                problems = [str(exc)]
+            for problem in problems if isinstance(problems, list) else []:
+                print(f"teardown: {problem}", file=sys.stderr)
 
 
 def psql_count(pg: PostgresServer) -> int:

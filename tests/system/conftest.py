@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import sigterm_raises_keyboard_interrupt, skip_folder_unless
-from tests.servers import PostgresServer, RedisServer
+from devstack.servers import PostgresServer, RedisServer
+from tests.gating import sigterm_raises_keyboard_interrupt, skip_folder_unless
 from tests.system.nspawn import Container, cleanup_stale
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +79,7 @@ def rds() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def standin() -> Iterator[object]:
     """The SQL Server stand-in on the host's loopback, which the container shares."""
-    from tests.standin.harness import StandIn
+    from devstack.standin.harness import StandIn
 
     with tempfile.TemporaryDirectory(prefix="facusync-standin-") as tmp:
         server = StandIn(tmp)

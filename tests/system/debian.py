@@ -18,7 +18,7 @@ from pathlib import Path
 
 import sqlglot
 
-from tests.standin.harness import StandIn
+from devstack.standin.harness import StandIn
 from tests.system.conftest import DEB_DIR_IN_CONTAINER, REPO
 from tests.system.nspawn import Container, wait_for
 
@@ -43,7 +43,7 @@ class ContainedStandIn(StandIn):
                      f"--property=WorkingDirectory={SRC_IN_CONTAINER}",
                      f"--setenv=PYTHONPATH={SRC_IN_CONTAINER}:{PYLIB_IN_CONTAINER}",
                      f"--setenv=STANDIN_PASSWORD={self.password}",  # a throwaway test login
-                     "/usr/bin/python3", "-m", "tests.standin", "serve", "--host", self.host,
+                     "/usr/bin/python3", "-m", "devstack.standin", "serve", "--host", self.host,
                      "--port", str(STANDIN_PORT), "--port-file", f"{inside}/standin.port",
                      "--db", f"{inside}/{self.db_path.name}", "--user", self.user,
                      "--database", self.database, "--control", f"{inside}/{self.control_path.name}")

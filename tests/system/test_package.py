@@ -16,7 +16,7 @@ from typing import Any
 import psycopg2
 import pytest
 
-from tests.servers import PostgresServer, RedisServer, free_port
+from devstack.servers import PostgresServer, RedisServer, free_port
 from tests.system.conftest import DEB_DIR_IN_CONTAINER, REPO
 from tests.system.nspawn import Container, wait_for
 

@@ -19,12 +19,12 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from tests.servers import PostgresServer, RedisServer
-from tests.standin.harness import StandIn
+from devstack.servers import PostgresServer, RedisServer
+from devstack.standin.harness import StandIn
+from devstack.tlsca import KeyPair, TestCA
 from tests.system.conftest import DEB_DIR_IN_CONTAINER, REPO
 from tests.system.nspawn import Container, wait_for
 from tests.system.test_package import DROPINS, ENV_FILE, SERVICES, env_values, render_env, start, wait_active
-from tests.tlsca import KeyPair, TestCA
 
 ROWS = 90
 CA_FILE, CERT_FILE, KEY_FILE = "/etc/facusync/ca.crt", "/etc/facusync/client.crt", "/etc/facusync/client.key"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack.tlsca import TestCA
 from facusync.config import ConfigError, config_from_mapping
 from facusync.freetdsconf import freetds_conf_text
-from tests.tlsca import TestCA
 
 GOOD = {"MSSQL_HOST": "sqlserver.example.invalid", "MSSQL_USER": "facusync_ro",
         "MSSQL_PASSWORD": "ms-Secret-123", "PG_HOST": "127.0.0.1", "PG_USER": "facusync_sync",

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from devstack.tlsca import TestCA
 from facusync import config
 from facusync.config import ConfigError, ca_bundle, config_from_mapping
-from tests.tlsca import TestCA
 from tests.unit.test_config import GOOD, SECRETS
 
 KEY = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.servers import free_port
 from facusync.cli import main
-from tests.servers import free_port
 
 VARIABLES = ("NOCODB_URL", "NOCODB_TOKEN", "NOCODB_EMAIL", "NOCODB_PASSWORD", "PG_HOST", "PG_PORT",
              "PG_DATABASE", "PG_NOCODB_ROLE", "PG_NOCODB_ROLE_PASSWORD", "FACUSYNC_ENV_FILE",

@@ -107,14 +107,14 @@ class StandIn:
     # -- process ------------------------------------------------------------
 
     def start(self, timeout: float = 20.0) -> None:
-        """Spawn ``python -m tests.standin serve`` and wait until it accepts connections."""
+        """Spawn ``python -m devstack.standin serve`` and wait until it accepts connections."""
         if self.process is not None and self.process.poll() is None:
             return
         self.port_file.unlink(missing_ok=True)
         self.control_path.unlink(missing_ok=True)
         self.clear_faults()
         cmd = [
-            sys.executable, "-m", "tests.standin", "serve",
+            sys.executable, "-m", "devstack.standin", "serve",
             "--host", self.host, "--port", str(self.port), "--port-file", str(self.port_file),
             "--db", str(self.db_path), "--user", self.user, "--database", self.database,
             "--control", str(self.control_path), "--log-level", self.log_level,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from tests.tlsca import KeyPair
+from devstack.tlsca import KeyPair
 
 PG_BIN = Path(os.environ.get("FACUSYNC_PG_BIN", "/usr/lib/postgresql/15/bin"))
 

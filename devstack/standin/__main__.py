@@ -1,4 +1,4 @@
-"""Command line: ``python -m tests.standin serve|seed|workload ...``."""
+"""Command line: ``python -m devstack.standin serve|seed|workload ...``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.standin",
+    parser = argparse.ArgumentParser(prog="python -m devstack.standin",
                                      description="SQL Server stand-in for facusync tests")
     sub = parser.add_subparsers(dest="command", required=True)
 
