@@ -207,7 +207,7 @@ def check_dead_letters(stack: Stack, injector: Injector, outcome: Outcome) -> No
     Once means once even across Redis data losses: a poison row held by a consumer while Redis
     loses its data comes back from that batch and from the producer's re-read, and the
     consumer registers dead letters by signature so that the second copy is not added (this
-    suite found that duplicate; see facusync.deadletter).
+    suite found that duplicate; see facusync.stream).
     """
     out = cli(stack.env, "dead-letter", "list", "--json", "--limit", "100000")
     if out.returncode != 0:

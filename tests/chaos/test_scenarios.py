@@ -50,7 +50,7 @@ def _pending(s: Stack) -> int:
 
 # Found by the chaos suite: a poison row held by a consumer (waiting for PostgreSQL) when Redis
 # lost its data was dead-lettered twice, from the held batch and from the producer's re-read.
-# Dead letters are now registered by signature (facusync.deadletter).
+# Dead letters are now registered by signature (facusync.stream).
 def test_poison_in_flight_across_a_redis_data_loss_is_dead_lettered_once(stack: Stack) -> None:
     stack.pg.stop("fast")
     insert_too_long(stack.standin, "DUP-1")
