@@ -32,7 +32,7 @@ from tests.steps import pg, sync
 pytestmark = pytest.mark.timeout(180)
 
 REPO = Path(__file__).resolve().parents[2]
-PROBE = REPO / "tests" / "standin" / "probe.py"
+PROBE = REPO / "devstack" / "standin" / "probe.py"
 DEBIAN_PYTHON = "/usr/bin/python3"
 # (view column, SQL Server type, datos_vista column type)
 NEW_COLUMNS = [
