@@ -75,6 +75,11 @@ LABELS = {
 }
 SECONDS_PER_FAULT = 10.0  # on average, beyond the first of each kind
 WARMUP, TAIL = 5.0, 5.0
+# The longest each long condition may last; they run one after the other (plan_long), so a
+# run must be long enough for all of them at their longest.
+LONG_MAX = {"writer_skew": 30.0, "slow_source": 3.5 * (LOCK_TTL + 3),
+            "pg_lock_wait": WATCHDOG_SEC + 15, "column_renamed": 20.0}
+MIN_SECONDS = WARMUP + sum(LONG_MAX.values()) + TAIL  # 168 s: CHAOS_MINUTES=3 is the shortest
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,16 @@ class Fault:
 
 
 def plan(seed: int, seconds: float, pg_outage: float, sync_overlap: float = 60.0) -> list[Fault]:
-    """The faults of a run of ``seconds``, in time order; the same for the same arguments."""
+    """The faults of a run of ``seconds``, in time order; the same for the same arguments.
+
+    ValueError for a run shorter than MIN_SECONDS: every kind is injected in every run, and
+    the long conditions alone need that long.
+    """
+    if seconds < MIN_SECONDS:
+        raise ValueError(
+            f"a chaos run of {seconds:g} s is too short: every fault kind runs in every run, and "
+            f"the long conditions ({', '.join(LONG_MAX)}) need up to {MIN_SECONDS:g} s "
+            f"one after the other; run at least {MIN_SECONDS / 60:.1f} minutes (CHAOS_MINUTES=3)")
     rng = random.Random(seed)
     extra = max(0, round(seconds / SECONDS_PER_FAULT) - len(WEIGHTS))
     kinds = list(WEIGHTS) + rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()), k=extra)
@@ -169,11 +183,12 @@ def plan_long(rng: random.Random, span: float, sync_overlap: float) -> list[Faul
         # Behind by less than SYNC_OVERLAP, so that its rows stay within SYNC_OVERLAP of the
         # newest version seen (issue 16, situation 3); its late rows, committed later still,
         # arrive more than SYNC_OVERLAP after their version (lost by the old narrowing).
-        ("writer_skew", rng.uniform(20, 30), round(sync_overlap * rng.uniform(0.7, 0.9))),
+        ("writer_skew", rng.uniform(20, LONG_MAX["writer_skew"]),
+         round(sync_overlap * rng.uniform(0.7, 0.9))),
         # Long enough for a restarted producer to finish a cycle of a few slow reads.
-        ("slow_source", 3.5 * slow, slow),
-        ("pg_lock_wait", rng.uniform(WATCHDOG_SEC + 5, WATCHDOG_SEC + 15), 0.0),
-        ("column_renamed", rng.uniform(10, 20), 0.0),
+        ("slow_source", 3.5 * slow, slow),  # at most LONG_MAX["slow_source"]
+        ("pg_lock_wait", rng.uniform(WATCHDOG_SEC + 5, LONG_MAX["pg_lock_wait"]), 0.0),
+        ("column_renamed", rng.uniform(10, LONG_MAX["column_renamed"]), 0.0),
     ]
     rng.shuffle(long_ones)
     free = max(0.0, span - sum(d for _, d, _ in long_ones))
