@@ -8,9 +8,12 @@ from the change stream in the same MULTI/EXEC that writes its dead letter.
 
 A row is dead-lettered once. The same poison row can reach the consumer twice: after Redis
 lost its data, the producer re-sends its overlap window while a consumer may still hold the
-first copy. Each dead letter is registered in a hash under a signature of what was refused
-(format, op, key, version, row; not the enqueue time), and a second copy is acknowledged
-without being added. `facusync dead-letter retry` and `purge` remove the signature with the
+first copy; and when a view column goes missing or comes back, the producer re-sends the rows
+of its window with the other column set. Each dead letter is registered in a hash under a
+signature of the change that was refused: format, op, key and version (a keyed row's version
+moves with every change, so these name it whichever columns a copy carries); a row without a
+key has no other name than its content, so its row is signed too. A second copy is
+acknowledged without being added. `facusync dead-letter retry` and `purge` remove the signature with the
 entry, so a replay that fails again shows up again.
 """
 
@@ -24,7 +27,7 @@ from typing import Any
 import redis
 
 META_FIELDS = ("error", "original_id", "consumer", "failed_at", "deliveries")
-SIGNED_FIELDS = ("v", "op", "key", "version", "row")
+SIGNED_FIELDS = ("v", "op", "key", "version")  # and "row" when there is no key
 
 # KEYS: dead-letter stream, signature index; ARGV: signature, then field/value pairs.
 _ADD_ONCE = """
@@ -45,7 +48,8 @@ def signature(fields: Mapping[Any, bytes | str]) -> str:
     """What identifies a refused change, whichever copy of it was delivered."""
     by_name = {_text(k): v for k, v in fields.items()}
     digest = hashlib.blake2b(digest_size=16)
-    for name in SIGNED_FIELDS:
+    signed = SIGNED_FIELDS if _text(by_name.get("key")) else (*SIGNED_FIELDS, "row")
+    for name in signed:
         digest.update(_text(by_name.get(name)).encode("utf-8", "replace"))
         digest.update(b"\x00")
     return digest.hexdigest()
