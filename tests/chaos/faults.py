@@ -215,6 +215,8 @@ class Injector:
     poison_markers: list[str] = field(default_factory=list)  # NULL-key rows, by CLIENTE
     poison_at: dict[str, float] = field(default_factory=dict)  # key or marker -> when written
     wipes_at: list[float] = field(default_factory=list)  # when Redis lost its data
+    # Rows the injector wrote at SQL Server's clock: (time.time() after, version at least).
+    stamped: list[tuple[float, datetime]] = field(default_factory=list)
     error: str | None = None
     workload: Any = None  # the ERP workload (devstack.standin.workload.Workload), for writer_skew
     # What a fault showed while it lasted (a daemon not READY, a cycle that never finished...).
@@ -297,13 +299,17 @@ class Injector:
                 s.redis.restart(keep_data=True)
         elif kind == "poison_too_long":
             key = f"CHAOS-LONG-{len(self.poison_keys) + 1:03d}"
+            stamp = source_now()
             insert_too_long(s.standin, key)
+            self.stamped.append((time.time(), stamp))
             self.poison_keys.append(key)
             self.poison_at[key] = self.now()
             self.note(f"{LABELS[kind]}: {key}")
         elif kind == "poison_null_key":
             marker = f"CHAOS-NULL-{len(self.poison_markers) + 1:03d}"
+            stamp = source_now()
             insert_null_key(s.standin, marker)
+            self.stamped.append((time.time(), stamp))
             self.poison_markers.append(marker)
             self.poison_at[marker] = self.now()
             self.note(f"{LABELS[kind]}: CLIENTE={marker}")
@@ -384,8 +390,11 @@ class Injector:
     def _writer_skew(self, fault: Fault) -> None:
         """The ERP writes with a clock `param` seconds behind SQL Server's: new rows only
         (an update would move a version backwards), some committed late, so that they arrive
-        more than SYNC_OVERLAP after their version. Late rows start only once the skewed rows
-        are the newest seen, so each stays within SYNC_OVERLAP of the newest version seen."""
+        more than SYNC_OVERLAP after their version. They trail the newest version written
+        before the skew by less than SYNC_OVERLAP; a row written at SQL Server's clock
+        meanwhile (a poison row) can put the newest version seen further ahead, and the late
+        rows within 10 s after it are then outside the guarantee (check_polling tells them
+        apart)."""
         workload = self.workload
         if workload is None:
             self.note(f"{LABELS[fault.kind]}: no workload, skipped")
