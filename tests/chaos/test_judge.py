@@ -48,7 +48,7 @@ def test_a_row_written_at_the_clock_meanwhile_moves_the_boundary() -> None:
     assert judge(events, poison) == {"B"}  # 63 s behind the poison row; C is 57 s behind
 
 
-def test_a_future_row_is_seen_no_further_than_the_clock() -> None:
+def test_a_row_dated_in_the_future_is_not_seen() -> None:
     events = [Event("insert", "A", text(T0), at(0)),
               Event("late", "B", text(T0 - timedelta(seconds=55)), at(2))]
     assert judge(events, [(at(1), datetime(9999, 12, 31))]) == set()
