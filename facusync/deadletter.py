@@ -12,14 +12,17 @@ first copy; and when a view column goes missing or comes back, the producer re-s
 of its window with the other column set. Each dead letter is registered in a hash under a
 signature of the change that was refused: format, op, key and version (a keyed row's version
 moves with every change, so these name it whichever columns a copy carries); a row without a
-key has no other name than its content, so its row is signed too. A second copy is
-acknowledged without being added. `facusync dead-letter retry` and `purge` remove the signature with the
-entry, so a replay that fails again shows up again.
+key has no other name than its content, so its row is signed too, without its NULL columns
+(a copy sent while a column was missing lacks it; when that column is NULL the copies are
+the same row; a missing column that held a value still makes a second dead letter). A second
+copy is acknowledged without being added. `facusync dead-letter retry` and `purge` remove the
+signature with the entry, so a replay that fails again shows up again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -48,11 +51,24 @@ def signature(fields: Mapping[Any, bytes | str]) -> str:
     """What identifies a refused change, whichever copy of it was delivered."""
     by_name = {_text(k): v for k, v in fields.items()}
     digest = hashlib.blake2b(digest_size=16)
-    signed = SIGNED_FIELDS if _text(by_name.get("key")) else (*SIGNED_FIELDS, "row")
-    for name in signed:
+    for name in SIGNED_FIELDS:
         digest.update(_text(by_name.get(name)).encode("utf-8", "replace"))
         digest.update(b"\x00")
+    if not _text(by_name.get("key")):
+        digest.update(_without_nulls(_text(by_name.get("row"))).encode("utf-8", "replace"))
     return digest.hexdigest()
+
+
+def _without_nulls(row_json: str) -> str:
+    """A row's JSON without its NULL columns (the text itself if it is not a JSON object)."""
+    try:
+        row = json.loads(row_json)
+    except ValueError:
+        return row_json
+    if not isinstance(row, dict):
+        return row_json
+    return json.dumps({k: v for k, v in row.items() if v is not None}, sort_keys=True,
+                      ensure_ascii=False, separators=(",", ":"))
 
 
 def queue_dead_letter(pipe: redis.client.Pipeline, dead_stream: str, index: str,

@@ -368,6 +368,17 @@ def test_a_poison_row_resent_with_another_column_set_is_dead_lettered_once(
     add(rds, cfg, [upsert("TL3", BASE + timedelta(seconds=1), cliente="z" * 200)])
     drain(cfg)
     assert rds.xlen(keys.dead) == 2
+    # A row without a key, whose missing column was NULL: the same row, one dead letter; a
+    # row without a key that differs in a value is another.
+    nameless = {**upsert("", BASE, conduce=None, cliente="CHAOS-NULL"), "key": ""}
+    fields = json.loads(nameless["row"])
+    del fields["numero_factura"]
+    add(rds, cfg, [nameless, {**nameless, "row": encode_row(fields)}])
+    drain(cfg)
+    assert rds.xlen(keys.dead) == 3
+    add(rds, cfg, [{**upsert("", BASE, conduce=None, cliente="OTHER"), "key": ""}])
+    drain(cfg)
+    assert rds.xlen(keys.dead) == 4
 
 
 def test_resync_lowered_watermark_is_not_raised_by_an_older_batch(
