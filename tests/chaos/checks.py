@@ -1,7 +1,9 @@
 """The end of a chaos run: draining the pipeline, and the checks that nothing was lost.
 
 1. Before reconcile, polling alone must have carried every change that bumped the version;
-   only silent updates and deletes, invisible to polling by design, may differ.
+   only silent updates and deletes, invisible to polling by design, may differ, and rows
+   committed more than SYNC_OVERLAP behind the newest version the view held (issue 16
+   promises polling only those within it; see late_beyond_overlap).
 2. After reconcile, `facusync verify` finds no difference but the poison rows themselves (a
    too-long row is in the view and cannot be in PostgreSQL; a NULL key cannot be paired), and
    after the "ERP" corrects those rows and the pipeline carries them, zero differences and exit
