@@ -101,7 +101,8 @@ test-nocodb: deps
 # The chaos suite (tests/chaos): both daemons as real processes against private servers, with
 # crashes, outages and poison rows injected from a printed seed; then drain, reconcile and check
 # that nothing was lost. CHAOS_MINUTES=60 for a soak, CHAOS_SEED=S to replay a failed run,
-# CHAOS_PG_OUTAGE=seconds for PostgreSQL's outages (default 30).
+# CHAOS_PG_OUTAGE=seconds for PostgreSQL's outages (default 30). CHAOS_MINUTES is at least 3
+# (every fault kind runs in every run; the long ones alone take up to 2.8 minutes).
 CHAOS_MINUTES ?= 3
 .PHONY: test-chaos
 test-chaos: deps

@@ -73,7 +73,7 @@ def encode(names: Sequence[str], row: Sequence[Any], key_index: int, version_ind
 class ChunkResult:
     queued: int = 0
     unchanged: int = 0
-    max_version: datetime | None = None
+    max_version: datetime | None = None  # of the rows read, at or below the ceiling if any
     watermark_text: str | None = None  # what the watermark key now holds, if this chunk set it
     sent_versions: list[datetime] = field(default_factory=list)  # of the rows queued
 
@@ -95,8 +95,10 @@ def append_upserts(
 
     ``low_water`` is the watermark before this chunk: every row at or below it is already in
     an earlier entry (see message.py). ``force`` queues even unchanged rows (resend).
-    ``ceiling`` caps the new watermark (the source's clock: a row dated in the future must
-    not carry the watermark past the present). Raises LockLost if ``guard`` refuses.
+    ``ceiling`` is the source's clock: a row dated past it does not count for the new
+    watermark (neither carried to the future nor to the present: the watermark stays the
+    newest real version, whose overlap a lagging writer's late rows rely on). Raises LockLost
+    if ``guard`` refuses.
     ``expect`` (reconcile): key -> the newer version PostgreSQL held; every row of the call
     must have one (each entry carries the same fields).
     """
@@ -110,7 +112,8 @@ def append_upserts(
     per = 0
     sent: dict[str, str] = {}
     for row, old in zip(rows, known, strict=True):
-        if row.version is not None and (result.max_version is None or row.version > result.max_version):
+        if (row.version is not None and (ceiling is None or row.version <= ceiling)
+                and (result.max_version is None or row.version > result.max_version)):
             result.max_version = row.version
         if old == row.digest or sent.get(row.fp_field) == row.digest:
             result.unchanged += 1
@@ -132,8 +135,6 @@ def append_upserts(
             result.sent_versions.append(row.version)
     new_wm = ""
     newest = result.max_version
-    if newest is not None and ceiling is not None:
-        newest = min(newest, ceiling)
     if advance_watermark and newest is not None and (low_water is None or newest > low_water):
         new_wm = format_version(newest)
         result.watermark_text = new_wm

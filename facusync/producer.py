@@ -14,7 +14,9 @@ nothing; a crash inside a chunk re-sends at most that chunk (the consumer is ide
 The watermark never passes SQL Server's clock read at the start of the read (GETDATE()): a
 row dated in the future (a PC whose clock is a day ahead, a 9999-12-31 sentinel) is synced
 once (its fingerprint stops re-sends), reported in the log and `facusync status`, but does
-not drag the read window into the future, where every later real change would fall below it.
+not move the watermark at all: not into the future, where every later real change would fall
+below the window, nor to the present, which would start the window SYNC_OVERLAP before the
+clock instead of before the newest real version (a lagging writer's late rows need the latter).
 
 How late changes arrive is measured from the data, not assumed: a row first seen in a cycle,
 with a version the previous read covered, became visible after that read began (at source
@@ -221,7 +223,7 @@ class _ChunkWriter:
         self.keys = keys
         self.stats = stats
         self.guard = guard  # its watermark follows each chunk's
-        self.ceiling = ceiling  # the watermark never passes the source's clock
+        self.ceiling = ceiling  # rows dated past the source's clock never move the watermark
         # Queued rows at or above this version were inside the previous read's window: they
         # are new arrivals (None: this cycle measures nothing).
         self.arrival_floor = arrival_floor
@@ -239,9 +241,8 @@ class _ChunkWriter:
         self.future = self.executor.submit(append_upserts, self.client, self.keys, rows,
                                            low_water=watermark, advance_watermark=True,
                                            guard=self.guard, ceiling=self.ceiling)
-        newest = max((r.version for r in rows if r.version is not None), default=None)
-        if newest is not None:
-            newest = min(newest, self.ceiling)
+        newest = max((r.version for r in rows
+                      if r.version is not None and r.version <= self.ceiling), default=None)
         return newest if newest is not None and newest > watermark else watermark
 
     def wait(self) -> None:
@@ -259,7 +260,7 @@ class _ChunkWriter:
             arrivals = [v for v in result.sent_versions if v >= floor]
             if arrivals and (self.oldest_arrival is None or min(arrivals) < self.oldest_arrival):
                 self.oldest_arrival = min(arrivals)
-        newest = None if result.max_version is None else min(result.max_version, self.ceiling)
+        newest = result.max_version  # at or below the ceiling
         if newest is not None and (self.stats.watermark is None or newest > self.stats.watermark):
             self.stats.watermark = newest
 

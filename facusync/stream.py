@@ -10,14 +10,18 @@ give up); the key names are in facusync.redisconn.Keys.
 Dead letters keep the entry's original fields (so it can be inspected and re-queued as it
 was) plus why and when it failed: ``error``, ``original_id``, ``consumer``, ``failed_at``
 (Unix seconds) and ``deliveries``. A change is dead-lettered once: each dead letter is
-registered under a signature of what was refused (format, op, key, version, row; not the
-enqueue time), and a second copy is acknowledged without being added. Retry and purge remove
-the signature with the entry, so a replay that fails again shows up again.
+registered under a signature of the change that was refused: format, op, key and version
+(a keyed row's version moves with every change, so these name it whichever columns a copy
+carries: the producer re-sends its window with another column set when a view column goes
+missing or comes back); a row without a key is signed by its row too, without its NULL
+columns. A second copy is acknowledged without being added. Retry and purge remove the
+signature with the entry, so a replay that fails again shows up again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import time
@@ -41,7 +45,7 @@ UNCHECKED = "*"  # Guard.watermark: any value (or none) will do
 
 # Fields the consumer adds when dead-lettering; the rest is the original message.
 ANNOTATIONS = ("error", "original_id", "consumer", "failed_at", "deliveries")
-SIGNED_FIELDS = ("v", "op", "key", "version", "row")
+SIGNED_FIELDS = ("v", "op", "key", "version")  # and "row" when there is no key
 
 Fields = Mapping[bytes | str, bytes | str]
 Entry = tuple[Any, Fields]
@@ -122,7 +126,21 @@ def signature(fields: Mapping[Any, bytes | str]) -> str:
     for name in SIGNED_FIELDS:
         digest.update(text(by_name.get(name)).encode("utf-8", "replace"))
         digest.update(b"\x00")
+    if not text(by_name.get("key")):
+        digest.update(_without_nulls(text(by_name.get("row"))).encode("utf-8", "replace"))
     return digest.hexdigest()
+
+
+def _without_nulls(row_json: str) -> str:
+    """A row's JSON without its NULL columns (the text itself if it is not a JSON object)."""
+    try:
+        row = json.loads(row_json)
+    except ValueError:
+        return row_json
+    if not isinstance(row, dict):
+        return row_json
+    return json.dumps({k: v for k, v in row.items() if v is not None}, sort_keys=True,
+                      ensure_ascii=False, separators=(",", ":"))
 
 
 def dead_letter_fields(original: Fields, *, error: str, original_id: str, consumer: str,

@@ -13,7 +13,8 @@ import time
 os.environ["TZ"] = os.environ.get("FACUSYNC_CHAOS_TZ", "America/Santo_Domingo")
 time.tzset()
 
-from tests.chaos.suite import Options, run  # noqa: E402  (after the time zone is set)
+from tests.chaos.faults import MIN_SECONDS  # noqa: E402  (after the time zone is set)
+from tests.chaos.suite import Options, run  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
                              "late, so 0 shows what the suite reports when polling loses rows)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory after a pass")
     args = parser.parse_args(argv)
+    if args.minutes * 60 < MIN_SECONDS:
+        parser.error(f"--minutes {args.minutes:g} is too short: every fault kind runs in every "
+                     f"run, which takes at least {MIN_SECONDS / 60:.1f} minutes (use 3 or more)")
     seed = args.seed if args.seed is not None else secrets.randbelow(1_000_000)
     return run(Options(minutes=args.minutes, seed=seed, pg_outage=args.pg_outage, rate=args.rate,
                        seed_rows=args.seed_rows, restart_sec=args.restart_sec,

@@ -75,6 +75,11 @@ LABELS = {
 }
 SECONDS_PER_FAULT = 10.0  # on average, beyond the first of each kind
 WARMUP, TAIL = 5.0, 5.0
+# The longest each long condition may last; they run one after the other (plan_long), so a
+# run must be long enough for all of them at their longest.
+LONG_MAX = {"writer_skew": 30.0, "slow_source": 3.5 * (LOCK_TTL + 3),
+            "pg_lock_wait": WATCHDOG_SEC + 15, "column_renamed": 20.0}
+MIN_SECONDS = WARMUP + sum(LONG_MAX.values()) + TAIL  # 168 s: CHAOS_MINUTES=3 is the shortest
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,16 @@ class Fault:
 
 
 def plan(seed: int, seconds: float, pg_outage: float, sync_overlap: float = 60.0) -> list[Fault]:
-    """The faults of a run of ``seconds``, in time order; the same for the same arguments."""
+    """The faults of a run of ``seconds``, in time order; the same for the same arguments.
+
+    ValueError for a run shorter than MIN_SECONDS: every kind is injected in every run, and
+    the long conditions alone need that long.
+    """
+    if seconds < MIN_SECONDS:
+        raise ValueError(
+            f"a chaos run of {seconds:g} s is too short: every fault kind runs in every run, and "
+            f"the long conditions ({', '.join(LONG_MAX)}) need up to {MIN_SECONDS:g} s "
+            f"one after the other; run at least {MIN_SECONDS / 60:.1f} minutes (CHAOS_MINUTES=3)")
     rng = random.Random(seed)
     extra = max(0, round(seconds / SECONDS_PER_FAULT) - len(WEIGHTS))
     kinds = list(WEIGHTS) + rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()), k=extra)
@@ -169,11 +183,12 @@ def plan_long(rng: random.Random, span: float, sync_overlap: float) -> list[Faul
         # Behind by less than SYNC_OVERLAP, so that its rows stay within SYNC_OVERLAP of the
         # newest version seen (issue 16, situation 3); its late rows, committed later still,
         # arrive more than SYNC_OVERLAP after their version (lost by the old narrowing).
-        ("writer_skew", rng.uniform(20, 30), round(sync_overlap * rng.uniform(0.7, 0.9))),
+        ("writer_skew", rng.uniform(20, LONG_MAX["writer_skew"]),
+         round(sync_overlap * rng.uniform(0.7, 0.9))),
         # Long enough for a restarted producer to finish a cycle of a few slow reads.
-        ("slow_source", 3.5 * slow, slow),
-        ("pg_lock_wait", rng.uniform(WATCHDOG_SEC + 5, WATCHDOG_SEC + 15), 0.0),
-        ("column_renamed", rng.uniform(10, 20), 0.0),
+        ("slow_source", 3.5 * slow, slow),  # at most LONG_MAX["slow_source"]
+        ("pg_lock_wait", rng.uniform(WATCHDOG_SEC + 5, LONG_MAX["pg_lock_wait"]), 0.0),
+        ("column_renamed", rng.uniform(10, LONG_MAX["column_renamed"]), 0.0),
     ]
     rng.shuffle(long_ones)
     free = max(0.0, span - sum(d for _, d, _ in long_ones))
@@ -200,6 +215,8 @@ class Injector:
     poison_markers: list[str] = field(default_factory=list)  # NULL-key rows, by CLIENTE
     poison_at: dict[str, float] = field(default_factory=dict)  # key or marker -> when written
     wipes_at: list[float] = field(default_factory=list)  # when Redis lost its data
+    # Rows the injector wrote at SQL Server's clock: (time.time() after, version at least).
+    stamped: list[tuple[float, datetime]] = field(default_factory=list)
     error: str | None = None
     workload: Any = None  # the ERP workload (devstack.standin.workload.Workload), for writer_skew
     # What a fault showed while it lasted (a daemon not READY, a cycle that never finished...).
@@ -282,13 +299,17 @@ class Injector:
                 s.redis.restart(keep_data=True)
         elif kind == "poison_too_long":
             key = f"CHAOS-LONG-{len(self.poison_keys) + 1:03d}"
+            stamp = source_now()
             insert_too_long(s.standin, key)
+            self.stamped.append((time.time(), stamp))
             self.poison_keys.append(key)
             self.poison_at[key] = self.now()
             self.note(f"{LABELS[kind]}: {key}")
         elif kind == "poison_null_key":
             marker = f"CHAOS-NULL-{len(self.poison_markers) + 1:03d}"
+            stamp = source_now()
             insert_null_key(s.standin, marker)
+            self.stamped.append((time.time(), stamp))
             self.poison_markers.append(marker)
             self.poison_at[marker] = self.now()
             self.note(f"{LABELS[kind]}: CLIENTE={marker}")
@@ -369,8 +390,11 @@ class Injector:
     def _writer_skew(self, fault: Fault) -> None:
         """The ERP writes with a clock `param` seconds behind SQL Server's: new rows only
         (an update would move a version backwards), some committed late, so that they arrive
-        more than SYNC_OVERLAP after their version. Late rows start only once the skewed rows
-        are the newest seen, so each stays within SYNC_OVERLAP of the newest version seen."""
+        more than SYNC_OVERLAP after their version. They trail the newest version written
+        before the skew by less than SYNC_OVERLAP; a row written at SQL Server's clock
+        meanwhile (a poison row) can put the newest version seen further ahead, and the late
+        rows within 10 s after it are then outside the guarantee (check_polling tells them
+        apart)."""
         workload = self.workload
         if workload is None:
             self.note(f"{LABELS[fault.kind]}: no workload, skipped")

@@ -245,7 +245,9 @@ def report(opts: Options, faults: list[Fault], injector: Injector | None, erp: E
         out.append(f"Drift after the drain, before reconcile: "
                    f"{outcome.verify_before_reconcile.get('differences')} difference(s): "
                    f"{d['silent update']} silent updates and {d['delete']} deletes (invisible to "
-                   f"polling by design), {d['unexplained']} unexplained; "
+                   f"polling by design), {d['late beyond SYNC_OVERLAP']} late row(s) committed "
+                   f"more than SYNC_OVERLAP behind the newest version (outside the guarantee), "
+                   f"{d['unexplained']} unexplained; "
                    f"{outcome.dead_before_reconcile} dead letter(s) at that point")
     vb, vf = outcome.verify_before_fix, outcome.verify_final
     if vb:

@@ -9,10 +9,10 @@ import itertools
 
 import pytest
 
-from tests.chaos.faults import LABELS, WINDOW_KINDS, plan
+from tests.chaos.faults import LABELS, MIN_SECONDS, WINDOW_KINDS, plan
 
 
-@pytest.mark.parametrize("seconds", [60, 180, 3600])
+@pytest.mark.parametrize("seconds", [MIN_SECONDS, 180, 3600])
 @pytest.mark.parametrize("seed", [0, 1, 424242])
 def test_a_plan_is_replayable_complete_and_fits(seed: int, seconds: int) -> None:
     faults = plan(seed, seconds, 30)
@@ -29,3 +29,13 @@ def test_a_plan_is_replayable_complete_and_fits(seed: int, seconds: int) -> None
 
 def test_different_seeds_give_different_plans() -> None:
     assert plan(1, 180, 30) != plan(2, 180, 30)
+
+
+@pytest.mark.parametrize("seconds", [60, MIN_SECONDS - 1])
+def test_a_run_too_short_for_every_kind_is_refused_clearly(seconds: float) -> None:
+    with pytest.raises(ValueError, match=r"too short.*at least 2\.8 minutes"):
+        plan(0, seconds, 30)
+
+
+def test_three_minutes_the_default_is_long_enough() -> None:
+    assert MIN_SECONDS <= 180

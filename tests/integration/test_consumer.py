@@ -4,6 +4,7 @@ claims after a crash between commit and ack, poison rows, watermark, NOGROUP rec
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import threading
 import time
@@ -16,7 +17,7 @@ from facusync.apply import SUSPECT_STOPS
 from facusync.commands import resync
 from facusync.config import Config
 from facusync.consumer import Consumer
-from facusync.message import format_version
+from facusync.message import encode_row, format_version
 from facusync.redisconn import GROUP, Keys
 from facusync.service import Service
 from facusync.stream import signature
@@ -348,6 +349,37 @@ def test_one_refused_change_is_dead_lettered_once(cfg: Config, rds: redis.Redis)
     add(rds, cfg, [upsert("TL2", BASE, cliente="y" * 200)])
     drain(cfg)
     assert rds.xlen(keys.dead) == 1
+
+
+def test_a_poison_row_resent_with_another_column_set_is_dead_lettered_once(
+        cfg: Config, rds: redis.Redis) -> None:  # noqa: F811
+    """A view column renamed: the producer sends the rows of its window without it, and again
+    with it once it is back. The same refused change (key, version) is one dead letter;
+    a later change of the same row (a new version) is another."""
+    keys = Keys(cfg.redis_prefix)
+    full = upsert("TL3", BASE, cliente="y" * 200)
+    fields = json.loads(full["row"])
+    del fields["numero_factura"]  # what the producer sends while the column is missing
+    partial = {**full, "row": encode_row(fields)}
+    add(rds, cfg, [partial])
+    drain(cfg)
+    add(rds, cfg, [full])
+    drain(cfg)
+    assert rds.xlen(keys.dead) == 1
+    add(rds, cfg, [upsert("TL3", BASE + timedelta(seconds=1), cliente="z" * 200)])
+    drain(cfg)
+    assert rds.xlen(keys.dead) == 2
+    # A row without a key, whose missing column was NULL: the same row, one dead letter; a
+    # row without a key that differs in a value is another.
+    nameless = {**upsert("", BASE, conduce=None, cliente="CHAOS-NULL"), "key": ""}
+    fields = json.loads(nameless["row"])
+    del fields["numero_factura"]
+    add(rds, cfg, [nameless, {**nameless, "row": encode_row(fields)}])
+    drain(cfg)
+    assert rds.xlen(keys.dead) == 3
+    add(rds, cfg, [{**upsert("", BASE, conduce=None, cliente="OTHER"), "key": ""}])
+    drain(cfg)
+    assert rds.xlen(keys.dead) == 4
 
 
 def test_resync_lowered_watermark_is_not_raised_by_an_older_batch(

@@ -308,6 +308,30 @@ def test_a_late_row_from_a_lagging_writer_before_any_of_its_changes_was_seen(
         producer.source.close()
 
 
+def test_a_row_dated_in_the_future_leaves_a_lagging_writers_window_alone(
+        pipeline_env: dict[str, str], standin: Any) -> None:
+    """Situations 2 and 3 together (seed 11 of `make test-chaos`): a row dated a day ahead
+    stays in the view while a writer an hour behind SQL Server keeps working. The watermark
+    follows the newest real version, not SQL Server's clock, so a late row within the overlap
+    of the writer's newest change is still polled."""
+    behind = datetime.now() - timedelta(hours=1)
+    standin.seed(200, seed=32, start=behind - timedelta(days=2), end=behind)
+    cfg = config_from_mapping(pipeline_env)
+    producer = Producer(cfg, Service("test-producer"))
+    try:
+        producer.run_once()
+        standin.insert_late({"CONDUCE": "FUT-DAY"}, datetime.now() + timedelta(days=1))
+        standin.insert_late({"CONDUCE": "LAG-0"}, datetime.now() - timedelta(hours=1))
+        assert producer.run_once().queued == 2
+        for _ in range(3):
+            assert producer.run_once().queued == 0  # quiet
+        standin.insert_late({"CONDUCE": "LAG-LATE"},
+                            datetime.now() - timedelta(hours=1, seconds=30))
+        assert producer.run_once().queued == 1, "the late row LAG-LATE was not polled"
+    finally:
+        producer.source.close()
+
+
 def resync(env: dict[str, str], *args: str) -> None:
     out = subprocess.run([sys.executable, "-m", "facusync.cli", "resync", *args, "--yes"],
                          env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
