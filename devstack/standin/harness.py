@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -27,7 +28,6 @@ from . import schema, sqltypes
 from . import seed as seeding
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_PASSWORD = "St4nd-In.pw"  # test-only credential of a throwaway local server
 
 _COLUMNS = {c.name: c for c in schema.VIEW_COLUMNS}
 
@@ -73,7 +73,7 @@ class StandIn:
         workdir: Path | str,
         *,
         user: str = "facusync_ro",
-        password: str = DEFAULT_PASSWORD,
+        password: str | None = None,
         database: str = "g_FACU",
         host: str = "127.0.0.1",
         port: int = 0,
@@ -90,7 +90,8 @@ class StandIn:
         self.port_file = self.workdir / "standin.port"
         self.log_path = self.workdir / "standin.log"
         self.user = user
-        self.password = password
+        # A fresh password per stand-in, as a real server would have its own.
+        self.password = password or secrets.token_urlsafe(12)
         self.database = database
         self.host = host
         self.port = port
