@@ -13,15 +13,25 @@ from facusync.producer import Producer
 from facusync.service import Service
 
 
-def sync(cfg: Config) -> None:
-    """One producer cycle (waiting out a lock another run holds), then one consumer pass."""
+def produce(cfg: Config) -> None:
+    """One producer cycle (waiting out a lock another run holds)."""
     producer = Producer(cfg, Service("test-producer"))
     try:
         while producer.run_once().skipped:
             pass
     finally:
         producer.source.close()
+
+
+def consume(cfg: Config) -> None:
+    """One consumer pass over what is queued."""
     Consumer(cfg, Service("test-consumer")).run(once=True)
+
+
+def sync(cfg: Config) -> None:
+    """One producer cycle, then one consumer pass."""
+    produce(cfg)
+    consume(cfg)
 
 
 def pg(cfg: Config, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

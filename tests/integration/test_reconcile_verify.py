@@ -9,49 +9,19 @@ import sys
 import threading
 from typing import Any
 
-import psycopg2
 import pytest
 
 from facusync.commands.verify import compare
 from facusync.config import Config, config_from_mapping
-from facusync.consumer import Consumer
 from facusync.message import decode
 from facusync.producer import Producer
 from facusync.reconcile import MassDeleteRefused, Reconciler
 from facusync.redisconn import Keys, connect_redis
 from facusync.service import Service
 from facusync.sink import connect_sink
+from tests.steps import consume, pg, produce, sync
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def produce(cfg: Config) -> None:
-    producer = Producer(cfg, Service("test-producer"))
-    try:
-        while producer.run_once().skipped:
-            pass
-    finally:
-        producer.source.close()
-
-
-def consume(cfg: Config) -> None:
-    Consumer(cfg, Service("test-consumer")).run(once=True)
-
-
-def sync(cfg: Config) -> None:
-    produce(cfg)
-    consume(cfg)
-
-
-def pg(cfg: Config, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    conn = psycopg2.connect(host=cfg.pg_host, port=cfg.pg_port, dbname=cfg.pg_database,
-                            user=cfg.pg_user, password=cfg.pg_password.reveal())
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
 
 
 @pytest.fixture()
