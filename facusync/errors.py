@@ -6,6 +6,9 @@ from __future__ import annotations
 # sysexits.h: systemd's RestartPreventExitStatus=78 stops restart loops on bad config.
 EX_OK = 0
 EX_DECLINED = 1  # an operator command that did nothing: cancelled, or nothing by that name
+# For monitoring: `status` degraded, `verify` found differences, a `nocodb-setup` check failed.
+EX_DEGRADED = 1
+EX_DOWN = 2  # `status`: the sync is down
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_UNAVAILABLE = 69

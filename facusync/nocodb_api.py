@@ -14,9 +14,7 @@ import urllib.request
 from collections.abc import Iterable
 from typing import Any
 
-from facusync.errors import EX_UNAVAILABLE
-
-EX_CHECKS, EX_NOPERM = 1, 77
+from facusync.errors import EX_NOPERM, EX_UNAVAILABLE
 
 
 class SetupFailure(Exception):

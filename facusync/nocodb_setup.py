@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from facusync.config import parse_env_file
-from facusync.errors import EX_CONFIG, EX_OK, EX_UNAVAILABLE
-from facusync.nocodb_api import EX_CHECKS, NocoDB, SetupFailure
+from facusync.errors import EX_CONFIG, EX_DEGRADED, EX_OK, EX_UNAVAILABLE
+from facusync.nocodb_api import NocoDB, SetupFailure
 from facusync.nocodb_workspace import VIEW_TITLES, build
 
 TESTED_VERSIONS = ("0.262.5", "0.301.3")
@@ -256,7 +256,7 @@ def ensure_source(api: NocoDB, s: Settings, report: Report, alias: str,
     if source is not None:
         return str(source["id"]), "exists (reused; not re-created)"
     if s.check_only:
-        raise SetupFailure(EX_CHECKS, f"base {s.base_title!r} has no data source {alias!r}")
+        raise SetupFailure(EX_DEGRADED, f"base {s.base_title!r} has no data source {alias!r}")
     if report.base_action == "exists":
         test_connection(api, s)
     return add_source(api, s, report.base_id, alias, data_readonly), "added"
@@ -367,7 +367,7 @@ def run(s: Settings) -> Report:
     base = find_base(api, s.base_title)
     if base is None:
         if s.check_only:
-            raise SetupFailure(EX_CHECKS, f"no base titled {s.base_title!r} in NocoDB")
+            raise SetupFailure(EX_DEGRADED, f"no base titled {s.base_title!r} in NocoDB")
         test_connection(api, s)  # before creating anything
         base = api.call("POST", "/api/v2/meta/bases", {"title": s.base_title})
         report.base_action = "created"
@@ -461,4 +461,4 @@ def main(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print(json.dumps(out, indent=2, ensure_ascii=False))
     else:
         print_report(settings, report)
-    return EX_OK if report.passed else EX_CHECKS
+    return EX_OK if report.passed else EX_DEGRADED

@@ -36,13 +36,13 @@ import redis
 
 from facusync import control
 from facusync.config import Config
-from facusync.errors import FacusyncError
+from facusync.errors import EX_DEGRADED, EX_DOWN, EX_OK, FacusyncError
 from facusync.pgconn import connect_pg, describe_pg_error
 from facusync.redisconn import Keys, connect_redis, describe_redis_error
 from facusync.stream import State, Stream, entry_age
 from facusync.zone import mismatch_advice
 
-HEALTHY, DEGRADED, DOWN = 0, 1, 2
+HEALTHY, DEGRADED, DOWN = EX_OK, EX_DEGRADED, EX_DOWN  # exit codes and health levels
 CONSUMER_SILENT_S = 60.0
 PRODUCER_GRACE_S = 30.0  # beyond its interval, a silent producer is stale
 # Stats fields that hold text; every other one holds a number (or a flag) written as text.

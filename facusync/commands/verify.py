@@ -15,12 +15,10 @@ from typing import Any
 
 from facusync.compare import iter_pg_rows, iter_view_rows, merge
 from facusync.config import Config
-from facusync.errors import EX_OK
+from facusync.errors import EX_DEGRADED, EX_OK
 from facusync.pgconn import connect_pg
 from facusync.producer import discover_columns
 from facusync.source import ViewSource
-
-EX_DRIFT = 1
 
 
 @dataclass
@@ -129,7 +127,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         print(json.dumps(data, ensure_ascii=False, indent=2, default=str))
     else:
         print_report(report)
-    return EX_OK if report.differences == 0 else EX_DRIFT
+    return EX_OK if report.differences == 0 else EX_DEGRADED
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
