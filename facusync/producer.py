@@ -49,6 +49,7 @@ import psycopg2
 import redis
 
 from facusync import control, metrics
+from facusync.columns import discover_columns, table_columns
 from facusync.config import Config
 from facusync.enqueue import (
     ChunkResult,
@@ -62,10 +63,8 @@ from facusync.message import MessageError, encode_row
 from facusync.pgconn import connect_pg, describe_pg_error
 from facusync.redisconn import Keys, connect_redis, describe_redis_error
 from facusync.service import Backoff, Service, StateLog, daemon_main
-from facusync.source import ColumnMap, ViewColumnsChanged, ViewSource, map_columns
-from facusync.sourcetypes import type_problems
+from facusync.source import ColumnMap, ViewColumnsChanged, ViewSource
 from facusync.stream import Guard, State, Stream
-from facusync.zone import ensure_zone
 
 log = logging.getLogger("facusync.producer")
 
@@ -132,47 +131,6 @@ class Lateness:
             return
         if 0 <= age < self.memory:
             self.add(seconds, age)
-
-
-def table_columns(cfg: Config) -> dict[str, str]:
-    """Columns of datos_vista and their types, so the synced set follows the schema."""
-    conn = connect_pg(cfg, application="facusync-producer", bounded=True)
-    try:
-        ensure_zone(conn, cfg)
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT column_name, data_type FROM information_schema.columns"
-                " WHERE table_schema = current_schema() AND table_name = %s ORDER BY ordinal_position",
-                (cfg.pg_table_vista,),
-            )
-            cols = {str(name): str(data_type) for name, data_type in cur.fetchall()}
-    except psycopg2.Error as exc:
-        raise SinkError(describe_pg_error(exc)) from None
-    finally:
-        conn.close()
-    if not cols:
-        raise SchemaError(
-            f"PostgreSQL table {cfg.pg_table_vista} does not exist in {cfg.pg_database}: "
-            "run `sudo facusync migrate --admin` first"
-        )
-    return cols
-
-
-def discover_columns(cfg: Config, source: ViewSource,
-                     table: dict[str, str] | None = None) -> ColumnMap:
-    """The synced columns: the view's and datos_vista's, matched case-insensitively, with
-    their SQL Server types; SchemaError (exit 78) naming each column that cannot be synced."""
-    table = table or table_columns(cfg)
-    # Names and types from one query: two could straddle an ALTER VIEW.
-    view_types = source.column_types()
-    cols = map_columns(list(view_types) or source.view_columns(), list(table),
-                       cfg.mssql_key_column, cfg.mssql_version_column, view_types)
-    pg_types = {name.lower(): data_type for name, data_type in table.items()}
-    problems = type_problems({n: view_types.get(n, "") for n in cols.view_names}, pg_types,
-                             cfg.mssql_key_column, cfg.mssql_version_column, cfg.pg_table_vista)
-    if problems:
-        raise SchemaError("; ".join(problems))
-    return cols
 
 
 def unencodable(cfg: Config, cols: ColumnMap, row: tuple[object, ...]) -> str:

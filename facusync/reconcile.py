@@ -47,6 +47,7 @@ from datetime import datetime
 import psycopg2.extensions
 import redis
 
+from facusync.columns import discover_columns
 from facusync.compare import PgRow, chunked, iter_pg_rows, iter_view_rows, merge
 from facusync.config import Config
 from facusync.enqueue import (
@@ -60,7 +61,6 @@ from facusync.errors import FacusyncError
 from facusync.lock import LockLost, RedisLock
 from facusync.message import format_version, key_identity
 from facusync.pgconn import connect_pg
-from facusync.producer import discover_columns
 from facusync.redisconn import Keys, connect_redis
 from facusync.source import ColumnMap, ViewSource
 from facusync.stream import DeadLetters, Guard, Stream

@@ -13,11 +13,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from facusync.columns import discover_columns
 from facusync.compare import iter_pg_rows, iter_view_rows, merge
 from facusync.config import Config
 from facusync.errors import EX_DEGRADED, EX_OK
 from facusync.pgconn import connect_pg
-from facusync.producer import discover_columns
 from facusync.source import ViewSource
 
 
