@@ -46,6 +46,8 @@ class Stats:
                            updated=result.updated, unchanged=result.unchanged,
                            deleted=result.deleted, dead=dead)
         self.last_commit = time.time()
+        if newest is not None:  # a row dated next year must not hide the real lag
+            newest = min(newest, self.last_commit)
         if newest is not None and (self.newest is None or newest > self.newest):
             self.newest = newest
 

@@ -23,6 +23,7 @@ import pytest
 from facusync import producer as producer_module
 from facusync import reconcile as reconcile_module
 from facusync.commands.status import collect, render
+from facusync.commands.verify import compare
 from facusync.config import Config, config_from_mapping
 from facusync.consumer import Consumer
 from facusync.producer import Producer
@@ -32,6 +33,7 @@ from facusync.service import Service
 from facusync.stream import read_watermark
 from tests.integration.test_producer import entries
 from tests.integration.test_producer import run_once as produce
+from tests.steps import pg
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -253,6 +255,38 @@ def test_rows_dated_in_the_future_do_not_stop_real_changes(pipeline_env: dict[st
     assert "warning: 2 row(s) dated ahead" in render(data, time.time())
     consume(cfg)
     assert {"FUT-DAY", "FUT-MAX", "NEW-0", "NEW-1", "NEW-2"} <= pg_keys(cfg)
+
+
+def test_a_sentinel_row_west_of_utc_does_not_stop_the_consumer_or_status(
+        request: pytest.FixtureRequest, env: dict[str, str], standin: Any) -> None:
+    """A 9999-12-31 23:59:59 sentinel in a zone west of UTC is 10000-01-01 in UTC: PostgreSQL
+    stores it, Python cannot read it back. The chaos run in CI (its machine four hours west of
+    UTC) found a consumer that could never start again once such a row was committed. Every
+    reader must keep working, and the lag must stay the real one."""
+    env["SOURCE_TIMEZONE"] = "America/Santo_Domingo"  # UTC-4, no daylight saving
+    cfg = config_from_mapping(request.getfixturevalue("pipeline_env"))
+    standin.seed(20, seed=26)
+    producer = Producer(cfg, Service("test-producer"))
+    try:
+        producer.run_once()
+        standin.insert_late({"CONDUCE": "FUT-MAX"}, datetime(9999, 12, 31, 23, 59, 59))
+        assert producer.run_once().queued == 1
+        consume(cfg)
+        consumer = Consumer(cfg, Service("test-consumer"))  # a restart reads newest_version back
+        assert consumer.run(once=True) == 0
+        stats_newest = consumer.stats.newest
+        assert stats_newest is None or stats_newest <= time.time(), "the lag is pinned at zero"
+        standin.insert([{"CONDUCE": "NEW-AFTER"}])
+        producer.run_once()
+        consume(cfg)
+    finally:
+        producer.source.close()
+    assert {"FUT-MAX", "NEW-AFTER"} <= pg_keys(cfg)
+    data, _ = collect(cfg)
+    render(data, time.time())
+    assert pg(cfg, "SELECT newest_version <= now() FROM sync_control") == [(True,)], \
+        "newest_version was left in the future"
+    assert compare(cfg).differences == 0
 
 
 def quiet_then_a_late_row(producer: Producer, standin: Any, key: str) -> None:
