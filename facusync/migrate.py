@@ -13,7 +13,9 @@ tables, the SECURITY DEFINER trigger and the role grants always agree on where t
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,8 +66,16 @@ def find_sql_dir() -> Path:
 def list_migrations(sql_dir: Path | None = None) -> list[Migration]:
     """All migrations, in order; refuses duplicates so the order is never ambiguous."""
     folder = sql_dir or find_sql_dir()
+    try:
+        names = sorted(os.listdir(folder))
+    except PermissionError:
+        # `migrate --admin` reads the folder again after becoming the postgres user.
+        raise AccessError(f"{folder} cannot be read by the user {getpass.getuser()}: make it "
+                          f"and its .sql files readable by that user (chmod o+rx {folder})") from None
+    except OSError as exc:
+        raise SchemaError(f"cannot read the migrations folder {folder}: {exc.strerror}") from None
     found: dict[int, Migration] = {}
-    for path in sorted(folder.glob("*.sql")):
+    for path in (folder / name for name in names if name.endswith(".sql")):
         match = _NAME.match(path.name)
         if not match:
             continue
@@ -79,6 +89,16 @@ def list_migrations(sql_dir: Path | None = None) -> list[Migration]:
     if not found:
         raise SchemaError(f"no NNN_name.sql migration files in {folder}")
     return [found[v] for v in sorted(found)]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except PermissionError:
+        raise AccessError(f"{path} cannot be read by the user {getpass.getuser()}: make it "
+                          "readable by that user (chmod o+r)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SchemaError(f"cannot read the migration {path}: {exc}") from None
 
 
 def render(text: str, cfg: Config) -> str:
@@ -252,7 +272,7 @@ def apply_migrations(
     concurrent run that waited sees what the first one committed and skips it.
     """
     migrations = list_migrations(sql_dir)
-    texts = {m.version: render(m.path.read_text(encoding="utf-8"), cfg) for m in migrations}
+    texts = {m.version: render(_read(m.path), cfg) for m in migrations}
     conn.rollback()
     conn.autocommit = False
     for migration in migrations:

@@ -157,6 +157,13 @@ def test_admin_by_peer_authentication_creates_schema_and_roles(
             == [("postgres",)]
         daemon = peer_server.dsn("syncdb", user="facusync_sync", password=sync_password)
         assert rows(daemon, "SELECT count(*) FROM datos_vista") == [(0,)]
+        # --sql-dir in a folder only root may read: migrate reads it again as postgres, so it
+        # must say which user cannot read what, not "no migration files" (exit 77).
+        shutil.copytree(find_sql_dir(), private / "sql")
+        hidden = subprocess.run([*command, "--sql-dir", str(private / "sql")], capture_output=True,
+                                text=True, timeout=120, cwd=private, env=plain)
+        assert hidden.returncode == 77, hidden.stderr
+        assert f"{private / 'sql'} cannot be read by the user postgres" in hidden.stderr
         # Another operating-system user: told to use sudo, exit 77.
         env_file.chmod(0o644)
         other = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
