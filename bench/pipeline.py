@@ -354,6 +354,12 @@ def run(pg: PostgresServer, rds: RedisServer, workdir: Path, *, rows: int, reps:
         out["idle"]["sync_interval_1"] = pipe.idle(idle_seconds)
         log("    idle at SYNC_INTERVAL=1 measured")
         out["latency"] = pipe.latency(latency_seconds, latency_rate)
+        log("    latency measured")
+        # Issue 16: a PC a day ahead and a 9999-12-31 sentinel must not slow real changes.
+        pipe.standin.insert_late({"CONDUCE": "BENCH-FUTURE-DAY"}, datetime.now() + timedelta(days=1))
+        pipe.standin.insert_late({"CONDUCE": "BENCH-FUTURE-MAX"}, datetime(9999, 12, 31, 23, 59, 59))
+        out["latency_future_rows"] = pipe.latency(latency_seconds, latency_rate)
+        log("    latency with two rows dated in the future measured")
         out["daemon_cpu_seconds_total"] = {
             "producer": cpu_seconds(pipe.producer.pid), "consumer": cpu_seconds(pipe.consumer.pid)}
     finally:

@@ -113,6 +113,16 @@ def summarize(results: dict[str, Any], defaults: dict[str, int]) -> dict[str, An
         if lat["never_seen"]:
             checks.append({"target": "every change seen in PostgreSQL", "measured": lat["never_seen"],
                            "goal": "0 missing", "met": False})
+        future = p.get("latency_future_rows")
+        if future:
+            s["latency_future_rows"] = {k: future[k] for k in ("p50_s", "p95_s", "p99_s", "max_s",
+                                                                "measured", "never_seen")}
+            # "Unchanged": within one polling interval of the run before it.
+            check("latency p99 (s), rows dated in the future present", future["p99_s"],
+                  lat["p99_s"] + 1.0, at_most=True)
+            if future["never_seen"]:
+                checks.append({"target": "every change seen, future rows present",
+                               "measured": future["never_seen"], "goal": "0 missing", "met": False})
         s["idle"] = p["idle"]
         for label, idle in p["idle"].items():
             for daemon in ("producer", "consumer"):
@@ -214,6 +224,11 @@ def print_table(results: dict[str, Any], s: dict[str, Any]) -> None:
               f" producer cycle {lat['producer_cycle_ms_p50']} ms (p50, re-reading "
               f"{lat['producer_rows_read_per_cycle_p50']:g} rows), consumer batch "
               f"{lat['consumer_batch_ms_p50']} ms")
+        future = p.get("latency_future_rows")
+        if future:
+            print(f"   with a row dated tomorrow and one dated 9999-12-31 in the view: p50 "
+                  f"{future['p50_s']} s, p95 {future['p95_s']} s, p99 {future['p99_s']} s, max "
+                  f"{future['max_s']} s ({future['measured']} measured, {future['never_seen']} never seen)")
         print("\n4. idle CPU % of one core (nothing changes)")
         for label, idle in p["idle"].items():
             print(f"   {label}: producer {idle['producer']}, consumer {idle['consumer']} "
