@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import socket
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -95,6 +96,16 @@ class Member:
         self.name = name
         self.keys = Keys(cfg.redis_prefix)
         self.stream: Stream | None = None
+        # Entries delivered to us and not yet acknowledged: read by the reader thread, written
+        # and acknowledged by the main one. Our other pending entries were delivered by a read
+        # whose reply was lost (claim_idle takes them back).
+        self._in_flight: set[str] = set()
+        self._in_flight_lock = threading.Lock()
+
+    def _taken(self, batch: Batch) -> Batch:
+        with self._in_flight_lock:
+            self._in_flight.update(batch.ids)
+        return batch
 
     def _connected(self) -> Stream:
         if self.stream is None:
@@ -132,7 +143,7 @@ class Member:
         entries, oldest = self._call(lambda s: s.read_new(self.name, self.cfg.batch_size, block_ms))
         batch = make_batch(entries, {}, self.cfg.max_deliveries)
         batch.low_water = parse_low_water(oldest)
-        return batch
+        return self._taken(batch)
 
     def producer_watermark(self) -> datetime | None:
         """The producer's watermark in Redis now (lowered by `facusync resync`)."""
@@ -142,16 +153,21 @@ class Member:
             return None
 
     def claim_idle(self) -> tuple[Batch | None, bool]:
-        """Entries of other members idle longer than CLAIM_IDLE (their consumer died), and
-        whether more may be waiting.
+        """Entries of other members idle longer than CLAIM_IDLE (their consumer died), or
+        ours that no batch holds, and whether more may be waiting.
+
+        Ours: a read that timed out while Redis was frozen is still in Redis's socket buffer,
+        and Redis runs it on thawing, delivering entries to us whose reply nobody reads; no
+        other member would ever claim them from a living consumer.
 
         XPENDING first, then XCLAIM, rather than XAUTOCLAIM: XPENDING reports how many times
         each entry was delivered, which MAX_DELIVERIES needs.
         """
         idle_ms = int(self.cfg.claim_idle * 1000)
         pending = self._call(lambda s: s.idle_pending(self.cfg.batch_size, idle_ms))
-        # Our own pending entries are being written or wait in the reader's queue.
-        others = [p for p in pending if p.consumer != self.name]
+        with self._in_flight_lock:  # ours in a batch are being written or wait in the queue
+            others = [p for p in pending
+                      if p.consumer != self.name or p.entry_id not in self._in_flight]
         if not others:
             return None, False
         counts = {p.entry_id: p.deliveries + 1 for p in others}  # XCLAIM counts one more
@@ -159,9 +175,10 @@ class Member:
         more = len(pending) >= self.cfg.batch_size
         if not entries:
             return None, more
-        batch = make_batch(entries, counts, self.cfg.max_deliveries)
+        batch = self._taken(make_batch(entries, counts, self.cfg.max_deliveries))
         batch.low_water = parse_low_water(self._call(lambda s: s.oldest()))
-        log.warning("claimed entries of a stopped consumer",
+        log.warning("claimed entries of a stopped consumer, or delivered by a read whose "
+                    "reply was lost",
                     extra={"size": len(batch), "owners": sorted({p.consumer for p in others})})
         return batch, more
 
@@ -184,6 +201,12 @@ class Member:
         frees the memory: the dead ones stay pending (redelivered later), the rest is
         acknowledged. A lost group leaves nothing to acknowledge (None).
         """
+        count = self._acknowledge(batch, dead)
+        with self._in_flight_lock:  # one left unacknowledged (OOM) may be claimed again
+            self._in_flight.difference_update(batch.ids)
+        return count
+
+    def _acknowledge(self, batch: Batch, dead: list[tuple[str, str]]) -> int | None:
         ids = batch.ids
         suspects = [c.entry_id for c in batch.suspects]
         while True:

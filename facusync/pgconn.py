@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.extensions
@@ -13,6 +18,10 @@ from facusync.tlsinfo import TlsSettings, TlsState, describe_failure, failure_ki
 
 # PostgreSQL's SSLRequest: length 8, code 1234.5679; the server answers "S" and TLS begins.
 _SSL_REQUEST = (8).to_bytes(4, "big") + (80877103).to_bytes(4, "big")
+
+# How long past PG_STATEMENT_TIMEOUT a daemon waits for PostgreSQL's answer (the server's own
+# cancellation included) before it gives the connection up as frozen.
+ANSWER_MARGIN = 5.0
 
 LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired
 QUERY_CANCELED = "57014"  # statement_timeout expired
@@ -29,6 +38,8 @@ def describe_pg_error(exc: Exception) -> str:
                 "overloaded); retrying")
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     low = text.lower()
+    if isinstance(exc, NoAnswer):
+        return text
     if "password authentication failed" in low or "no password supplied" in low:
         return ("authentication failed: check PG_USER and PG_PASSWORD (a role that does not "
                 "exist yet is created by `sudo facusync migrate --admin --create-roles`)")
@@ -106,16 +117,102 @@ def pg_tls_state(conn: psycopg2.extensions.connection, cfg: Config) -> TlsState:
                     hostname_checked=encrypted and cfg.pg_sslmode == "verify-full")
 
 
+_T = TypeVar("_T")
+
+
+class NoAnswer(psycopg2.OperationalError):
+    """PostgreSQL took a request and gave no answer in time: frozen, or the network drops."""
+
+
+class _AnswerDeadline:
+    """Gives a connection up when PostgreSQL does not answer one request within `seconds`.
+
+    A server that is frozen (a paused VM, a host swapped out, SIGSTOP) leaves the connection
+    open: its kernel still acknowledges what we send, so neither TCP keepalives nor
+    TCP_USER_TIMEOUT fire, and its statement_timeout is frozen with it. A timer shuts our end
+    of the socket down instead; libpq then fails the call, which is raised as NoAnswer.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.fd = -1
+
+    def call(self, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        if self.fd < 0:
+            return function(*args, **kwargs)
+        fired = threading.Event()
+        timer = threading.Timer(self.seconds, self._shut, (fired,))
+        timer.daemon = True
+        timer.start()
+        try:
+            return function(*args, **kwargs)
+        except psycopg2.Error:
+            if fired.is_set():
+                raise NoAnswer(f"PostgreSQL did not answer within {self.seconds:g} s "
+                               "(PG_STATEMENT_TIMEOUT plus a margin): is the server frozen, "
+                               "swapped out or paused, or does a firewall drop the connection? "
+                               "Reconnecting with backoff") from None
+            raise
+        finally:
+            timer.cancel()
+
+    def _shut(self, fired: threading.Event) -> None:
+        fired.set()
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(self.fd)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+class _DeadlineCursor(psycopg2.extensions.cursor):
+    """A cursor whose requests to the server are bounded by its connection's deadline."""
+
+    connection: _DeadlineConnection
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return self.connection.deadline.call(super().execute, *args, **kwargs)
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        return self.connection.deadline.call(super().executemany, *args, **kwargs)
+
+    def copy_expert(self, *args: Any, **kwargs: Any) -> Any:
+        return self.connection.deadline.call(super().copy_expert, *args, **kwargs)
+
+    def callproc(self, *args: Any, **kwargs: Any) -> Any:
+        return self.connection.deadline.call(super().callproc, *args, **kwargs)
+
+    def fetchone(self) -> Any:
+        return self.connection.deadline.call(super().fetchone)
+
+    def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
+        return self.connection.deadline.call(super().fetchmany, *args, **kwargs)
+
+    def fetchall(self) -> Any:
+        return self.connection.deadline.call(super().fetchall)
+
+
+class _DeadlineConnection(psycopg2.extensions.connection):
+    """A connection whose every round trip to the server has an answer deadline."""
+
+    deadline: _AnswerDeadline
+
+    def commit(self) -> None:
+        self.deadline.call(super().commit)
+
+    def rollback(self) -> None:
+        self.deadline.call(super().rollback)
+
+
 def connect_pg(cfg: Config, *, application: str = "facusync",
                bounded: bool = False) -> psycopg2.extensions.connection:
     """A connection with a connect timeout, TCP keepalives and an application_name.
 
     ``bounded`` (the daemons): every statement, and every wait for a lock, is cancelled after
-    PG_STATEMENT_TIMEOUT, and unacknowledged data after as long, so a blocked PostgreSQL or a
-    half-open connection becomes an error the loop retries, never a hang that starves the
-    watchdog. The keepalives find a dead peer while waiting for an answer within ~25 s.
+    PG_STATEMENT_TIMEOUT, unacknowledged data after as long, and a request the server
+    acknowledged but does not answer (a frozen server) ANSWER_MARGIN later, so a blocked or
+    frozen PostgreSQL or a half-open connection becomes an error the loop retries, never a
+    hang that starves the watchdog. The keepalives find a dead peer within ~25 s.
     """
     options = tcp_user_timeout = None  # libpq's defaults (make_dsn drops None)
+    deadline = _AnswerDeadline(cfg.pg_statement_timeout + ANSWER_MARGIN)
     if bounded:
         millis = cfg.pg_statement_timeout * 1000
         options = f"-c statement_timeout={millis} -c lock_timeout={millis}"
@@ -136,7 +233,12 @@ def connect_pg(cfg: Config, *, application: str = "facusync",
             **_tls_arguments(cfg),
             options=options,
             tcp_user_timeout=tcp_user_timeout,
+            connection_factory=_DeadlineConnection if bounded else None,
         )
     except psycopg2.Error as exc:
         raise SinkError(describe_pg_connect_error(exc, cfg)) from None
+    if isinstance(conn, _DeadlineConnection):
+        conn.deadline = deadline
+        conn.cursor_factory = _DeadlineCursor
+        deadline.fd = conn.fileno()
     return conn

@@ -1,0 +1,240 @@
+"""Servers that freeze instead of stopping: a VM paused by its hypervisor, a host swapped out
+so far it answers nothing, a firewall that starts dropping an established connection's packets.
+The TCP connection stays open and no answer comes; simulated with SIGSTOP/SIGCONT of the real
+server processes (the kernel still accepts connections and acknowledges data, so TCP keepalives
+and TCP_USER_TIMEOUT never fire and PostgreSQL's own statement_timeout is frozen too).
+
+What must hold: a daemon notices within a bounded time, says which server does not answer, and
+recovers by itself after the thaw with no row lost or duplicated; an operator command finishes
+within a bounded time naming the server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.servers import PostgresServer, RedisServer
+from facusync.config import config_from_mapping
+from facusync.consumer import Consumer
+from facusync.errors import QueueError
+from facusync.redisconn import Keys, connect_redis
+from facusync.service import Service
+from tests.integration.test_consumer import pending, stream_len, table_state
+from tests.integration.test_consumer_process import show, write_env
+from tests.integration.test_consumer_support import BASE, add, migrate, upsert
+from tests.integration.test_daemon_outages import (  # noqa: F401 (a fixture)
+    WATCHDOG_SEC,
+    Notifications,
+    drain,
+    notifications,
+    stop,
+)
+
+STATEMENT_TIMEOUT = 2  # PG_STATEMENT_TIMEOUT of the daemons here
+
+
+def postgres_pids(pg: PostgresServer) -> list[int]:
+    """The postmaster and all its children (backends, checkpointer, walwriter, ...)."""
+    master = int((pg.datadir / "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True,
+                              check=False).stdout.split()
+    return [master, *map(int, children)]
+
+
+def redis_pid(server: RedisServer) -> int:
+    assert server.proc is not None
+    return server.proc.pid
+
+
+class Frozen:
+    """SIGSTOP the processes now, SIGCONT them on thaw() (at the latest on leaving)."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.since = time.monotonic()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        for pid in self.pids:
+            os.kill(pid, signal.SIGCONT)
+        self.pids = []
+
+    def __enter__(self) -> Frozen:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.thaw()
+
+
+@pytest.fixture()
+def private_pg(env: dict[str, str]) -> Iterator[tuple[dict[str, str], PostgresServer]]:
+    """The test environment on a PostgreSQL of its own (migrated), which the test may freeze
+    without disturbing the session's shared server."""
+    pg = PostgresServer().start()
+    try:
+        pg.psql("CREATE DATABASE frozen")
+        env = {**env, "PG_PORT": str(pg.port), "PG_PASSWORD": pg.password,
+               "PG_DATABASE": "frozen"}
+        migrate(config_from_mapping(env))
+        yield env, pg
+    finally:
+        pg.destroy()
+
+
+def log_lines(log: Path) -> list[dict[str, object]]:
+    lines = []
+    for raw in log.read_text().splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except ValueError:
+            continue
+    return lines
+
+
+def wait_for_log(log: Path, needle: str, timeout: float) -> float | None:
+    """Seconds until a log line containing `needle` appeared (None: not within `timeout`)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if needle in log.read_text():
+            return time.monotonic() - start
+        time.sleep(0.2)
+    return None
+
+
+@pytest.mark.timeout(150)
+def test_consumer_notices_a_frozen_postgresql_and_recovers_after_the_thaw(
+        private_pg: tuple[dict[str, str], PostgresServer],
+        notifications: Notifications, tmp_path: Path) -> None:  # noqa: F811
+    """PostgreSQL frozen while the consumer writes a batch: within PG_STATEMENT_TIMEOUT and a
+    margin the consumer logs that PostgreSQL does not answer (not a silent wait until the
+    watchdog's grace runs out), keeps the watchdog fed, and after the thaw writes every row
+    once, none dead-lettered."""
+    env = {**private_pg[0], "CLAIM_IDLE": "1", "BACKOFF_MAX": "2",
+           "PG_STATEMENT_TIMEOUT": str(STATEMENT_TIMEOUT), "LOG_LEVEL": "INFO"}
+    cfg = config_from_mapping(env)
+    rds = connect_redis(cfg)
+    log = tmp_path / "consumer.log"
+    proc = notifications.start(write_env(tmp_path / "c.env", env), log)
+    try:
+        assert notifications.wait_for(lambda m: m == "READY=1", 30), show(log)
+        add(rds, cfg, [upsert(f"A{i:04d}", BASE) for i in range(200)])
+        drain(rds, cfg, 30)
+        assert len(table_state(cfg)) == 200, show(log)
+        with Frozen(postgres_pids(private_pg[1])) as frozen:
+            add(rds, cfg, [upsert(f"F{i:04d}", BASE) for i in range(300)])
+            noticed = wait_for_log(log, "PostgreSQL unavailable", 20)
+            print(f"consumer noticed the frozen PostgreSQL after {noticed} s")
+            while time.monotonic() - frozen.since < 20:
+                time.sleep(0.5)
+            frozen_gap = notifications.watchdog_gaps(frozen.since, time.monotonic())
+            assert proc.p.poll() is None, show(log)
+        thawed = time.monotonic()
+        drain(rds, cfg, 60)
+        print(f"drained {time.monotonic() - thawed:.1f} s after the thaw")
+        assert noticed is not None and noticed < STATEMENT_TIMEOUT + 10, show(log)
+        assert frozen_gap < WATCHDOG_SEC, (frozen_gap, show(log))
+        assert stream_len(rds, cfg) == 0 and pending(rds, cfg) == 0, show(log)
+        assert len(table_state(cfg)) == 500, show(log)
+        assert rds.xlen(Keys(cfg.redis_prefix).dead) == 0, show(log)
+        stop(proc, log)
+    finally:
+        if proc.p.poll() is None:
+            proc.kill()
+        rds.close()
+    said = [line for line in log_lines(log) if "PostgreSQL unavailable" in str(line.get("message"))]
+    assert said and "answer" in str(said[0]["message"]), said
+    assert cfg.pg_password.reveal() not in log.read_text()
+
+
+@pytest.fixture()
+def private_redis(env: dict[str, str]) -> Iterator[tuple[dict[str, str], RedisServer]]:
+    """The test environment on a Redis of its own, which the test may freeze."""
+    server = RedisServer().start()
+    try:
+        yield {**env, "REDIS_PORT": str(server.port), "REDIS_PASSWORD": server.password}, server
+    finally:
+        server.destroy()
+
+
+@pytest.mark.timeout(150)
+def test_consumer_waits_out_a_frozen_redis_longer_than_its_reply_timeout(
+        private_redis: tuple[dict[str, str], RedisServer],
+        notifications: Notifications, tmp_path: Path) -> None:  # noqa: F811
+    """Redis frozen 40 s (longer than its 30 s reply timeout) with rows queued that the
+    consumer has not read yet: the consumer says Redis does not answer, keeps the watchdog
+    fed, and after the thaw writes the rows, without a restart; nothing dead or left pending.
+    (Whether Redis runs the timed-out read on thawing is a race here; the next test forces it.)"""
+    env = {**private_redis[0], "CLAIM_IDLE": "1", "BACKOFF_MAX": "2", "LOG_LEVEL": "INFO"}
+    cfg = config_from_mapping(env)
+    migrate(cfg)
+    rds = connect_redis(cfg)
+    log = tmp_path / "consumer.log"
+    proc = notifications.start(write_env(tmp_path / "c.env", env), log)
+    try:
+        assert notifications.wait_for(lambda m: m == "READY=1", 30), show(log)
+        add(rds, cfg, [upsert(f"A{i:04d}", BASE) for i in range(200)])
+        drain(rds, cfg, 30)
+        assert len(table_state(cfg)) == 200, show(log)
+        # The rows are queued while the consumer itself is stopped, so that its next read is
+        # sent only once Redis is frozen.
+        with Frozen([proc.p.pid]) as consumer_stopped:
+            time.sleep(1.5)  # its XREADGROUP BLOCK in progress ends (empty)
+            add(rds, cfg, [upsert(f"F{i:04d}", BASE) for i in range(300)])
+            with Frozen([redis_pid(private_redis[1])]) as frozen:
+                consumer_stopped.thaw()
+                resumed = time.monotonic()
+                noticed = wait_for_log(log, "Redis unavailable", 38)
+                print(f"consumer noticed the frozen Redis after {noticed} s")
+                while time.monotonic() - frozen.since < 40:
+                    time.sleep(0.5)
+                frozen_gap = notifications.watchdog_gaps(resumed, time.monotonic())
+                assert proc.p.poll() is None, show(log)
+        thawed = time.monotonic()
+        drain(rds, cfg, 30)
+        print(f"drained {time.monotonic() - thawed:.1f} s after the thaw")
+        assert frozen_gap < WATCHDOG_SEC, (frozen_gap, show(log))
+        assert noticed is not None, show(log)
+        assert (stream_len(rds, cfg), pending(rds, cfg)) == (0, 0), show(log)
+        assert len(table_state(cfg)) == 500, show(log)
+        assert rds.xlen(Keys(cfg.redis_prefix).dead) == 0, show(log)
+        stop(proc, log)
+    finally:
+        if proc.p.poll() is None:
+            proc.kill()
+        rds.close()
+    assert private_redis[1].password not in log.read_text()
+
+
+@pytest.mark.timeout(120)
+def test_rows_delivered_to_a_read_that_timed_out_on_a_frozen_redis_are_claimed_back(
+        private_redis: tuple[dict[str, str], RedisServer]) -> None:
+    """A consumer's XREADGROUP sent to a frozen Redis times out (30 s), but Redis runs it on
+    thawing and delivers the queued rows to our name, in a reply nobody reads. No other member
+    claims entries of a living consumer, so the same consumer must take them back itself
+    (after CLAIM_IDLE), not leave them pending until it is restarted."""
+    cfg = config_from_mapping({**private_redis[0], "CLAIM_IDLE": "1"})
+    migrate(cfg)
+    rds = connect_redis(cfg)
+    consumer = Consumer(cfg, Service("test"), name="frozen-reader")
+    consumer.member.ensure_group()
+    add(rds, cfg, [upsert(f"F{i:04d}", BASE) for i in range(300)])
+    with Frozen([redis_pid(private_redis[1])]):
+        started = time.monotonic()
+        with pytest.raises(QueueError, match="timed out"):
+            consumer.member.read_batch()
+        print(f"the read gave up after {time.monotonic() - started:.1f} s")
+    time.sleep(cfg.claim_idle + 0.5)
+    orphaned = pending(rds, cfg)
+    consumer.run(once=True)
+    assert orphaned == 300  # what Redis delivered to the lost reply
+    assert (stream_len(rds, cfg), pending(rds, cfg)) == (0, 0)
+    assert len(table_state(cfg)) == 300
+    rds.close()
