@@ -148,7 +148,7 @@ class _AnswerDeadline:
             return function(*args, **kwargs)
         except psycopg2.Error:
             if fired.is_set():
-                raise NoAnswer(f"PostgreSQL did not answer within {self.seconds:g} s "
+                raise NoAnswer(f"timed out: PostgreSQL did not answer within {self.seconds:g} s "
                                "(PG_STATEMENT_TIMEOUT plus a margin): is the server frozen, "
                                "swapped out or paused, or does a firewall drop the connection? "
                                "Reconnecting with backoff") from None

@@ -108,6 +108,10 @@ def describe_redis_error(exc: Exception, cfg: Config | None = None) -> str:
         return "the server dropped the connection: if REDIS_PORT is its tls-port, set REDIS_TLS=on"
     if isinstance(exc, redis.AuthenticationError) or "auth" in low or "noperm" in low:
         return "authentication failed: check REDIS_PASSWORD"
+    if isinstance(exc, redis.TimeoutError) and "connecting" not in low:
+        return ("timed out waiting for an answer: the Redis at REDIS_HOST:REDIS_PORT took the "
+                "request but does not answer (frozen, swapped out, a paused VM, or a firewall "
+                "dropping packets?)")
     if isinstance(exc, redis.TimeoutError) or "timed out" in low:
         return "timed out: is REDIS_HOST/REDIS_PORT right and the server up?"
     if "refused" in low:

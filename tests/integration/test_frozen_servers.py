@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -238,3 +239,36 @@ def test_rows_delivered_to_a_read_that_timed_out_on_a_frozen_redis_are_claimed_b
     assert (stream_len(rds, cfg), pending(rds, cfg)) == (0, 0)
     assert len(table_state(cfg)) == 300
     rds.close()
+
+
+def run_at_once(*commands: tuple[dict[str, str], list[str]]) -> list[tuple[str, int, float]]:
+    """`facusync` commands started together; each one's output, exit code and duration."""
+    started = time.monotonic()
+    procs = [subprocess.Popen([sys.executable, "-m", "facusync.cli", *args],
+                              env={**os.environ, **env}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for env, args in commands]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=90)
+        results.append((out, proc.returncode, time.monotonic() - started))
+    return results
+
+
+REDIS_REPLY_TIMEOUT = 30.0  # facusync.redisconn: a reply is waited for this long
+
+
+@pytest.mark.timeout(120)
+def test_status_and_check_name_a_frozen_redis_within_its_reply_timeout(
+        private_redis: tuple[dict[str, str], RedisServer]) -> None:
+    """An operator runs `facusync status` and `facusync check` while Redis is frozen: each
+    ends within the reply timeout plus a margin, fails, and says that Redis took the request
+    but does not answer (not that REDIS_HOST/REDIS_PORT may be wrong: they are right)."""
+    env = private_redis[0]
+    migrate(config_from_mapping(env))
+    with Frozen([redis_pid(private_redis[1])]):
+        results = run_at_once((env, ["status"]), ({**env, "MSSQL_LOGIN_TIMEOUT": "2"}, ["check"]))
+    print("frozen Redis: status took {:.1f} s, check {:.1f} s".format(*(r[2] for r in results)))
+    for text, code, took in results:
+        assert code != 0 and took < REDIS_REPLY_TIMEOUT + 10, (took, text)
+        assert "Redis" in text and "does not answer" in text, text
+        assert private_redis[1].password not in text
