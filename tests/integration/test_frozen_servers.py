@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ from facusync.errors import QueueError
 from facusync.redisconn import Keys, connect_redis
 from facusync.service import Service
 from tests.integration.test_consumer import pending, stream_len, table_state
-from tests.integration.test_consumer_process import show, write_env
+from tests.integration.test_consumer_process import Proc, show, write_env
 from tests.integration.test_consumer_support import BASE, add, migrate, upsert
 from tests.integration.test_daemon_outages import (  # noqa: F401 (a fixture)
     WATCHDOG_SEC,
@@ -272,3 +273,61 @@ def test_status_and_check_name_a_frozen_redis_within_its_reply_timeout(
         assert code != 0 and took < REDIS_REPLY_TIMEOUT + 10, (took, text)
         assert "Redis" in text and "does not answer" in text, text
         assert private_redis[1].password not in text
+
+
+def in_sync(env: dict[str, str], timeout: float) -> tuple[bool, str, float]:
+    """`facusync verify` until it says IN SYNC (exit 0); its last output and the time taken."""
+    started = time.monotonic()
+    while True:
+        (text, code, _), = run_at_once((env, ["verify"]))
+        if code == 0 or time.monotonic() - started > timeout:
+            return code == 0, text, time.monotonic() - started
+        time.sleep(1.0)
+
+
+@pytest.mark.timeout(240)
+def test_pipeline_in_sync_after_redis_then_postgresql_froze_while_rows_changed(
+        private_pg: tuple[dict[str, str], PostgresServer],
+        private_redis: tuple[dict[str, str], RedisServer], standin: Any, tmp_path: Path) -> None:
+    """Producer and consumer as processes; Redis frozen 32 s, then PostgreSQL 12 s, while the
+    view changes (inserts and bumped updates). After each thaw the view is IN SYNC in
+    PostgreSQL by itself (no reconcile), nothing dead, and both daemons still run."""
+    standin.seed(300, seed=5)
+    env = {**private_pg[0], **standin.env(), "SYNC_INTERVAL": "0.5", "BACKOFF_MAX": "2",
+           "CLAIM_IDLE": "2", "PG_STATEMENT_TIMEOUT": str(STATEMENT_TIMEOUT),
+           "MSSQL_LOGIN_TIMEOUT": "3", "MSSQL_QUERY_TIMEOUT": "10", "LOG_LEVEL": "INFO",
+           "REDIS_PORT": private_redis[0]["REDIS_PORT"],
+           "REDIS_PASSWORD": private_redis[0]["REDIS_PASSWORD"]}
+    env_file = write_env(tmp_path / "p.env", env)
+    paths = [tmp_path / "producer.log", tmp_path / "consumer.log"]
+    daemons = [Proc(env_file, paths[0], module="facusync.producer"), Proc(env_file, paths[1])]
+
+    def logs() -> str:
+        return "\n".join(show(path) for path in paths)
+
+    keys = [row["CONDUCE"] for row in standin.rows()]
+    try:
+        synced, text, took = in_sync(env, 60)
+        assert synced, text + logs()
+        for n, (pids, seconds) in enumerate(((lambda: [redis_pid(private_redis[1])], 32),
+                                             (lambda: postgres_pids(private_pg[1]), 12))):
+            with Frozen(pids()) as frozen:
+                for i in range(5):  # changes made while the server is frozen
+                    standin.insert([{"CONDUCE": f"FROZEN-{n}-{i}", "CLIENTE": f"new {i}"}])
+                    standin.update(keys[10 * n + i], CLIENTE=f"changed while frozen {n}")
+                    time.sleep(seconds / 6)
+                while time.monotonic() - frozen.since < seconds:
+                    time.sleep(0.5)
+            synced, text, took = in_sync(env, 60)
+            print(f"IN SYNC {took:.1f} s after a {seconds} s freeze")
+            assert synced, text + logs()
+            assert all(d.p.poll() is None for d in daemons), logs()
+        cfg = config_from_mapping(env)
+        rds = connect_redis(cfg)
+        assert rds.xlen(Keys(cfg.redis_prefix).dead) == 0
+        rds.close()
+    finally:
+        for daemon in daemons:
+            if daemon.p.poll() is None:
+                daemon.kill()
+    assert private_redis[1].password not in logs() and private_pg[1].password not in logs()
