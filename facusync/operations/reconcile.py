@@ -1,7 +1,7 @@
 """Reconcile: find what polling cannot see (deletes, changes that did not bump the version).
 
-An operation beside verify, resync and the dead letters: the `facusync reconcile` command and
-the reconcile timer only parse, call Reconciler.run() and print.
+An operation beside verify, resync and the dead letters: `facusync reconcile` (what the
+reconcile timer runs) only parses, calls Reconciler.run() and prints.
 
 How it works
     The whole view is read in key order and merged with datos_vista (see compare.py), values

@@ -1,8 +1,7 @@
 """Status: gather what the daemons report and what PostgreSQL holds, and judge it.
 
 An operation beside verify and reconcile so that `facusync status`, the demo and the tests
-read the same facts and the same verdict; the command only prints them (see
-facusync.commands.status for what each state means to an operator).
+read the same facts and the same verdict; the command only prints them. The verdict:
 
 * down: Redis or PostgreSQL cannot be reached, the producer has never reported, was stopped,
   or has been silent for a long time (10 intervals, at least 5 minutes), or changes are
