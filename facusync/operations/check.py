@@ -50,6 +50,7 @@ def _timed(target: str, address: str, fn: Callable[[], str | Reached],
 
 
 def probe_mssql(cfg: Config) -> Probe:
+    """Log in, ask for the version: the producer's and reconcile's way in."""
     def run() -> str:
         conn = connect_mssql(cfg)
         try:
@@ -66,6 +67,7 @@ def probe_mssql(cfg: Config) -> Probe:
 
 
 def probe_pg(cfg: Config) -> Probe:
+    """Log in as PG_USER, ask for the version: the consumer's way in."""
     def run() -> Reached:
         conn = connect_pg(cfg, application="facusync-check")
         try:
@@ -81,6 +83,7 @@ def probe_pg(cfg: Config) -> Probe:
 
 
 def probe_redis(cfg: Config) -> Probe:
+    """Authenticate, ask for the version: the queue both daemons share."""
     def run() -> Reached:
         client = connect_redis(cfg)
         try:

@@ -48,6 +48,7 @@ class Page:
 
 
 def page(letters: DeadLetters, limit: int) -> Page:
+    """The oldest ``limit`` letters first: they have waited longest for the operator."""
     return Page(total=letters.count(), letters=letters.entries(count=limit))
 
 

@@ -110,6 +110,7 @@ def _percentile(values: list[float], pct: float) -> float | None:
 
 
 def gather_redis(cfg: Config, client: redis.Redis, now: float) -> dict[str, Any]:
+    """What the daemons last said about themselves, and the queue as it is now."""
     stream = Stream(client, Keys(cfg.redis_prefix))
     out: dict[str, Any] = {"producer": _typed_stats(stream.producer_stats())}
     consumers = {name: _typed_stats(stats) for name, stats in stream.consumer_stats().items()}
@@ -140,6 +141,7 @@ def gather_redis(cfg: Config, client: redis.Redis, now: float) -> dict[str, Any]
 
 
 def gather_pg(cfg: Config) -> dict[str, Any]:
+    """What is committed: the rows, the durable watermark, when the consumer last wrote."""
     conn = connect_pg(cfg, application="facusync-status")
     try:
         with conn.cursor() as cur:
