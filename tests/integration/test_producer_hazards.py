@@ -21,13 +21,14 @@ import psycopg2
 import pytest
 
 from facusync import producer as producer_module
-from facusync import reconcile as reconcile_module
-from facusync.commands.status import collect, render
-from facusync.commands.verify import compare
+from facusync.commands.status import render
 from facusync.config import Config, config_from_mapping
 from facusync.consumer import Consumer
+from facusync.operations import reconcile as reconcile_module
+from facusync.operations.reconcile import LockBusy, Reconciler
+from facusync.operations.status import collect
+from facusync.operations.verify import compare
 from facusync.producer import Producer
-from facusync.reconcile import LockBusy, Reconciler
 from facusync.redisconn import Keys, connect_redis
 from facusync.service import Service
 from facusync.stream import read_watermark
