@@ -56,9 +56,10 @@ def cmd_retry(letters: DeadLetters, args: argparse.Namespace) -> int:
 
 
 def cmd_purge(letters: DeadLetters, args: argparse.Namespace) -> int:
-    chosen = deadletters.older_than(letters, args.older_than or None)
-    what = (f"{len(chosen)} dead letter(s) older than {args.older_than}" if args.older_than
-            else f"ALL {len(chosen)} dead letter(s)")
+    # `--older-than ""` (a script's unset variable) is refused, never "all of them".
+    chosen = deadletters.older_than(letters, args.older_than)
+    what = (f"{len(chosen)} dead letter(s) older than {args.older_than}"
+            if args.older_than is not None else f"ALL {len(chosen)} dead letter(s)")
     if not chosen:
         print("nothing to purge")
         return EX_OK
