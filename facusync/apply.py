@@ -46,8 +46,6 @@ class Stats:
                            updated=result.updated, unchanged=result.unchanged,
                            deleted=result.deleted, dead=dead)
         self.last_commit = time.time()
-        if newest is not None:  # a row dated next year must not hide the real lag
-            newest = min(newest, self.last_commit)
         if newest is not None and (self.newest is None or newest > self.newest):
             self.newest = newest
 
@@ -141,9 +139,7 @@ class BatchWriter:
             result.add(written)
         dead = list(batch.dead) + [(c.entry_id, reason) for c, reason in result.dead]
         duration_ms = (time.monotonic() - started) * 1000
-        newest = (result.newest_version.replace(tzinfo=self.cfg.tz).timestamp()
-                  if result.newest_version else None)
-        self.stats.batch(len(batch), result, len(dead), newest)
+        self.stats.batch(len(batch), result, len(dead), result.committed_newest)
         metrics.consumer_batch(result, len(dead), duration_ms / 1000, batch.low_water, self.stats.newest)
         if not self._acknowledge(batch, dead, duration_ms, retry=retry):
             return False

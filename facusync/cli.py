@@ -16,7 +16,14 @@ import sys
 
 from facusync import __version__
 from facusync.config import DEFAULT_ENV_FILE, load_config
-from facusync.errors import EX_CONFIG, EX_SOFTWARE, AccessError, ConfigError, FacusyncError
+from facusync.errors import (
+    EX_CONFIG,
+    EX_INTERRUPTED,
+    EX_SOFTWARE,
+    AccessError,
+    ConfigError,
+    FacusyncError,
+)
 from facusync.logsetup import setup_logging
 
 COMMAND_MODULES = (
@@ -77,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(args, "failure_code", None) or exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EX_INTERRUPTED
     except Exception as exc:  # last resort: one line, the traceback only at debug level
         log.debug("unexpected error", exc_info=True)
         print(f"facusync {args.command}: unexpected error: {type(exc).__name__}: {exc}",

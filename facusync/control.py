@@ -56,12 +56,17 @@ def lock_row(cur: Cursor) -> None:
 
 def record_batch(cur: Cursor, *, low_water: datetime | None, newest: datetime | None, zone: str,
                  consumer: str, size: int, inserted: int, updated: int, unchanged: int,
-                 deleted: int, dead: int) -> bool:
-    """The batch's bookkeeping; False when the stored times are in another zone than `zone`."""
+                 deleted: int, dead: int) -> tuple[bool, float | None]:
+    """The batch's bookkeeping: (False, None) when the stored times are in another zone than
+    `zone`; else True and newest_version as stored (capped), in Unix seconds, so the
+    consumer's metrics say what sync_control says."""
     run(cur, "record_batch", low_water=low_water, newest=newest, zone=zone, consumer=consumer,
         size=size, inserted=inserted, updated=updated, unchanged=unchanged, deleted=deleted,
         dead=dead)
-    return bool(cur.rowcount)
+    row = cur.fetchone()
+    if row is None:
+        return False, None
+    return True, None if row[0] is None else float(row[0])
 
 
 def raise_watermark(cur: Cursor, mark: datetime | None) -> None:

@@ -12,15 +12,18 @@ SELECT 1 FROM sync_control WHERE id = 1 FOR UPDATE;
 
 -- name: record_batch
 -- In the batch's own transaction; no row when the stored times moved to another zone.
--- newest_version never passes now(): a row dated 9999-12-31 would otherwise pin the lag at
--- zero for good (and, west of UTC, be a year 10000 that Python cannot read back).
+-- newest_version never passes now() by more than a minute: a row dated
+-- 9999-12-31 would otherwise pin the lag at zero for good (and, west of UTC, be a year 10000
+-- that Python cannot read back). The slack leaves ordinary skew and datetime's rounding alone.
 UPDATE sync_control SET
  watermark = GREATEST(watermark, %(low_water)s::timestamp),
- newest_version = LEAST(GREATEST(newest_version, (%(newest)s::timestamp AT TIME ZONE %(zone)s)), now()),
+ newest_version = LEAST(GREATEST(newest_version, (%(newest)s::timestamp AT TIME ZONE %(zone)s)),
+                        now() + interval '60 seconds'),
  last_commit_at = now(), last_consumer = %(consumer)s, last_batch_size = %(size)s,
  last_inserted = %(inserted)s, last_updated = %(updated)s, last_unchanged = %(unchanged)s,
  last_deleted = %(deleted)s, last_dead = %(dead)s
- WHERE id = 1 AND source_timezone = %(zone)s;
+ WHERE id = 1 AND source_timezone = %(zone)s
+ RETURNING extract(epoch FROM newest_version);
 
 -- name: raise_watermark
 UPDATE sync_control SET watermark = GREATEST(watermark, %(mark)s::timestamp)
@@ -33,8 +36,8 @@ UPDATE sync_control SET watermark = LEAST(watermark, %(mark)s) WHERE id = 1;
 SELECT watermark FROM sync_control WHERE id = 1;
 
 -- name: newest_version
--- LEAST: a value stored by a version that did not cap it yet.
-SELECT LEAST(newest_version, now()) FROM sync_control WHERE id = 1;
+-- LEAST: a value stored by a version that did not cap it yet (as record_batch does).
+SELECT LEAST(newest_version, now() + interval '60 seconds') FROM sync_control WHERE id = 1;
 
 -- name: zone
 SELECT source_timezone FROM sync_control WHERE id = 1;
@@ -61,6 +64,7 @@ UPDATE sync_control SET source_timezone = %(new)s,
  newest_version = (newest_version AT TIME ZONE %(old)s) AT TIME ZONE %(new)s WHERE id = 1;
 
 -- name: status
-SELECT watermark, LEAST(newest_version, now()), last_commit_at, last_consumer,
- extract(epoch FROM now() - LEAST(newest_version, now())), extract(epoch FROM now() - last_commit_at)
+SELECT watermark, LEAST(newest_version, now() + interval '60 seconds'), last_commit_at,
+ last_consumer, extract(epoch FROM now() - LEAST(newest_version, now() + interval '60 seconds')),
+ extract(epoch FROM now() - last_commit_at)
  FROM sync_control WHERE id = 1;

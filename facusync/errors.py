@@ -8,7 +8,8 @@ EX_OK = 0
 EX_DECLINED = 1  # an operator command that did nothing: cancelled, or nothing by that name
 # For monitoring: `status` degraded, `verify` found differences, a `nocodb-setup` check failed.
 EX_DEGRADED = 1
-EX_DOWN = 2  # `status`: the sync is down
+EX_DOWN = 2  # `status`: the sync is down; `verify`: it could not compare
+EX_REFUSED = 3  # `reconcile` refused to tombstone that many rows (the mass-delete guard)
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_UNAVAILABLE = 69
@@ -16,6 +17,7 @@ EX_SOFTWARE = 70
 EX_TEMPFAIL = 75
 EX_NOPERM = 77
 EX_CONFIG = 78
+EX_INTERRUPTED = 130  # Ctrl+C, as a shell reports a process ended by SIGINT
 
 
 class FacusyncError(Exception):

@@ -79,6 +79,7 @@ class WriteResult:
     ignored: int = 0  # superseded by a newer version of the same key in the same batch
     dead: list[tuple[Change, str]] = field(default_factory=list)
     newest_version: datetime | None = None
+    committed_newest: float | None = None  # sync_control.newest_version after the commit
 
     def add(self, other: WriteResult) -> None:
         self.inserted += other.inserted
@@ -90,6 +91,9 @@ class WriteResult:
         if other.newest_version is not None and (self.newest_version is None
                                                  or other.newest_version > self.newest_version):
             self.newest_version = other.newest_version
+        if other.committed_newest is not None:
+            self.committed_newest = max(self.committed_newest or other.committed_newest,
+                                        other.committed_newest)
 
 
 def dedupe(changes: Sequence[Change]) -> tuple[list[Change], int]:
@@ -290,7 +294,7 @@ class Sink:
                 low_water: datetime | None) -> None:
         """The batch's bookkeeping in sync_control, in the batch's own transaction."""
         low_water = self._capped(cur, low_water)
-        recorded = control.record_batch(
+        recorded, result.committed_newest = control.record_batch(
             cur, low_water=low_water, newest=result.newest_version, zone=self.cfg.source_timezone,
             consumer=self.consumer, size=size, inserted=result.inserted, updated=result.updated,
             unchanged=result.unchanged, deleted=result.deleted, dead=len(result.dead))

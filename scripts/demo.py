@@ -46,8 +46,8 @@ from devstack.processes import BIN, DaemonExited, tail
 from devstack.stack import DATABASE, NOCODB_ROLE
 from devstack.stack import Stack as DevStack
 from devstack.standin.workload import Workload
-from facusync.commands.status import collect
 from facusync.config import Config, load_config
+from facusync.operations.status import collect
 
 STALL_S = 60.0  # no progress for this long during the backfill or a drain: give up, say why
 

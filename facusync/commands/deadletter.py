@@ -1,118 +1,80 @@
 """`facusync dead-letter list | show ID | retry [ID… | --all] | purge [--older-than AGE]`.
 
-Dead letters are stream entries the consumer could not write (or could not even read), kept
-with the reason and the original payload. Once the cause is fixed (a column widened, a bad
-row corrected at the source), `retry` puts them back on the change stream; the consumer's
-guard makes a replay harmless.
+What dead letters are and what each action means is facusync.operations.deadletters; this
+parses, asks before a purge, and prints.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import time
-from datetime import datetime
+from collections.abc import Callable
 
 from facusync.commands.ask import confirm
 from facusync.config import Config
 from facusync.errors import EX_DECLINED, EX_OK, EX_USAGE
-from facusync.redisconn import Keys, connect_redis
+from facusync.operations import deadletters
 from facusync.stream import DeadLetters
-from facusync.timeparse import parse_age, parse_moment
-
-
-def _when(entry_id: str) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(entry_id.split("-")[0]) / 1000))
 
 
 def cmd_list(letters: DeadLetters, args: argparse.Namespace) -> int:
-    entries = letters.entries(count=args.limit)
-    total = letters.count()
+    found = deadletters.page(letters, args.limit)
     if args.json:
-        print(json.dumps([{"id": i, **f} for i, f in entries], ensure_ascii=False, indent=2))
+        print(json.dumps([{"id": i, **f} for i, f in found.letters], ensure_ascii=False, indent=2))
         return EX_OK
-    print(f"{total} dead letter(s)" + (f", showing {len(entries)}" if total > len(entries) else ""))
-    for entry_id, f in entries:
-        print(f"{entry_id:<18} {_when(entry_id)}  {f.get('op', '?'):<6} "
+    shown = len(found.letters)
+    print(f"{found.total} dead letter(s)" + (f", showing {shown}" if found.total > shown else ""))
+    for entry_id, f in found.letters:
+        print(f"{entry_id:<18} {deadletters.failed_at(entry_id)}  {f.get('op', '?'):<6} "
               f"{f.get('key', '')[:24]:<24} {f.get('error', '')[:90]}")
     return EX_OK
 
 
 def cmd_show(letters: DeadLetters, args: argparse.Namespace) -> int:
-    entries = letters.entries(args.id, args.id)
-    if not entries:
+    letter = deadletters.show(letters, args.id)
+    if letter is None:
         print(f"no dead letter with id {args.id}")
         return EX_DECLINED
-    f: dict[str, object] = dict(entries[0][1])
-    if "row" in f:
-        with contextlib.suppress(ValueError):
-            f["row"] = json.loads(entries[0][1]["row"])
-    print(json.dumps({"id": args.id, "failed": _when(args.id), **f}, ensure_ascii=False, indent=2))
+    print(json.dumps(letter, ensure_ascii=False, indent=2))
     return EX_OK
 
 
 def cmd_retry(letters: DeadLetters, args: argparse.Namespace) -> int:
-    if args.all:
-        entries = letters.entries()
-    elif args.ids:
-        entries = []
-        for entry_id in args.ids:
-            found = letters.entries(entry_id, entry_id)
-            if not found:
-                print(f"no dead letter with id {entry_id}")
-                return EX_DECLINED
-            entries.extend(found)
-    else:
+    if not args.all and not args.ids:
         print("name the dead letters to retry, or --all")
         return EX_USAGE
-    if not entries:
+    chosen = deadletters.select(letters, None if args.all else args.ids)
+    if chosen.missing is not None:
+        print(f"no dead letter with id {chosen.missing}")
+        return EX_DECLINED
+    if not chosen.letters:
         print("no dead letters to retry")
         return EX_OK
-    letters.requeue(entries)
-    print(f"re-queued {len(entries)} dead letter(s); failures will come back here with the reason")
+    count = deadletters.retry(letters, chosen.letters)
+    print(f"re-queued {count} dead letter(s); failures will come back here with the reason")
     return EX_OK
 
 
-def _cutoff_ms(typed: str) -> int:
-    """Unix milliseconds of --older-than. An age counts real seconds back from now: counted
-    back on the wall clock, a clock change since would move it by an hour (and purge letters
-    younger than asked). A date is this host's local time."""
-    cutoff = parse_moment(typed, datetime.now(), "--older-than")  # refuses what is unclear
-    age = parse_age(typed)
-    if age is not None:
-        return max(0, int((time.time() - age) * 1000))
-    try:
-        return max(0, int(cutoff.timestamp() * 1000))
-    except (OverflowError, ValueError):  # before the first instant the calendar has here
-        return 0
-
-
 def cmd_purge(letters: DeadLetters, args: argparse.Namespace) -> int:
-    if args.older_than:
-        entries = letters.entries("-", f"{_cutoff_ms(args.older_than)}-0")
-        what = f"{len(entries)} dead letter(s) older than {args.older_than}"
-    else:
-        entries = letters.entries()
-        what = f"ALL {len(entries)} dead letter(s)"
-    if not entries:
+    # `--older-than ""` (a script's unset variable) is refused, never "all of them".
+    chosen = deadletters.older_than(letters, args.older_than)
+    what = (f"{len(chosen)} dead letter(s) older than {args.older_than}"
+            if args.older_than is not None else f"ALL {len(chosen)} dead letter(s)")
+    if not chosen:
         print("nothing to purge")
         return EX_OK
     if not confirm(f"delete {what}? Their payloads will be gone.", args.yes):
         print("cancelled")
         return EX_DECLINED
-    letters.purge(entries)
+    deadletters.purge(letters, chosen)
     print(f"purged {what}")
     return EX_OK
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    client = connect_redis(cfg)
-    try:
-        code: int = args.action(DeadLetters(client, Keys(cfg.redis_prefix)), args)
-        return code
-    finally:
-        client.close()
+    action: Callable[[DeadLetters, argparse.Namespace], int] = args.action
+    with deadletters.opened(cfg) as letters:
+        return action(letters, args)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

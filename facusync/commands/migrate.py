@@ -13,7 +13,7 @@ from pathlib import Path
 
 from facusync.adminconn import connect_admin
 from facusync.config import Config, Secret
-from facusync.errors import ConfigError
+from facusync.errors import EX_OK, ConfigError
 from facusync.migrate import (
     apply_migrations,
     check_tables,
@@ -113,7 +113,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
             if roles_wanted:
                 for line in describe_plan(conn, cfg, set_passwords=args.create_roles):
                     print(line)
-            return 0
+            return EX_OK
         todo = pending(conn, sql_dir)
         if todo and not may_apply(conn):
             raise not_allowed(conn, todo)
@@ -126,7 +126,7 @@ def run(cfg: Config, args: argparse.Namespace) -> int:
         if roles_wanted:
             for line in apply_roles(conn, cfg, set_passwords=args.create_roles):
                 print(line)
-        return 0
+        return EX_OK
     finally:
         conn.close()
 

@@ -1,4 +1,7 @@
-"""`facusync reconcile`: queue the deletes and silent changes that polling cannot see."""
+"""`facusync reconcile`: queue the deletes and silent changes that polling cannot see.
+
+The work is facusync.operations.reconcile; this parses, runs it and prints what it did.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from dataclasses import asdict
 
 from facusync.config import Config
 from facusync.errors import EX_OK
-from facusync.reconcile import Reconciler
+from facusync.operations.reconcile import Reconciler
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:

@@ -1,74 +1,38 @@
 """`facusync resync`: move the producer's watermark back so its next cycle re-reads.
 
-It takes the producer's source lock, so the change lands between two cycles and works while
-the services run. ``--since`` re-reads from a time (only real differences are queued, thanks
-to the fingerprints); ``--all`` also forgets the fingerprints, so every row is queued again
-(harmless: the consumer's guard leaves unchanged rows untouched). The committed watermark in
-PostgreSQL is lowered too, so a Redis loss right after cannot skip the re-read.
+``--since`` re-reads from a time (only real differences are queued); ``--all`` also forgets
+the fingerprints, so every row is queued again. The work, and why it is safe while the
+services run, is facusync.operations.resync; this shows the plan, asks, and applies it.
 """
 
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
 
-from facusync import control
 from facusync.commands.ask import confirm
 from facusync.config import Config
-from facusync.errors import EX_DECLINED, EX_OK, FacusyncError
-from facusync.lock import RedisLock
-from facusync.pgconn import connect_pg
-from facusync.redisconn import Keys, connect_redis
-from facusync.stream import Stream
-from facusync.timeparse import parse_moment
-
-EARLIEST = datetime(1753, 1, 1)  # SQL Server's first datetime: the producer reads every row
-
-
-def since_target(typed: str, cfg: Config) -> datetime:
-    """--since as the source's local time: a date as typed (day first, or ISO), or an age
-    counted back from the source's clock now; UsageError for anything unclear."""
-    return parse_moment(typed, datetime.now(cfg.tz).replace(tzinfo=None), "--since")
+from facusync.errors import EX_DECLINED, EX_OK
+from facusync.operations import resync
 
 
 def run(cfg: Config, args: argparse.Namespace) -> int:
-    target = EARLIEST if args.all else since_target(args.since, cfg)
-    keys = Keys(cfg.redis_prefix)
-    client = connect_redis(cfg)
-    try:
-        stream = Stream(client, keys)
-        current = stream.watermark()
-        remembered = stream.fingerprint_count()
-        print(f"current watermark: {current.isoformat(sep=' ') if current else '(none)'}")
-        if args.all:
-            print(f"will: re-read the WHOLE view and forget {remembered} fingerprint(s), so every row is "
-                  "queued again (unchanged rows are not rewritten in PostgreSQL)")
-        else:
-            print(f"will: move the watermark back to {target.isoformat(sep=' ')}; the next cycle "
-                  f"re-reads from there minus SYNC_OVERLAP ({cfg.sync_overlap:g} s) and queues "
-                  "only rows that differ")
-        if current is not None and target >= current and not args.all:
-            print("nothing to do: the watermark is already at or before that time")
-            return EX_OK
-        if not confirm("proceed?", args.yes):
-            print("cancelled")
-            return EX_DECLINED
-        lock = RedisLock(client, keys.source_lock, ttl=60, owner="resync")
-        if not lock.acquire(wait=args.lock_wait, priority=True):
-            raise FacusyncError(f"the producer is busy (lock held by {lock.holder()}); try again")
-        try:
-            stream.move_watermark(target, forget_fingerprints=args.all)
-            conn = connect_pg(cfg, application="facusync-resync")
-            try:
-                with conn.cursor() as cur:
-                    control.lower_watermark(cur, target)
-                conn.commit()
-            finally:
-                conn.close()
-        finally:
-            lock.release()
-    finally:
-        client.close()
+    planned = resync.plan(cfg, since=args.since, everything=args.all)
+    current = planned.current
+    print(f"current watermark: {current.isoformat(sep=' ') if current else '(none)'}")
+    if planned.everything:
+        print(f"will: re-read the WHOLE view and forget {planned.fingerprints} fingerprint(s), so "
+              "every row is queued again (unchanged rows are not rewritten in PostgreSQL)")
+    else:
+        print(f"will: move the watermark back to {planned.target.isoformat(sep=' ')}; the next cycle "
+              f"re-reads from there minus SYNC_OVERLAP ({cfg.sync_overlap:g} s) and queues "
+              "only rows that differ")
+    if planned.nothing_to_do:
+        print("nothing to do: the watermark is already at or before that time")
+        return EX_OK
+    if not confirm("proceed?", args.yes):
+        print("cancelled")
+        return EX_DECLINED
+    resync.apply(cfg, planned, lock_wait=args.lock_wait)
     print("done: the producer re-reads on its next cycle (watch `facusync status`)")
     return EX_OK
 

@@ -24,8 +24,8 @@ import psycopg2.extensions
 from devstack.standin import schema, sqltypes
 from devstack.standin.harness import StandIn, now
 from devstack.standin.workload import Workload
-from facusync.commands.status import collect
 from facusync.config import Config
+from facusync.operations.status import collect
 from tests.poison import widen_view_column
 
 EDITABLE = ("nota", "ruta", "trabajado", "preparador")

@@ -66,6 +66,7 @@ class Supervised:
         self._exit_why = ""  # set before we end the process ourselves
         self._exit_expected = False
         self._started_at = 0.0
+        self.killed_at = 0.0  # time.monotonic() of the chaos's last SIGKILL
         self._ready = False
         self._last_ping = 0.0
         self.status_line = ""
@@ -108,6 +109,7 @@ class Supervised:
                 return False
             self._exit_why, self._exit_expected = "SIGKILL by the chaos", True
             proc.send_signal(signal.SIGKILL)
+            self.killed_at = time.monotonic()
             return True
 
     def stop(self) -> None:

@@ -369,9 +369,16 @@ class Injector:
         s.redis.stop()
         for daemon in (s.producer, s.consumer):
             daemon.kill()
+        restarted_at = time.monotonic()
 
         def end() -> None:
             for daemon in (s.producer, s.consumer):
+                if daemon.killed_at > restarted_at:
+                    # Killed again inside the window (an instant fault): judge the restart
+                    # after that kill, still with Redis down.
+                    deadline = time.monotonic() + daemon.restart_sec + 15.0
+                    while not daemon.ready and time.monotonic() < deadline:
+                        time.sleep(0.2)
                 if not daemon.ready:
                     self.findings.append(
                         f"servers down at start: facusync-{daemon.name} was "

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from facusync.commands.verify import compare
 from facusync.config import config_from_mapping
+from facusync.operations.verify import compare
 
 REPO = Path(__file__).resolve().parents[2]
 DEBIAN_PYTHON = "/usr/bin/python3"

@@ -326,7 +326,7 @@ def test_pipeline_syncs_through_an_encrypted_verified_session(
         python: str) -> None:
     """The producer backfills 1500 rows from a Force Encryption server, verified against the
     CA; the consumer writes them; `verify` finds PostgreSQL equal to the view."""
-    from facusync.commands.verify import compare
+    from facusync.operations.verify import compare
 
     server = start_standin(tmp_path, "on", server_cert)
     try:

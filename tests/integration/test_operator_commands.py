@@ -108,6 +108,10 @@ def test_dead_letter_purge_asks_and_honours_older_than(running: dict[str, str], 
     assert out.returncode == 0 and "nothing to purge" in out.stdout
     out = cli(running, "dead-letter", "purge")  # not a terminal, no --yes: refuses
     assert out.returncode == 1
+    # A script's unset variable, `--older-than "$AGE"`, is refused: not "purge them all".
+    empty = cli(running, "dead-letter", "purge", "--older-than", "", "--yes")
+    assert empty.returncode == 64 and "--older-than is empty" in empty.stderr
+    assert "POISON-2" in cli(running, "dead-letter", "list").stdout
     assert cli(running, "dead-letter", "purge", "--yes").returncode == 0
     assert "0 dead letter(s)" in cli(running, "dead-letter", "list").stdout
     bad = cli(running, "dead-letter", "purge", "--older-than", "soon", "--yes")

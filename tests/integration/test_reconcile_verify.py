@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from facusync.commands.verify import compare
 from facusync.config import Config, config_from_mapping
 from facusync.message import decode
+from facusync.operations.reconcile import MassDeleteRefused, Reconciler
+from facusync.operations.verify import compare
 from facusync.producer import Producer
-from facusync.reconcile import MassDeleteRefused, Reconciler
 from facusync.redisconn import Keys, connect_redis
 from facusync.service import Service
 from facusync.sink import connect_sink

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from facusync.columns import discover_columns
-from facusync.commands.verify import compare
 from facusync.config import Config, config_from_mapping
 from facusync.errors import SchemaError
+from facusync.operations.verify import compare
 from facusync.producer import Producer
 from facusync.service import Service
 from facusync.source import ViewSource

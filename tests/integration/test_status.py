@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from devstack.processes import start_daemon
-from facusync.commands.status import CONSUMER_SILENT_S, PRODUCER_GRACE_S
 from facusync.config import config_from_mapping
+from facusync.operations.status import CONSUMER_SILENT_S, PRODUCER_GRACE_S
 from facusync.redisconn import Keys, connect_redis
 from tests.integration.test_operator_commands import cli, pg_rows, wait_for
 

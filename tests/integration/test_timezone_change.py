@@ -20,11 +20,11 @@ from typing import Any
 
 import pytest
 
-from facusync.commands.status import DOWN, collect
-from facusync.commands.verify import compare
 from facusync.config import Config, config_from_mapping
 from facusync.errors import SchemaError
 from facusync.message import decode, upsert_fields
+from facusync.operations.status import DOWN, collect
+from facusync.operations.verify import compare
 from facusync.pgconn import connect_pg
 from facusync.producer import Producer
 from facusync.roles import apply_roles

@@ -16,10 +16,10 @@ from typing import Any
 import pymssql
 import pytest
 
-from facusync.commands.status import DEGRADED, collect
 from facusync.config import Config, config_from_mapping
 from facusync.consumer import Consumer
 from facusync.errors import SchemaError
+from facusync.operations.status import DEGRADED, collect
 from facusync.producer import Producer
 from facusync.service import Service
 from tests.steps import pg

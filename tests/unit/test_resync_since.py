@@ -6,9 +6,9 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from facusync.commands.resync import since_target
 from facusync.config import config_from_mapping
 from facusync.errors import UsageError
+from facusync.operations.resync import since_target
 from tests.unit.test_config import GOOD
 
 CFG = config_from_mapping(dict(GOOD, SOURCE_TIMEZONE="America/Santo_Domingo"))

@@ -1,5 +1,8 @@
 """Reconcile: find what polling cannot see (deletes, changes that did not bump the version).
 
+An operation beside verify, resync and the dead letters: `facusync reconcile` (what the
+reconcile timer runs) only parses, calls Reconciler.run() and prints.
+
 How it works
     The whole view is read in key order and merged with datos_vista (see compare.py), values
     compared (not just versions). For each conduce:
@@ -57,7 +60,7 @@ from facusync.enqueue import (
     encode,
     restore_fingerprints,
 )
-from facusync.errors import FacusyncError
+from facusync.errors import EX_REFUSED, EX_TEMPFAIL, FacusyncError
 from facusync.lock import LockLost, RedisLock
 from facusync.message import format_version, key_identity
 from facusync.pgconn import connect_pg
@@ -74,13 +77,13 @@ LOCK_TTL = 30.0  # kept alive by the lock's own thread while a slow sorted read 
 class MassDeleteRefused(FacusyncError):
     """Too many tombstones at once: probably a broken view, not real deletes."""
 
-    exit_code = 3
+    exit_code = EX_REFUSED
 
 
 class LockBusy(FacusyncError):
     """The producer held the lock for longer than we were willing to wait."""
 
-    exit_code = 75
+    exit_code = EX_TEMPFAIL
 
 
 @dataclass
