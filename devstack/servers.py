@@ -152,6 +152,14 @@ class PostgresServer:
             "-t", "60", "-o", opts, "start",
         )
 
+    def pids(self) -> list[int]:
+        """The postmaster and all its children (backends, checkpointer, ...): what a test
+        SIGSTOPs to freeze the server as a paused VM would be."""
+        master = int((self.datadir / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True,
+                                  check=False).stdout.split()
+        return [master, *map(int, children)]
+
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.base, ignore_errors=True)
@@ -254,6 +262,10 @@ class RedisServer:
                     else:
                         f.unlink()
             self.start()
+
+    def pids(self) -> list[int]:
+        """The server's one process, if it runs (what a test SIGSTOPs to freeze it)."""
+        return [self.proc.pid] if self.proc is not None and self.proc.poll() is None else []
 
     def destroy(self) -> None:
         self.stop(kill=True)

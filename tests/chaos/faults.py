@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import os
 import random
+import signal
 import threading
 import time
 import traceback
@@ -41,7 +43,8 @@ from facusync.redisconn import Keys
 from tests.chaos.actors import insert_null_key, insert_too_long
 from tests.chaos.stack import DATABASE, Stack, cli
 
-WINDOW_KINDS = ("pg_outage", "standin_drop", "standin_hang", "standin_slow", "servers_down")
+WINDOW_KINDS = ("pg_outage", "standin_drop", "standin_hang", "standin_slow", "servers_down",
+                "pg_frozen", "redis_frozen")
 LONG_KINDS = ("writer_skew", "slow_source", "pg_lock_wait", "column_renamed")
 INSTANT_KINDS = ("kill_producer", "kill_consumer", "redis_wipe", "redis_aof_restart",
                  "poison_too_long", "poison_null_key", "redis_wipe_mid_cycle", "future_row")
@@ -53,13 +56,15 @@ RENAMED = ("NUMERO_FACTURA", "NRO_FACTURA")  # a column the ERP workload keeps c
 # Relative frequency of the extra faults a longer run draws beyond one of each kind.
 WEIGHTS = {"kill_producer": 3, "kill_consumer": 3, "redis_wipe": 1, "redis_aof_restart": 1,
            "poison_too_long": 1, "poison_null_key": 1, "pg_outage": 0.5, "standin_drop": 1,
-           "standin_hang": 1, "standin_slow": 1}
+           "standin_hang": 1, "standin_slow": 1, "pg_frozen": 0.5, "redis_frozen": 0.5}
 LABELS = {
     "kill_producer": "SIGKILL producer",
     "kill_consumer": "SIGKILL consumer",
     "redis_wipe": "Redis restart, data lost",
     "redis_aof_restart": "Redis restart with AOF",
     "pg_outage": "PostgreSQL stopped",
+    "pg_frozen": "PostgreSQL frozen (SIGSTOP)",
+    "redis_frozen": "Redis frozen (SIGSTOP)",
     "standin_drop": "stand-in drops mid-result",
     "standin_hang": "stand-in stalls",
     "standin_slow": "stand-in slow answers",
@@ -141,6 +146,8 @@ def plan(seed: int, seconds: float, pg_outage: float, sync_overlap: float = 60.0
             windows.append((kind, rng.uniform(4, 20), float(rng.choice([-1, rng.randrange(0, 400)]))))
         elif kind == "servers_down":
             windows.append((kind, rng.uniform(15, 25), 0.0))
+        elif kind in ("pg_frozen", "redis_frozen"):  # the connections stay open, no answer
+            windows.append((kind, rng.uniform(5, 15), 0.0))
         else:
             windows.append((kind, rng.uniform(4, 15), round(rng.uniform(0.5, 3.0), 1)))
     rng.shuffle(windows)
@@ -268,8 +275,8 @@ class Injector:
         s = self.stack
         kind = fault.kind
         if kind in ("redis_wipe", "redis_aof_restart", "redis_wipe_mid_cycle") \
-                and "servers_down" in self._open:
-            self.note(f"{LABELS[kind]}: Redis is down (servers down), skipped")
+                and ("servers_down" in self._open or "redis_frozen" in self._open):
+            self.note(f"{LABELS[kind]}: Redis is down or frozen, skipped")
             return
         if kind in ISSUE16_BEGIN:
             ISSUE16_BEGIN[kind](self, fault)
@@ -317,6 +324,12 @@ class Injector:
             self.note(fault.describe())
             s.pg.stop("immediate" if fault.param else "fast")
             self._open[kind] = s.pg.start_again
+            self._began[kind] = self.now()
+        elif kind in ("pg_frozen", "redis_frozen"):
+            pids = (s.pg if kind == "pg_frozen" else s.redis).pids()
+            self.note(f"{fault.describe()} (pids {pids})")
+            signal_all(pids, signal.SIGSTOP)
+            self._open[kind] = lambda: signal_all(pids, signal.SIGCONT)
             self._began[kind] = self.now()
         else:
             if kind == "standin_drop":
@@ -438,7 +451,8 @@ class Injector:
 
         def end() -> None:
             s.standin.set_slow_reads(0.0)
-            quiet = self.quiet_since(began, ("pg_outage", "servers_down", "standin_hang",
+            quiet = self.quiet_since(began, ("pg_outage", "pg_frozen", "redis_frozen",
+                                             "servers_down", "standin_hang",
                                              "standin_drop"))
             needed = 2 * fault.param + s.settings.restart_sec + 5
             if quiet is None or self.now() - quiet < needed:
@@ -546,6 +560,13 @@ ISSUE16_BEGIN: dict[str, Callable[[Injector, Fault], None]] = {
     "redis_wipe_mid_cycle": Injector._redis_wipe_mid_cycle,
     "future_row": Injector._future_row,
 }
+
+
+def signal_all(pids: list[int], signum: signal.Signals) -> None:
+    """SIGSTOP/SIGCONT a server's processes; one that is gone meanwhile is skipped."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
 
 
 def newest_real_version(stack: Stack) -> datetime | None:

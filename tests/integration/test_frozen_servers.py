@@ -42,19 +42,6 @@ from tests.integration.test_daemon_outages import (  # noqa: F401 (a fixture)
 STATEMENT_TIMEOUT = 2  # PG_STATEMENT_TIMEOUT of the daemons here
 
 
-def postgres_pids(pg: PostgresServer) -> list[int]:
-    """The postmaster and all its children (backends, checkpointer, walwriter, ...)."""
-    master = int((pg.datadir / "postmaster.pid").read_text().split()[0])
-    children = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True,
-                              check=False).stdout.split()
-    return [master, *map(int, children)]
-
-
-def redis_pid(server: RedisServer) -> int:
-    assert server.proc is not None
-    return server.proc.pid
-
-
 class Frozen:
     """SIGSTOP the processes now, SIGCONT them on thaw() (at the latest on leaving)."""
 
@@ -130,7 +117,7 @@ def test_consumer_notices_a_frozen_postgresql_and_recovers_after_the_thaw(
         add(rds, cfg, [upsert(f"A{i:04d}", BASE) for i in range(200)])
         drain(rds, cfg, 30)
         assert len(table_state(cfg)) == 200, show(log)
-        with Frozen(postgres_pids(private_pg[1])) as frozen:
+        with Frozen(private_pg[1].pids()) as frozen:
             add(rds, cfg, [upsert(f"F{i:04d}", BASE) for i in range(300)])
             noticed = wait_for_log(log, "PostgreSQL unavailable", 20)
             print(f"consumer noticed the frozen PostgreSQL after {noticed} s")
@@ -190,7 +177,7 @@ def test_consumer_waits_out_a_frozen_redis_longer_than_its_reply_timeout(
         with Frozen([proc.p.pid]) as consumer_stopped:
             time.sleep(1.5)  # its XREADGROUP BLOCK in progress ends (empty)
             add(rds, cfg, [upsert(f"F{i:04d}", BASE) for i in range(300)])
-            with Frozen([redis_pid(private_redis[1])]) as frozen:
+            with Frozen(private_redis[1].pids()) as frozen:
                 consumer_stopped.thaw()
                 resumed = time.monotonic()
                 noticed = wait_for_log(log, "Redis unavailable", 38)
@@ -228,7 +215,7 @@ def test_rows_delivered_to_a_read_that_timed_out_on_a_frozen_redis_are_claimed_b
     consumer = Consumer(cfg, Service("test"), name="frozen-reader")
     consumer.member.ensure_group()
     add(rds, cfg, [upsert(f"F{i:04d}", BASE) for i in range(300)])
-    with Frozen([redis_pid(private_redis[1])]):
+    with Frozen(private_redis[1].pids()):
         started = time.monotonic()
         with pytest.raises(QueueError, match="timed out"):
             consumer.member.read_batch()
@@ -266,7 +253,7 @@ def test_status_and_check_name_a_frozen_redis_within_its_reply_timeout(
     but does not answer (not that REDIS_HOST/REDIS_PORT may be wrong: they are right)."""
     env = private_redis[0]
     migrate(config_from_mapping(env))
-    with Frozen([redis_pid(private_redis[1])]):
+    with Frozen(private_redis[1].pids()):
         results = run_at_once((env, ["status"]), ({**env, "MSSQL_LOGIN_TIMEOUT": "2"}, ["check"]))
     print("frozen Redis: status took {:.1f} s, check {:.1f} s".format(*(r[2] for r in results)))
     for text, code, took in results:
@@ -309,8 +296,8 @@ def test_pipeline_in_sync_after_redis_then_postgresql_froze_while_rows_changed(
     try:
         synced, text, took = in_sync(env, 60)
         assert synced, text + logs()
-        for n, (pids, seconds) in enumerate(((lambda: [redis_pid(private_redis[1])], 32),
-                                             (lambda: postgres_pids(private_pg[1]), 12))):
+        for n, (pids, seconds) in enumerate(((private_redis[1].pids, 32),
+                                             (private_pg[1].pids, 12))):
             with Frozen(pids()) as frozen:
                 for i in range(5):  # changes made while the server is frozen
                     standin.insert([{"CONDUCE": f"FROZEN-{n}-{i}", "CLIENTE": f"new {i}"}])
