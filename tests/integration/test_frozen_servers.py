@@ -10,6 +10,7 @@ within a bounded time naming the server."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,13 +18,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from devstack.servers import PostgresServer, RedisServer
-from facusync.config import config_from_mapping
+from facusync.config import Config, config_from_mapping
 from facusync.consumer import Consumer
 from facusync.errors import QueueError
 from facusync.redisconn import Keys, connect_redis
@@ -98,6 +101,45 @@ def wait_for_log(log: Path, needle: str, timeout: float) -> float | None:
     return None
 
 
+@dataclass
+class Running:
+    """A consumer process on `cfg`, with 200 rows already written through it."""
+
+    cfg: Config
+    rds: redis.Redis
+    proc: Proc
+    log: Path
+
+
+@contextlib.contextmanager
+def running_consumer(env: dict[str, str], notes: Notifications, tmp_path: Path) -> Iterator[Running]:
+    cfg = config_from_mapping(env)
+    rds = connect_redis(cfg)
+    log = tmp_path / "consumer.log"
+    proc = notes.start(write_env(tmp_path / "c.env", env), log)
+    try:
+        assert notes.wait_for(lambda m: m == "READY=1", 30), show(log)
+        add(rds, cfg, [upsert(f"A{i:04d}", BASE) for i in range(200)])
+        drain(rds, cfg, 30)
+        assert len(table_state(cfg)) == 200, show(log)
+        yield Running(cfg, rds, proc, log)
+    finally:
+        if proc.p.poll() is None:
+            proc.kill()
+        rds.close()
+
+
+def all_written_once(run: Running, rows: int) -> None:
+    """After the thaw: every row in PostgreSQL, nothing queued, pending or dead; a clean stop."""
+    thawed = time.monotonic()
+    drain(run.rds, run.cfg, 30)
+    print(f"drained {time.monotonic() - thawed:.1f} s after the thaw")
+    assert (stream_len(run.rds, run.cfg), pending(run.rds, run.cfg)) == (0, 0), show(run.log)
+    assert len(table_state(run.cfg)) == rows, show(run.log)
+    assert run.rds.xlen(Keys(run.cfg.redis_prefix).dead) == 0, show(run.log)
+    stop(run.proc, run.log)
+
+
 @pytest.mark.timeout(150)
 def test_consumer_notices_a_frozen_postgresql_and_recovers_after_the_thaw(
         private_pg: tuple[dict[str, str], PostgresServer],
@@ -108,39 +150,22 @@ def test_consumer_notices_a_frozen_postgresql_and_recovers_after_the_thaw(
     once, none dead-lettered."""
     env = {**private_pg[0], "CLAIM_IDLE": "1", "BACKOFF_MAX": "2",
            "PG_STATEMENT_TIMEOUT": str(STATEMENT_TIMEOUT), "LOG_LEVEL": "INFO"}
-    cfg = config_from_mapping(env)
-    rds = connect_redis(cfg)
-    log = tmp_path / "consumer.log"
-    proc = notifications.start(write_env(tmp_path / "c.env", env), log)
-    try:
-        assert notifications.wait_for(lambda m: m == "READY=1", 30), show(log)
-        add(rds, cfg, [upsert(f"A{i:04d}", BASE) for i in range(200)])
-        drain(rds, cfg, 30)
-        assert len(table_state(cfg)) == 200, show(log)
+    with running_consumer(env, notifications, tmp_path) as run:
         with Frozen(private_pg[1].pids()) as frozen:
-            add(rds, cfg, [upsert(f"F{i:04d}", BASE) for i in range(300)])
-            noticed = wait_for_log(log, "PostgreSQL unavailable", 20)
+            add(run.rds, run.cfg, [upsert(f"F{i:04d}", BASE) for i in range(300)])
+            noticed = wait_for_log(run.log, "PostgreSQL unavailable", 20)
             print(f"consumer noticed the frozen PostgreSQL after {noticed} s")
             while time.monotonic() - frozen.since < 20:
                 time.sleep(0.5)
             frozen_gap = notifications.watchdog_gaps(frozen.since, time.monotonic())
-            assert proc.p.poll() is None, show(log)
-        thawed = time.monotonic()
-        drain(rds, cfg, 60)
-        print(f"drained {time.monotonic() - thawed:.1f} s after the thaw")
-        assert noticed is not None and noticed < STATEMENT_TIMEOUT + 10, show(log)
-        assert frozen_gap < WATCHDOG_SEC, (frozen_gap, show(log))
-        assert stream_len(rds, cfg) == 0 and pending(rds, cfg) == 0, show(log)
-        assert len(table_state(cfg)) == 500, show(log)
-        assert rds.xlen(Keys(cfg.redis_prefix).dead) == 0, show(log)
-        stop(proc, log)
-    finally:
-        if proc.p.poll() is None:
-            proc.kill()
-        rds.close()
-    said = [line for line in log_lines(log) if "PostgreSQL unavailable" in str(line.get("message"))]
+            assert run.proc.p.poll() is None, show(run.log)
+        assert noticed is not None and noticed < STATEMENT_TIMEOUT + 10, show(run.log)
+        assert frozen_gap < WATCHDOG_SEC, (frozen_gap, show(run.log))
+        all_written_once(run, 500)
+    said = [line for line in log_lines(run.log)
+            if "PostgreSQL unavailable" in str(line.get("message"))]
     assert said and "answer" in str(said[0]["message"]), said
-    assert cfg.pg_password.reveal() not in log.read_text()
+    assert run.cfg.pg_password.reveal() not in run.log.read_text()
 
 
 @pytest.fixture()
@@ -162,44 +187,26 @@ def test_consumer_waits_out_a_frozen_redis_longer_than_its_reply_timeout(
     fed, and after the thaw writes the rows, without a restart; nothing dead or left pending.
     (Whether Redis runs the timed-out read on thawing is a race here; the next test forces it.)"""
     env = {**private_redis[0], "CLAIM_IDLE": "1", "BACKOFF_MAX": "2", "LOG_LEVEL": "INFO"}
-    cfg = config_from_mapping(env)
-    migrate(cfg)
-    rds = connect_redis(cfg)
-    log = tmp_path / "consumer.log"
-    proc = notifications.start(write_env(tmp_path / "c.env", env), log)
-    try:
-        assert notifications.wait_for(lambda m: m == "READY=1", 30), show(log)
-        add(rds, cfg, [upsert(f"A{i:04d}", BASE) for i in range(200)])
-        drain(rds, cfg, 30)
-        assert len(table_state(cfg)) == 200, show(log)
+    migrate(config_from_mapping(env))
+    with running_consumer(env, notifications, tmp_path) as run:
         # The rows are queued while the consumer itself is stopped, so that its next read is
         # sent only once Redis is frozen.
-        with Frozen([proc.p.pid]) as consumer_stopped:
+        with Frozen([run.proc.p.pid]) as consumer_stopped:
             time.sleep(1.5)  # its XREADGROUP BLOCK in progress ends (empty)
-            add(rds, cfg, [upsert(f"F{i:04d}", BASE) for i in range(300)])
+            add(run.rds, run.cfg, [upsert(f"F{i:04d}", BASE) for i in range(300)])
             with Frozen(private_redis[1].pids()) as frozen:
                 consumer_stopped.thaw()
                 resumed = time.monotonic()
-                noticed = wait_for_log(log, "Redis unavailable", 38)
+                noticed = wait_for_log(run.log, "Redis unavailable", 38)
                 print(f"consumer noticed the frozen Redis after {noticed} s")
                 while time.monotonic() - frozen.since < 40:
                     time.sleep(0.5)
                 frozen_gap = notifications.watchdog_gaps(resumed, time.monotonic())
-                assert proc.p.poll() is None, show(log)
-        thawed = time.monotonic()
-        drain(rds, cfg, 30)
-        print(f"drained {time.monotonic() - thawed:.1f} s after the thaw")
-        assert frozen_gap < WATCHDOG_SEC, (frozen_gap, show(log))
-        assert noticed is not None, show(log)
-        assert (stream_len(rds, cfg), pending(rds, cfg)) == (0, 0), show(log)
-        assert len(table_state(cfg)) == 500, show(log)
-        assert rds.xlen(Keys(cfg.redis_prefix).dead) == 0, show(log)
-        stop(proc, log)
-    finally:
-        if proc.p.poll() is None:
-            proc.kill()
-        rds.close()
-    assert private_redis[1].password not in log.read_text()
+                assert run.proc.p.poll() is None, show(run.log)
+        assert frozen_gap < WATCHDOG_SEC, (frozen_gap, show(run.log))
+        assert noticed is not None, show(run.log)
+        all_written_once(run, 500)
+    assert private_redis[1].password not in run.log.read_text()
 
 
 @pytest.mark.timeout(120)
