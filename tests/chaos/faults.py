@@ -278,6 +278,9 @@ class Injector:
                 and ("servers_down" in self._open or "redis_frozen" in self._open):
             self.note(f"{LABELS[kind]}: Redis is down or frozen, skipped")
             return
+        if kind == "pg_lock_wait" and "pg_frozen" in self._open:
+            self.note(f"{LABELS[kind]}: PostgreSQL is frozen, skipped")
+            return
         if kind in ISSUE16_BEGIN:
             ISSUE16_BEGIN[kind](self, fault)
             self.done[kind] += 1
