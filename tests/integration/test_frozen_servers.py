@@ -280,12 +280,14 @@ def in_sync(env: dict[str, str], timeout: float) -> tuple[bool, str, float]:
 
 
 @pytest.mark.timeout(240)
-def test_pipeline_in_sync_after_redis_then_postgresql_froze_while_rows_changed(
+def test_pipeline_in_sync_after_each_server_froze_while_rows_changed(
         private_pg: tuple[dict[str, str], PostgresServer],
         private_redis: tuple[dict[str, str], RedisServer], standin: Any, tmp_path: Path) -> None:
-    """Producer and consumer as processes; Redis frozen 32 s, then PostgreSQL 12 s, while the
-    view changes (inserts and bumped updates). After each thaw the view is IN SYNC in
-    PostgreSQL by itself (no reconcile), nothing dead, and both daemons still run."""
+    """Producer and consumer as processes; Redis frozen 32 s, then PostgreSQL 12 s, then the
+    SQL Server stand-in 12 s (longer than MSSQL_QUERY_TIMEOUT), while the view changes
+    (inserts and bumped updates; the stand-in's own changes are made as it thaws). After each
+    thaw the view is IN SYNC in PostgreSQL by itself (no reconcile), nothing dead, both
+    daemons still run, and the producer said the frozen SQL Server did not answer."""
     standin.seed(300, seed=5)
     env = {**private_pg[0], **standin.env(), "SYNC_INTERVAL": "0.5", "BACKOFF_MAX": "2",
            "CLAIM_IDLE": "2", "PG_STATEMENT_TIMEOUT": str(STATEMENT_TIMEOUT),
@@ -304,7 +306,8 @@ def test_pipeline_in_sync_after_redis_then_postgresql_froze_while_rows_changed(
         synced, text, took = in_sync(env, 60)
         assert synced, text + logs()
         for n, (pids, seconds) in enumerate(((private_redis[1].pids, 32),
-                                             (private_pg[1].pids, 12))):
+                                             (private_pg[1].pids, 12),
+                                             (lambda: [standin.process.pid], 12))):
             with Frozen(pids()) as frozen:
                 for i in range(5):  # changes made while the server is frozen
                     standin.insert([{"CONDUCE": f"FROZEN-{n}-{i}", "CLIENTE": f"new {i}"}])
@@ -319,6 +322,7 @@ def test_pipeline_in_sync_after_redis_then_postgresql_froze_while_rows_changed(
         cfg = config_from_mapping(env)
         rds = connect_redis(cfg)
         assert rds.xlen(Keys(cfg.redis_prefix).dead) == 0
+        assert "SQL Server unavailable: timed out" in show(paths[0]), logs()
         rds.close()
     finally:
         for daemon in daemons:
