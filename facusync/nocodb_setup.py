@@ -28,11 +28,17 @@ import sys
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from facusync.config import parse_env_file
-from facusync.errors import EX_CONFIG, EX_DEGRADED, EX_OK, EX_UNAVAILABLE
+from facusync.config import read_environment
+from facusync.errors import (
+    EX_CONFIG,
+    EX_DEGRADED,
+    EX_OK,
+    EX_UNAVAILABLE,
+    AccessError,
+    ConfigError,
+)
 from facusync.nocodb_api import NocoDB, SetupFailure
 from facusync.nocodb_workspace import VIEW_TITLES, build
 
@@ -116,16 +122,8 @@ class Report:
 # --- configuration --------------------------------------------------------------------------
 
 
-def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    """Merge flags, the environment and the env file; report every missing value at once."""
-    env: dict[str, str] = {}
-    if args.env_file:
-        try:
-            env.update(parse_env_file(Path(args.env_file).read_text(encoding="utf-8")))
-        except OSError as exc:
-            raise SetupFailure(EX_CONFIG, f"cannot read --env-file {args.env_file}: "
-                                          f"{exc.strerror}") from None
-    env.update({k: v for k, v in environ.items() if v != ""})
+def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    """Merge flags and the variables; report every missing value at once."""
 
     def pick(flag: str | None, name: str, default: str = "") -> str:
         return flag or env.get(name) or default
@@ -447,10 +445,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(standalone=main)
 
 
-def main(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+def read_variables(env_file: str | None) -> dict[str, str]:
+    """The environment over the --env-file's variables; a file that cannot be read is a
+    configuration problem of this command (exit 78), whoever's permissions are at fault."""
+    try:
+        return read_environment(env_file)
+    except (AccessError, ConfigError) as exc:
+        reason = exc.__cause__.strerror if isinstance(exc.__cause__, OSError) else str(exc)
+        raise SetupFailure(EX_CONFIG, f"cannot read --env-file {env_file}: {reason}") from None
+
+
+def main(args: argparse.Namespace) -> int:
     """Run with the parsed arguments; the global --env-file is read here, not by facusync."""
     try:
-        settings = settings_from(args, environ)
+        settings = settings_from(args, read_variables(args.env_file or None))
         report = run(settings)
     except SetupFailure as exc:
         print(f"facusync nocodb-setup: {exc}", file=sys.stderr)
