@@ -182,6 +182,17 @@ def _text(fields: Mapping[bytes | str, bytes | str], name: str) -> str | None:
     return raw.decode("utf-8") if isinstance(raw, bytes) else raw
 
 
+def _optional_time(fields: Mapping[bytes | str, bytes | str], name: str) -> datetime | None:
+    """An optional ISO 8601 field (``lw``, ``expect``): None when absent or empty."""
+    value = _text(fields, name)
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise MessageError(f"{name} {value!r} is not an ISO 8601 timestamp") from None
+
+
 def decode(entry_id: str, fields: Mapping[bytes | str, bytes | str]) -> Change:
     """Validate an entry against the contract; raise MessageError with the reason."""
     try:
@@ -215,16 +226,8 @@ def decode(entry_id: str, fields: Mapping[bytes | str, bytes | str]) -> Change:
             if not isinstance(parsed, dict):
                 raise MessageError("row is not a JSON object")
             row = parsed
-        lw_text = _text(fields, "lw") or ""
-        try:
-            low_water = datetime.fromisoformat(lw_text) if lw_text else None
-        except ValueError:
-            raise MessageError(f"lw {lw_text!r} is not an ISO 8601 timestamp") from None
-        expect_text = _text(fields, "expect") or ""
-        try:
-            expect = datetime.fromisoformat(expect_text) if expect_text else None
-        except ValueError:
-            raise MessageError(f"expect {expect_text!r} is not an ISO 8601 timestamp") from None
+        low_water = _optional_time(fields, "lw")
+        expect = _optional_time(fields, "expect")
     except UnicodeDecodeError as exc:
         raise MessageError(f"entry is not UTF-8: {exc}") from None
     return Change(entry_id, op, key, version, row, low_water, expect)
