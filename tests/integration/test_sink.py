@@ -11,6 +11,7 @@ import pytest
 from facusync.config import Config
 from facusync.message import Change, decode
 from facusync.sink import Sink, dedupe
+from facusync.upsert import STAGE
 from tests.integration.test_consumer_support import (
     BASE,
     cfg,  # noqa: F401 - fixture
@@ -157,8 +158,8 @@ def test_watermark_only_moves_forward(cfg: Config, sink: Sink) -> None:  # noqa:
 
 
 def write_rounds_with_a_bad_row(cfg: Config, sink: Sink) -> None:  # noqa: F811
-    """Three batches through one connection's staging table, each bisected around a row too
-    long for its column: the stage holds only the batch being written."""
+    """Three batches through one connected Sink, each bisected around a row too long for its
+    column: the staging table holds only the batch being written."""
     for round_ in range(3):
         res = sink.write([change(upsert(f"S{i}", BASE + timedelta(seconds=round_)))
                           for i in range(20)] + [change(upsert("Y" * 40, BASE))])
@@ -167,8 +168,19 @@ def write_rounds_with_a_bad_row(cfg: Config, sink: Sink) -> None:  # noqa: F811
     assert len(snapshot(cfg)) == 20
 
 
+def staging_table_exists(sink: Sink) -> bool:
+    assert sink.conn is not None
+    with sink.conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (f"pg_temp.{STAGE}",))
+        found = cur.fetchone() != (None,)
+    sink.conn.rollback()
+    return found
+
+
 def test_staging_table_reused_across_batches(cfg: Config, sink: Sink) -> None:  # noqa: F811
+    """One TEMP table per connection, emptied at each commit, not created per batch."""
     write_rounds_with_a_bad_row(cfg, sink)
+    assert staging_table_exists(sink)
 
 
 def test_copy_text_escapes_and_types() -> None:
