@@ -10,6 +10,10 @@ and Redis 7, then for each batch size:
 - ``unchanged`` the same N rows re-sent (overlap re-read): nothing may be written;
 - ``2x insert`` two consumer processes sharing N new keys (the ratio to one is printed).
 
+``--staging`` compares the library's staging table (``reuse``: one TEMP table per connection,
+``ON COMMIT DELETE ROWS``) with the alternative it was chosen over (``drop``: one created per
+batch, ``ON COMMIT DROP``), which lives here only (DropStagingSink).
+
 Every consumer measurement runs the real ``Consumer`` loop (reader thread, one transaction
 and one MULTI/EXEC per batch) and counts from the start of its first batch to its last
 commit, so process start-up is not measured. Run from the repository root::
@@ -30,14 +34,17 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg2.extensions
+
 from bench import writepath
 from bench.common import create_database
 from devstack.servers import PostgresServer, RedisServer
 from facusync.config import Config
 from facusync.consumer import Consumer
-from facusync.message import encode_row, upsert_fields
+from facusync.message import Change, encode_row, upsert_fields
 from facusync.redisconn import Keys, connect_redis
 from facusync.service import Service
+from facusync.sink import Sink, WriteResult
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,8 +76,35 @@ def fill(cfg: Config, rows: int, version: datetime, tag: str, start: int = 0) ->
     client.close()
 
 
+class DropStagingSink(Sink):
+    """The write path with its staging table created per batch (``ON COMMIT DROP``) instead of
+    once per connection: the alternative the library's Sink was measured against."""
+
+    def _create_stage(self, conn: psycopg2.extensions.connection) -> None:
+        """Nothing at connect: each batch creates its own."""
+
+    def _attempt(self, changes: list[Change], size: int, low_water: datetime | None, *,
+                 bisect: bool) -> WriteResult:
+        if self.conn is not None:  # else the library's own "not connected" error
+            with self.conn.cursor() as cur:
+                cur.execute(self.statements.stage_table("ON COMMIT DROP"))
+        return super()._attempt(changes, size, low_water, bisect=bisect)
+
+
+STAGING: dict[str, type[Sink]] = {"reuse": Sink, "drop": DropStagingSink}
+
+
+def staging_consumer(cfg: Config, staging: str) -> Consumer:
+    """The real consumer loop, writing through the staging strategy named."""
+    consumer = Consumer(cfg, Service("bench"), name=f"bench-{time.time_ns()}")
+    sink = STAGING[staging](cfg, consumer=consumer.name)
+    sink.watermark_cap = consumer.sink.watermark_cap
+    consumer.sink = consumer.writer.sink = sink
+    return consumer
+
+
 def consume(cfg: Config, staging: str) -> dict[str, float]:
-    consumer = Consumer(cfg, Service("bench"), name=f"bench-{time.time_ns()}", staging=staging)
+    consumer = staging_consumer(cfg, staging)
     consumer.run(once=True)
     return {"rows": consumer.stats.totals["rows"], "first": consumer.stats.first_batch_at or 0.0,
             "last": consumer.stats.last_commit or 0.0}
@@ -141,12 +175,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--batch-sizes", default="100,500,1000,2000,5000")
-    parser.add_argument("--staging", default="reuse,drop")
+    parser.add_argument("--staging", default="reuse,drop",
+                        help=f"staging strategies to compare, of {', '.join(STAGING)}")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--no-durable", action="store_true",
                         help="fsync/synchronous_commit off (faster, less like production)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    unknown = set(args.staging.split(",")) - STAGING.keys()
+    if unknown:
+        parser.error(f"--staging {','.join(sorted(unknown))}: use {' or '.join(STAGING)}")
     if args.worker:
         run_worker(args.worker, args.staging.split(",")[0])
         return 0

@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
 from facusync import __version__
-from facusync.config import DEFAULT_ENV_FILE, load_config
+from facusync.config import DEFAULT_ENV_FILE, admin_env_file, load_config
 from facusync.errors import (
     EX_CONFIG,
     EX_INTERRUPTED,
@@ -60,13 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     standalone = getattr(args, "standalone", None)
     if standalone is not None:  # nocodb-setup: its own settings, not the services'
-        return int(standalone(args, os.environ))
-    env_file = args.env_file
-    # Installed from the .deb, the admin's configuration is the services' env file.
-    if env_file is None and "FACUSYNC_ENV_FILE" not in os.environ and os.path.exists(DEFAULT_ENV_FILE):
-        env_file = DEFAULT_ENV_FILE
+        return int(standalone(args))
     try:
-        cfg = load_config(env_file)
+        cfg = load_config(admin_env_file(args.env_file))
     except ConfigError as exc:
         print(f"facusync: {exc}", file=sys.stderr)
         return EX_CONFIG

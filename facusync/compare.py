@@ -91,23 +91,24 @@ def merge(
 
     View rows with a NULL key cannot be paired; they come out as (\"\", row, None).
     """
-    v = next(view, None)
-    p = next(pg, None)
-    while v is not None or p is not None:
-        if v is not None and v.key is None:
-            yield "", v, None
-            v = next(view, None)
-        elif p is None or (v is not None and v.key is not None and v.key < p.key):
-            assert v is not None and v.key is not None
-            yield v.key, v, None
-            v = next(view, None)
-        elif v is None or (v.key is not None and p.key < v.key):
-            yield p.key, None, p
-            p = next(pg, None)
+    view_row = next(view, None)
+    pg_row = next(pg, None)
+    while view_row is not None or pg_row is not None:
+        if view_row is not None and view_row.key is None:
+            yield "", view_row, None
+            view_row = next(view, None)
+        elif pg_row is None or (view_row is not None and view_row.key is not None
+                                and view_row.key < pg_row.key):
+            assert view_row is not None and view_row.key is not None
+            yield view_row.key, view_row, None
+            view_row = next(view, None)
+        elif view_row is None or (view_row.key is not None and pg_row.key < view_row.key):
+            yield pg_row.key, None, pg_row
+            pg_row = next(pg, None)
         else:
-            yield p.key, v, p
-            v = next(view, None)
-            p = next(pg, None)
+            yield pg_row.key, view_row, pg_row
+            view_row = next(view, None)
+            pg_row = next(pg, None)
 
 
 def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -370,19 +370,44 @@ def load_config(
     environ: Mapping[str, str] | None = None,
 ) -> Config:
     """Build the Config from the environment (and an optional env file), or raise ConfigError."""
-    env: dict[str, str] = {}
-    source = str(env_file) if env_file else None
-    if env_file is not None:
-        try:
-            env.update(parse_env_file(Path(env_file).read_text(encoding="utf-8")))
-        except PermissionError:
-            raise AccessError(_unreadable(Path(env_file))) from None
-        except OSError as exc:
-            raise ConfigError([f"cannot read env file {env_file}: {exc.strerror}"], source) from None
     real = os.environ if environ is None else environ
-    env.update(real)
-    source = source or real.get("FACUSYNC_ENV_FILE") or None
+    env = read_environment(env_file, real)
+    source = (str(env_file) if env_file else None) or real.get("FACUSYNC_ENV_FILE") or None
     return config_from_mapping(env, source)
+
+
+def read_environment(
+    env_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The variables a command runs with: an env file's, with the environment's over them (a
+    variable set empty in the environment counts as unset). The one place that reads the
+    environment and env files, for facusync's settings and nocodb-setup's alike.
+
+    Raises AccessError when the file's permissions keep this user out (it holds passwords),
+    ConfigError when it cannot be read otherwise; either chains the OSError as its cause."""
+    variables: dict[str, str] = {}
+    if env_file is not None:
+        path = Path(env_file)
+        try:
+            variables.update(parse_env_file(path.read_text(encoding="utf-8")))
+        except PermissionError as exc:
+            raise AccessError(_unreadable(path)) from exc
+        except OSError as exc:
+            raise ConfigError([f"cannot read env file {env_file}: {exc.strerror}"],
+                              str(env_file)) from exc
+    real = os.environ if environ is None else environ
+    variables.update({name: value for name, value in real.items() if value != ""})
+    return variables
+
+
+def admin_env_file(given: str | None) -> str | None:
+    """The env file the admin command reads: the one given, else (installed from the .deb, where
+    the admin's configuration is the services' env file) DEFAULT_ENV_FILE when it exists and
+    the environment does not come from a unit's env file already."""
+    if given is not None or "FACUSYNC_ENV_FILE" in os.environ:
+        return given
+    return DEFAULT_ENV_FILE if os.path.exists(DEFAULT_ENV_FILE) else None
 
 
 def _unreadable(path: Path) -> str:

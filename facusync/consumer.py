@@ -122,13 +122,13 @@ class Consumer:
     (BatchWriter); both follow the one error policy there (Outages).
     """
 
-    def __init__(self, cfg: Config, service: Service | None = None, name: str | None = None,
-                 *, staging: str = "reuse") -> None:
+    def __init__(self, cfg: Config, service: Service | None = None,
+                 name: str | None = None) -> None:
         self.cfg = cfg
         self.service = service or Service("facusync-consumer")
         self.name = name or consumer_name()
         self.member = Member(cfg, self.name)
-        self.sink = Sink(cfg, consumer=self.name, staging=staging)
+        self.sink = Sink(cfg, consumer=self.name)
         self.sink.watermark_cap = self.member.producer_watermark
         self.stats = Stats()
         self.outages = Outages(self.service, cfg.backoff_max)

@@ -107,9 +107,9 @@ def append_upserts(
         return result
     stream = Stream(client, keys)
     known = stream.known_digests([r.fp_field for r in rows]) if not force else [None] * len(rows)
-    lw = format_version(low_water) if low_water else ""
+    low_water_text = format_version(low_water) if low_water else ""
     args: list[str] = []
-    per = 0
+    args_per_entry = 0
     sent: dict[str, str] = {}
     for row, old in zip(rows, known, strict=True):
         if (row.version is not None and (ceiling is None or row.version <= ceiling)
@@ -118,12 +118,13 @@ def append_upserts(
         if old == row.digest or sent.get(row.fp_field) == row.digest:
             result.unchanged += 1
             continue
-        entry = upsert_fields(row.key or "", row.version or datetime(1, 1, 1), row.row_json, lw, src)
+        entry = upsert_fields(row.key or "", row.version or datetime(1, 1, 1), row.row_json,
+                              low_water_text, src)
         if row.version is None:
             entry["version"] = ""  # the consumer dead-letters it with "missing version"
         if expect is not None:
             entry["expect"] = format_version(expect[row.key or ""])
-        per = 2 * len(entry)
+        args_per_entry = 2 * len(entry)
         args.append(row.fp_field)
         args.append(row.digest)
         for name, value in entry.items():
@@ -133,13 +134,13 @@ def append_upserts(
         result.queued += 1
         if row.version is not None:
             result.sent_versions.append(row.version)
-    new_wm = ""
+    new_watermark = ""
     newest = result.max_version
     if advance_watermark and newest is not None and (low_water is None or newest > low_water):
-        new_wm = format_version(newest)
-        result.watermark_text = new_wm
-    if args or new_wm:
-        stream.append(new_wm, per, args, guard)
+        new_watermark = format_version(newest)
+        result.watermark_text = new_watermark
+    if args or new_watermark:
+        stream.append(new_watermark, args_per_entry, args, guard)
     return result
 
 
@@ -155,17 +156,17 @@ def append_deletes(
     """Queue tombstones (key, last known version) and forget their fingerprints, atomically."""
     if not tombstones:
         return 0
-    lw = format_version(low_water) if low_water else ""
+    low_water_text = format_version(low_water) if low_water else ""
     args: list[str] = []
-    per = 0
+    args_per_entry = 0
     for key, version in tombstones:
-        entry = delete_fields(key, version, lw, src)
-        per = 2 * len(entry)
+        entry = delete_fields(key, version, low_water_text, src)
+        args_per_entry = 2 * len(entry)
         args.append(key)
         for name, value in entry.items():
             args.append(name)
             args.append(value)
-    return Stream(client, keys).delete(per, args, guard)
+    return Stream(client, keys).delete(args_per_entry, args, guard)
 
 
 def restore_fingerprints(client: redis.Redis, keys: Keys, digests: dict[str, str],

@@ -78,6 +78,14 @@ class SinkError(UnavailableError):
         super().__init__("PostgreSQL", cause)
 
 
+class StateReadError(UnavailableError):
+    """PostgreSQL failed while a daemon read the sync's state from it (the producer reading
+    the committed low-water mark in sync_control), not while writing rows (SinkError)."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__("PostgreSQL", cause)
+
+
 class SchemaError(FacusyncError):
     """The source view or the target tables do not have what the sync needs."""
 

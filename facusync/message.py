@@ -25,7 +25,8 @@ One stream entry per row change. Fields (all strings, as Redis stores them):
               ``expect`` the monotonic guard applies. A consumer that does not know the
               field applies the guard, which refuses the row: harmless.
 - ``src``     who queued it: ``poll``, ``reconcile`` or ``retry`` (informational).
-- ``ts``      enqueue time, Unix seconds (for lag and latency statistics).
+- ``ts``      enqueue time, Unix seconds (informational, for a person reading the stream: the
+              consumer does not read it; the lag is measured from the entry ID).
 
 Version 1 is the first and only format; change it only by bumping ``v`` and teaching the
 consumer both.
@@ -169,7 +170,6 @@ class Change:
     version: datetime
     row: dict[str, Any] | None
     low_water: datetime | None
-    enqueued_at: float | None
     expect: datetime | None = None  # compare and set: apply only over this version
 
 
@@ -182,12 +182,23 @@ def _text(fields: Mapping[bytes | str, bytes | str], name: str) -> str | None:
     return raw.decode("utf-8") if isinstance(raw, bytes) else raw
 
 
+def _optional_time(fields: Mapping[bytes | str, bytes | str], name: str) -> datetime | None:
+    """An optional ISO 8601 field (``lw``, ``expect``): None when absent or empty."""
+    value = _text(fields, name)
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise MessageError(f"{name} {value!r} is not an ISO 8601 timestamp") from None
+
+
 def decode(entry_id: str, fields: Mapping[bytes | str, bytes | str]) -> Change:
     """Validate an entry against the contract; raise MessageError with the reason."""
     try:
-        v = _text(fields, "v")
-        if v not in SUPPORTED_VERSIONS:
-            raise MessageError(f"unknown message format version {v!r}")
+        format_text = _text(fields, "v")
+        if format_text not in SUPPORTED_VERSIONS:
+            raise MessageError(f"unknown message format version {format_text!r}")
         op = _text(fields, "op")
         if op not in (OP_UPSERT, OP_DELETE):
             raise MessageError(f"unknown op {op!r}")
@@ -215,21 +226,8 @@ def decode(entry_id: str, fields: Mapping[bytes | str, bytes | str]) -> Change:
             if not isinstance(parsed, dict):
                 raise MessageError("row is not a JSON object")
             row = parsed
-        lw_text = _text(fields, "lw") or ""
-        try:
-            low_water = datetime.fromisoformat(lw_text) if lw_text else None
-        except ValueError:
-            raise MessageError(f"lw {lw_text!r} is not an ISO 8601 timestamp") from None
-        expect_text = _text(fields, "expect") or ""
-        try:
-            expect = datetime.fromisoformat(expect_text) if expect_text else None
-        except ValueError:
-            raise MessageError(f"expect {expect_text!r} is not an ISO 8601 timestamp") from None
-        ts_text = _text(fields, "ts")
-        try:
-            enqueued_at = float(ts_text) if ts_text else None
-        except ValueError:
-            enqueued_at = None
+        low_water = _optional_time(fields, "lw")
+        expect = _optional_time(fields, "expect")
     except UnicodeDecodeError as exc:
         raise MessageError(f"entry is not UTF-8: {exc}") from None
-    return Change(entry_id, op, key, version, row, low_water, enqueued_at, expect)
+    return Change(entry_id, op, key, version, row, low_water, expect)

@@ -28,11 +28,17 @@ import sys
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from facusync.config import parse_env_file
-from facusync.errors import EX_CONFIG, EX_DEGRADED, EX_OK, EX_UNAVAILABLE
+from facusync.config import read_environment
+from facusync.errors import (
+    EX_CONFIG,
+    EX_DEGRADED,
+    EX_OK,
+    EX_UNAVAILABLE,
+    AccessError,
+    ConfigError,
+)
 from facusync.nocodb_api import NocoDB, SetupFailure
 from facusync.nocodb_workspace import VIEW_TITLES, build
 
@@ -116,16 +122,8 @@ class Report:
 # --- configuration --------------------------------------------------------------------------
 
 
-def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Settings:
-    """Merge flags, the environment and the env file; report every missing value at once."""
-    env: dict[str, str] = {}
-    if args.env_file:
-        try:
-            env.update(parse_env_file(Path(args.env_file).read_text(encoding="utf-8")))
-        except OSError as exc:
-            raise SetupFailure(EX_CONFIG, f"cannot read --env-file {args.env_file}: "
-                                          f"{exc.strerror}") from None
-    env.update({k: v for k, v in environ.items() if v != ""})
+def settings_from(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
+    """Merge flags and the variables; report every missing value at once."""
 
     def pick(flag: str | None, name: str, default: str = "") -> str:
         return flag or env.get(name) or default
@@ -193,19 +191,20 @@ def ask(name: str, prompt: str) -> str:
 # --- base and sources -----------------------------------------------------------------------
 
 
-def connection(s: Settings) -> dict[str, Any]:
-    return {"host": s.pg_host, "port": s.pg_port, "user": s.pg_user, "password": s.pg_password,
-            "database": s.pg_database}
+def connection(settings: Settings) -> dict[str, Any]:
+    return {"host": settings.pg_host, "port": settings.pg_port, "user": settings.pg_user,
+            "password": settings.pg_password, "database": settings.pg_database}
 
 
-def test_connection(api: NocoDB, s: Settings) -> None:
+def test_connection(api: NocoDB, settings: Settings) -> None:
     """NocoDB's own server connects: it may reach PostgreSQL by another address than we do."""
     answer = api.call("POST", "/api/v2/meta/connection/test",
-                      {"client": "pg", "connection": connection(s)})
+                      {"client": "pg", "connection": connection(settings)})
     if not isinstance(answer, dict) or answer.get("code") != 0:
         message = answer.get("message") if isinstance(answer, dict) else answer
-        raise SetupFailure(EX_UNAVAILABLE, f"NocoDB cannot connect to PostgreSQL as {s.pg_user}@"
-                                           f"{s.pg_host}:{s.pg_port}/{s.pg_database}: "
+        target = (f"{settings.pg_user}@{settings.pg_host}:{settings.pg_port}/"
+                  f"{settings.pg_database}")
+        raise SetupFailure(EX_UNAVAILABLE, f"NocoDB cannot connect to PostgreSQL as {target}: "
                                            f"{api.scrub(str(message))}")
 
 
@@ -224,12 +223,12 @@ def find_source(api: NocoDB, base_id: str, alias: str) -> dict[str, Any] | None:
     return None
 
 
-def add_source(api: NocoDB, s: Settings, base_id: str, alias: str, data_readonly: bool) -> str:
+def add_source(api: NocoDB, settings: Settings, base_id: str, alias: str, data_readonly: bool) -> str:
     """POST the source, wait for NocoDB's job adding it; returns its id."""
     body = {
         "alias": alias,
         "type": "pg",
-        "config": {"client": "pg", "connection": connection(s), "searchPath": ["public"]},
+        "config": {"client": "pg", "connection": connection(settings), "searchPath": ["public"]},
         # Keep PostgreSQL's names: the planners know the tables and columns by them.
         "inflection_column": "none",
         "inflection_table": "none",
@@ -241,7 +240,7 @@ def add_source(api: NocoDB, s: Settings, base_id: str, alias: str, data_readonly
     job_id = job.get("id") if isinstance(job, dict) else None
     if not job_id:
         raise SetupFailure(EX_UNAVAILABLE, "NocoDB did not start the job adding the source")
-    api.wait_for_job(base_id, str(job_id), "add the source", s.timeout)
+    api.wait_for_job(base_id, str(job_id), "add the source", settings.timeout)
     source = find_source(api, base_id, alias)
     if source is None:
         raise SetupFailure(EX_UNAVAILABLE, f"the source {alias!r} was added but NocoDB does not "
@@ -249,37 +248,37 @@ def add_source(api: NocoDB, s: Settings, base_id: str, alias: str, data_readonly
     return str(source["id"])
 
 
-def ensure_source(api: NocoDB, s: Settings, report: Report, alias: str,
+def ensure_source(api: NocoDB, settings: Settings, report: Report, alias: str,
                   data_readonly: bool) -> tuple[str, str]:
     """The source's id and what was done: found, or (unless --check-only) added."""
     source = find_source(api, report.base_id, alias)
     if source is not None:
         return str(source["id"]), "exists (reused; not re-created)"
-    if s.check_only:
-        raise SetupFailure(EX_DEGRADED, f"base {s.base_title!r} has no data source {alias!r}")
+    if settings.check_only:
+        raise SetupFailure(EX_DEGRADED, f"base {settings.base_title!r} has no data source {alias!r}")
     if report.base_action == "exists":
-        test_connection(api, s)
-    return add_source(api, s, report.base_id, alias, data_readonly), "added"
+        test_connection(api, settings)
+    return add_source(api, settings, report.base_id, alias, data_readonly), "added"
 
 
 # --- checks ---------------------------------------------------------------------------------
 
 
-def inspect(api: NocoDB, s: Settings, report: Report) -> dict[str, Any] | None:
+def inspect(api: NocoDB, settings: Settings, report: Report) -> dict[str, Any] | None:
     """What NocoDB sees in our source: tables, keys, the link, the view, metadata drift.
     Returns the link column of datos_seguimiento, or None when it is missing."""
     listed = {t["table_name"]: t for t in api.listed(f"/api/v2/meta/bases/{report.base_id}/tables")
               if t.get("source_id") == report.source_id}
     report.tables = {name: str(t["id"]) for name, t in listed.items()}
     metas: dict[str, dict[str, Any]] = {}
-    for name in (s.vista, s.seguimiento):
+    for name in (settings.vista, settings.seguimiento):
         if name not in listed:
             report.checks.append(Check(False, name, "not listed by NocoDB: run `facusync "
                                        "migrate --refresh-grants`, then re-run this command"))
             continue
         metas[name] = api.call("GET", f"/api/v2/meta/tables/{listed[name]['id']}")
         pks = [c["column_name"] for c in metas[name]["columns"] if c.get("pk")]
-        want = ["conduce"] if name == s.vista else ["id"]
+        want = ["conduce"] if name == settings.vista else ["id"]
         if pks == want:
             report.checks.append(Check(True, name, f"table, primary key {pks[0]}"))
         else:
@@ -287,22 +286,22 @@ def inspect(api: NocoDB, s: Settings, report: Report) -> dict[str, Any] | None:
                                        f"expected {want[0]}: without it NocoDB would update "
                                        "every row on an edit; check the NocoDB role's grants"))
     link = None
-    if s.seguimiento in metas and s.vista in metas:
-        vista_id = report.tables[s.vista]
-        links = [c for c in metas[s.seguimiento]["columns"]
+    if settings.seguimiento in metas and settings.vista in metas:
+        vista_id = report.tables[settings.vista]
+        links = [c for c in metas[settings.seguimiento]["columns"]
                  if c.get("uidt") in ("LinkToAnotherRecord", "Links")
                  and (c.get("colOptions") or {}).get("fk_related_model_id") == vista_id]
         if links:
             link = links[0]
-            report.link_field = {"table": s.seguimiento, "id": str(link["id"]),
+            report.link_field = {"table": settings.seguimiento, "id": str(link["id"]),
                                  "title": str(link["title"])}
             kind = {"bt": "belongs to", "hm": "has many", "oo": "one to one"}.get(
                 link["colOptions"].get("type"), link["colOptions"].get("type"))
-            report.checks.append(Check(True, f"{s.seguimiento} -> {s.vista}",
+            report.checks.append(Check(True, f"{settings.seguimiento} -> {settings.vista}",
                                        f"link field {link['title']!r} ({kind}); conduce is set "
                                        "through it"))
         else:
-            report.checks.append(Check(False, f"{s.seguimiento} -> {s.vista}",
+            report.checks.append(Check(False, f"{settings.seguimiento} -> {settings.vista}",
                                        "no link field: NocoDB did not see the foreign key on "
                                        "conduce; check the NocoDB role's REFERENCES grant"))
     if REPORT_VIEW in listed:
@@ -311,17 +310,17 @@ def inspect(api: NocoDB, s: Settings, report: Report) -> dict[str, Any] | None:
         report.checks.append(Check(False, REPORT_VIEW, "not listed (run `facusync migrate`)",
                                    warning=True))
     if api.session:
-        report.checks.append(metadata_check(api, s, report))
+        report.checks.append(metadata_check(api, settings, report))
     return link
 
 
-def metadata_check(api: NocoDB, s: Settings, report: Report) -> Check:
+def metadata_check(api: NocoDB, settings: Settings, report: Report) -> Check:
     """NocoDB's metadata against the database. NocoDB 0.262.5 answers the difference;
     0.301.3 starts a background job ({"id": …}) whose result is the difference."""
     diff = api.call("GET", f"/api/v2/meta/bases/{report.base_id}/meta-diff/{report.source_id}")
     if isinstance(diff, dict) and diff.get("id"):
         diff = api.wait_for_job(report.base_id, str(diff["id"]), "compare the metadata",
-                                s.timeout)
+                                settings.timeout)
     if not isinstance(diff, list):
         return Check(False, "metadata", "NocoDB's answer to meta-diff is not a list of tables: "
                      "not checked", warning=True)
@@ -333,12 +332,12 @@ def metadata_check(api: NocoDB, s: Settings, report: Report) -> Check:
     return Check(True, "metadata", "NocoDB's metadata matches the database")
 
 
-def check_workspace(api: NocoDB, s: Settings, report: Report) -> None:
+def check_workspace(api: NocoDB, settings: Settings, report: Report) -> None:
     """--check-only: the four views exist and are locked."""
-    if s.seguimiento not in report.tables:
+    if settings.seguimiento not in report.tables:
         return
     views = {v["title"]: v for v in
-             api.listed(f"/api/v1/db/meta/tables/{report.tables[s.seguimiento]}/views")}
+             api.listed(f"/api/v1/db/meta/tables/{report.tables[settings.seguimiento]}/views")}
     for title in VIEW_TITLES:
         view = views.get(title)
         if view is None:
@@ -354,52 +353,53 @@ def check_workspace(api: NocoDB, s: Settings, report: Report) -> None:
 # --- the run --------------------------------------------------------------------------------
 
 
-def run(s: Settings) -> Report:
-    api = NocoDB(s.url, s.secrets())
+def run(settings: Settings) -> Report:
+    api = NocoDB(settings.url, settings.secrets())
     report = Report()
-    report.signed_in_as = api.sign_in(s.token, s.email, s.password)
+    report.signed_in_as = api.sign_in(settings.token, settings.email, settings.password)
     info = api.call("GET", "/api/v1/version")
     report.nocodb_version = str(info.get("currentVersion", "")) if isinstance(info, dict) else ""
     if report.nocodb_version not in TESTED_VERSIONS:
         report.checks.append(Check(False, "NocoDB version", f"{report.nocodb_version or 'unknown'}"
                                    f" is not one of the tested {', '.join(TESTED_VERSIONS)}",
                                    warning=True))
-    base = find_base(api, s.base_title)
+    base = find_base(api, settings.base_title)
     if base is None:
-        if s.check_only:
-            raise SetupFailure(EX_DEGRADED, f"no base titled {s.base_title!r} in NocoDB")
-        test_connection(api, s)  # before creating anything
-        base = api.call("POST", "/api/v2/meta/bases", {"title": s.base_title})
+        if settings.check_only:
+            raise SetupFailure(EX_DEGRADED, f"no base titled {settings.base_title!r} in NocoDB")
+        test_connection(api, settings)  # before creating anything
+        base = api.call("POST", "/api/v2/meta/bases", {"title": settings.base_title})
         report.base_action = "created"
     else:
         report.base_action = "exists"
     report.base_id = str(base["id"])
-    report.source_id, report.source_action = ensure_source(api, s, report, s.source_alias, False)
-    link = inspect(api, s, report)
-    if s.check_only:
-        check_workspace(api, s, report)
+    report.source_id, report.source_action = ensure_source(api, settings, report,
+                                                           settings.source_alias, False)
+    link = inspect(api, settings, report)
+    if settings.check_only:
+        check_workspace(api, settings, report)
         return report
     if link is not None:
         try:
-            work = build(api, report.base_id, report.tables, s.vista, s.seguimiento, link,
-                         list(s.invite))
+            work = build(api, report.base_id, report.tables, settings.vista,
+                         settings.seguimiento, link, list(settings.invite))
         except ValueError as exc:
             report.checks.append(Check(False, "workspace", str(exc)))
         else:
             report.views, report.actions, report.invites = work.views, work.actions, work.invites
             report.checks.append(Check(True, "workspace", f"{len(work.views)} locked views on "
-                                       f"{s.seguimiento}; {s.vista} hidden from editors"))
-    if s.read_only_source:
-        report.read_only_source = ensure_source(api, s, report, READ_ONLY_SOURCE, True)[1]
+                                       f"{settings.seguimiento}; {settings.vista} hidden from editors"))
+    if settings.read_only_source:
+        report.read_only_source = ensure_source(api, settings, report, READ_ONLY_SOURCE, True)[1]
     return report
 
 
-def print_report(s: Settings, report: Report) -> None:
-    print(f"NocoDB {report.nocodb_version or '(version unknown)'} at {s.url}, signed in as "
+def print_report(settings: Settings, report: Report) -> None:
+    print(f"NocoDB {report.nocodb_version or '(version unknown)'} at {settings.url}, signed in as "
           f"{report.signed_in_as}")
-    print(f"base   {s.base_title!r} ({report.base_id}): {report.base_action}")
-    target = f"postgresql://{s.pg_user}@{s.pg_host}:{s.pg_port}/{s.pg_database}"
-    print(f"source {s.source_alias!r} -> {target} ({report.source_id}): {report.source_action}")
+    print(f"base   {settings.base_title!r} ({report.base_id}): {report.base_action}")
+    target = f"postgresql://{settings.pg_user}@{settings.pg_host}:{settings.pg_port}/{settings.pg_database}"
+    print(f"source {settings.source_alias!r} -> {target} ({report.source_id}): {report.source_action}")
     if report.read_only_source:
         print(f"source {READ_ONLY_SOURCE!r} (data read-only): {report.read_only_source}")
     for action in report.actions:
@@ -447,10 +447,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(standalone=main)
 
 
-def main(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+def read_variables(env_file: str | None) -> dict[str, str]:
+    """The environment over the --env-file's variables; a file that cannot be read is a
+    configuration problem of this command (exit 78), whoever's permissions are at fault."""
+    try:
+        return read_environment(env_file)
+    except (AccessError, ConfigError) as exc:
+        reason = exc.__cause__.strerror if isinstance(exc.__cause__, OSError) else str(exc)
+        raise SetupFailure(EX_CONFIG, f"cannot read --env-file {env_file}: {reason}") from None
+
+
+def main(args: argparse.Namespace) -> int:
     """Run with the parsed arguments; the global --env-file is read here, not by facusync."""
     try:
-        settings = settings_from(args, environ)
+        settings = settings_from(args, read_variables(args.env_file or None))
         report = run(settings)
     except SetupFailure as exc:
         print(f"facusync nocodb-setup: {exc}", file=sys.stderr)

@@ -57,7 +57,14 @@ from facusync.enqueue import (
     append_upserts,
     encode,
 )
-from facusync.errors import EX_OK, EX_UNAVAILABLE, SchemaError, SinkError, UnavailableError
+from facusync.errors import (
+    EX_OK,
+    EX_UNAVAILABLE,
+    SchemaError,
+    SinkError,
+    StateReadError,
+    UnavailableError,
+)
 from facusync.lock import LockLost, RedisLock
 from facusync.message import MessageError, encode_row
 from facusync.pgconn import connect_pg, describe_pg_error
@@ -156,13 +163,17 @@ def missing_columns_advice(cfg: Config, missing: tuple[str, ...]) -> str:
 
 
 def committed_watermark(cfg: Config) -> datetime | None:
-    """The consumer's durable low-water mark: everything at or below it is in PostgreSQL."""
-    conn = connect_pg(cfg, application="facusync-producer", bounded=True)
+    """The consumer's durable low-water mark: everything at or below it is in PostgreSQL.
+    StateReadError when PostgreSQL cannot say (an outage: the loop backs off and retries)."""
+    try:
+        conn = connect_pg(cfg, application="facusync-producer", bounded=True)
+    except SinkError as exc:
+        raise StateReadError(exc.cause) from None
     try:
         with conn.cursor() as cur:
             return control.watermark(cur)
     except psycopg2.Error as exc:
-        raise SinkError(describe_pg_error(exc)) from None
+        raise StateReadError(describe_pg_error(exc)) from None
     finally:
         conn.close()
 
@@ -258,11 +269,11 @@ class ReadWindow:
         """Where to read from (given Redis' watermark text), and which source said so."""
         if stored is not None:
             return datetime.fromisoformat(stored), "redis"
-        wm = committed_watermark(self.cfg)
-        if wm is not None:
+        committed = committed_watermark(self.cfg)
+        if committed is not None:
             log.warning("Redis has no watermark; resuming from PostgreSQL's committed watermark",
-                        extra={"watermark": wm.isoformat()})
-            return wm, "postgresql"
+                        extra={"watermark": committed.isoformat()})
+            return committed, "postgresql"
         return self.cfg.sync_start, "SYNC_START"
 
     def window_start(self, watermark: datetime, origin: str) -> datetime | None:
@@ -378,15 +389,16 @@ class CycleReporter:
                missing: tuple[str, ...]) -> None:
         """One cycle (or failed attempt) to systemd's STATUS, the metrics, the stats hash
         `facusync status` reads (best effort) and the log."""
-        wm = stats.watermark.isoformat(sep=" ", timespec="seconds") if stats.watermark else "-"
+        watermark_text = (stats.watermark.isoformat(sep=" ", timespec="seconds")
+                          if stats.watermark else "-")
         when = time.strftime("%H:%M:%S", time.localtime(stats.started or time.time()))
         if state is State.PAUSED:
             line = (f"paused by backpressure: backlog {stats.backlog} >= QUEUE_MAX_PENDING "
-                    f"{self.cfg.queue_max_pending}; watermark {wm}")
+                    f"{self.cfg.queue_max_pending}; watermark {watermark_text}")
         elif state is State.BACKING_OFF:
             line = f"backing off: {cause}"
         else:
-            line = (f"cycle {when}: {stats.queued} changed, watermark {wm}, "
+            line = (f"cycle {when}: {stats.queued} changed, watermark {watermark_text}, "
                     f"backlog {stats.backlog}")
         if missing:
             line += f"; NOT SYNCED, gone from the view: {', '.join(missing)}"
@@ -424,7 +436,7 @@ class CycleReporter:
         except redis.RedisError:
             pass  # stats are best effort; the next cycle reports the outage
         extra = {"read": stats.read, "queued": stats.queued, "unchanged": stats.unchanged,
-                 "duration_ms": stats.duration_ms, "watermark": wm, "backlog": stats.backlog,
+                 "duration_ms": stats.duration_ms, "watermark": watermark_text, "backlog": stats.backlog,
                  "state": state.value}
         if state is State.PAUSED:
             log.warning("paused by backpressure", extra=extra)
@@ -442,7 +454,7 @@ class Producer:
         self.service = service
         self.keys = Keys(cfg.redis_prefix)
         self.source = ViewSource(cfg)
-        self.redis: redis.Redis | None = None
+        self.client: redis.Redis | None = None
         self.cols: ColumnMap | None = None
         self.table_cols: dict[str, str] | None = None
         self.window = ReadWindow(cfg, self.keys)
@@ -452,10 +464,11 @@ class Producer:
         self.reporter = CycleReporter(cfg, self.keys, service, self.window)
 
     # -- set-up -----------------------------------------------------------------------
-    def _client(self) -> redis.Redis:
-        if self.redis is None:
-            self.redis = connect_redis(self.cfg)
-        return self.redis
+    def _connected_client(self) -> redis.Redis:
+        """The Redis client, connecting first after a start or an outage."""
+        if self.client is None:
+            self.client = connect_redis(self.cfg)
+        return self.client
 
     def discover(self) -> ColumnMap:
         """Synced columns (view ∩ table, case-insensitive): found at start, again after SQL
@@ -496,7 +509,7 @@ class Producer:
         """Read what changed since watermark - overlap and append it, chunk by chunk."""
         stats = CycleStats(started=time.time())
         t0 = time.monotonic()
-        client = self._client()
+        client = self._connected_client()
         cols = self.discover()
         # A short TTL: a producer killed while holding the lock delays the next one by seconds.
         lock = RedisLock(client, self.keys.source_lock, ttl=LOCK_TTL, owner=self.owner)
@@ -604,7 +617,7 @@ class Producer:
 
     def report(self, stats: CycleStats, state: State, cause: str = "") -> None:
         missing = self.cols.missing if self.cols is not None else ()
-        self.reporter.report(self.redis, stats, state, cause, missing)
+        self.reporter.report(self.client, stats, state, cause, missing)
 
     def heartbeat(self, client: redis.Redis, **fields: str) -> None:
         """Tell `facusync status` we are alive (and, with fields, what we are doing)."""
@@ -614,7 +627,8 @@ class Producer:
     def report_stopped(self) -> None:
         """A clean stop says so at once; only a producer that died goes silent."""
         with contextlib.suppress(redis.RedisError, UnavailableError):  # then it falls silent
-            self.heartbeat(self._client(), state=State.STOPPED.value, cause="", status_line="stopped")
+            self.heartbeat(self._connected_client(), state=State.STOPPED.value, cause="",
+                           status_line="stopped")
 
     # -- the loop ---------------------------------------------------------------------
     def run_once(self) -> CycleStats:
@@ -647,7 +661,7 @@ class Producer:
                 self._failed(exc.target, exc.cause)
                 continue
             except redis.RedisError as exc:
-                self.redis = None
+                self.client = None
                 self._failed("Redis", describe_redis_error(exc, self.cfg))
                 continue
             except LockLost as exc:
@@ -668,16 +682,16 @@ class Producer:
                 self.service.sleep(wait)
         self.report_stopped()
         self.source.close()
-        if self.redis is not None:
-            self.redis.close()
+        if self.client is not None:
+            self.client.close()
         log.info("producer stopped")
 
     def _failed(self, target: str, cause: str) -> None:
         if target == "SQL Server":
             self.source.close()
-        if target == "Redis" and self.redis is not None:
-            self.redis.close()
-            self.redis = None
+        if target == "Redis" and self.client is not None:
+            self.client.close()
+            self.client = None
         self.state_log.failing(target, cause)
         self.report(CycleStats(started=time.time()), State.BACKING_OFF, f"{target}: {cause}")
         self.service.sleep(self.backoff.next_delay())

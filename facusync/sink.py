@@ -129,17 +129,13 @@ def dedupe(changes: Sequence[Change]) -> tuple[list[Change], int]:
 
 
 class Sink:
-    """The consumer's PostgreSQL side: owns one connection and the staging table.
+    """The consumer's PostgreSQL side: owns one connection and the staging table, one TEMP
+    table per connection emptied at each commit (``ON COMMIT DELETE ROWS``; measured faster
+    than one created per batch, which bench/bench_consumer.py still compares)."""
 
-    ``staging`` is ``reuse`` (one TEMP table per connection, ``ON COMMIT DELETE ROWS``; the
-    default, measured faster) or ``drop`` (created per batch, ``ON COMMIT DROP``; kept for the
-    benchmark).
-    """
-
-    def __init__(self, cfg: Config, *, consumer: str = "", staging: str = "reuse") -> None:
+    def __init__(self, cfg: Config, *, consumer: str = "") -> None:
         self.cfg = cfg
         self.consumer = consumer
-        self.staging = staging
         self.conn: psycopg2.extensions.connection | None = None
         self.statements = Statements(cfg, {}, False, set())
         # The producer's watermark now (Redis); the stored low-water mark never passes it.
@@ -158,8 +154,7 @@ class Sink:
             self.statements = Statements(self.cfg, read_columns(conn, self.cfg),
                                          has_identity_index(conn, self.cfg), self._unknown_warned)
             ensure_zone(conn, self.cfg)
-            if self.staging == "reuse":
-                self._create_stage(conn, "ON COMMIT DELETE ROWS")
+            self._create_stage(conn)
             conn.commit()
         except psycopg2.Error as exc:
             conn.close()
@@ -175,9 +170,9 @@ class Sink:
                 self.conn.close()
             self.conn = None
 
-    def _create_stage(self, conn: psycopg2.extensions.connection, on_commit: str) -> None:
+    def _create_stage(self, conn: psycopg2.extensions.connection) -> None:
         with conn.cursor() as cur:
-            cur.execute(self.statements.stage_table(on_commit))
+            cur.execute(self.statements.stage_table("ON COMMIT DELETE ROWS"))
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -236,8 +231,6 @@ class Sink:
         if self.conn is None:
             raise SinkError("not connected")
         with self.conn.cursor() as cur:
-            if self.staging == "drop":
-                self._create_stage(self.conn, "ON COMMIT DROP")
             result = (self._bisect(cur, changes) if bisect
                       else self._apply(cur, changes, truncate=False))
             written = [c for c in changes if all(c is not d for d, _ in result.dead)]
@@ -353,9 +346,9 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def connect_sink(cfg: Config, consumer: str = "", *, staging: str = "reuse") -> Sink:
+def connect_sink(cfg: Config, consumer: str = "") -> Sink:
     """A connected Sink (SinkError / SchemaError when it cannot be)."""
-    sink = Sink(cfg, consumer=consumer, staging=staging)
+    sink = Sink(cfg, consumer=consumer)
     sink.connect()
     return sink
 

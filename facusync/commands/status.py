@@ -26,45 +26,48 @@ from facusync.stream import State
 def render(data: dict[str, Any], now: float) -> str:
     """The one screen: the verdict and its reasons first, then each part of the pipeline."""
     lines: list[str] = []
-    h = data["health"]
-    lines.append(f"facusync status at {data['time']}: {h['state'].upper()}")
-    for reason in h["reasons"]:
+    health = data["health"]
+    lines.append(f"facusync status at {data['time']}: {health['state'].upper()}")
+    for reason in health["reasons"]:
         lines.append(f"  ! {reason}")
-    for warning in h.get("warnings", []):
+    for warning in health.get("warnings", []):
         lines.append(f"  warning: {warning}")
     if "producer" in data:
-        p = data["producer"]
-        beat = number(p, "heartbeat")
+        producer = data["producer"]
+        beat = number(producer, "heartbeat")
         lines.append("Producer")
-        said = (f"silent for {now - beat:.0f} s; it last said {p['reported_state']}"
-                if p["state"] == "stale" and beat else p.get("cause") or "")
-        when = f" {ago(now - beat)}" if p["state"] == State.STOPPED and beat else ""
-        lines.append(f"  state        {p['state']}{when}" + (f" ({said})" if said else ""))
-        last = number(p, "last_cycle_at")
-        lines.append(f"  last cycle   {ago(now - last if last else None)}: read {p.get('last_read', '-')}, "
-                     f"queued {p.get('last_queued', '-')}, unchanged {p.get('last_unchanged', '-')}, "
-                     f"{p.get('last_duration_ms', '-')} ms")
-        lines.append(f"  watermark    {p.get('watermark') or '-'}")
+        said = (f"silent for {now - beat:.0f} s; it last said {producer['reported_state']}"
+                if producer["state"] == "stale" and beat else producer.get("cause") or "")
+        when = f" {ago(now - beat)}" if producer["state"] == State.STOPPED and beat else ""
+        lines.append(f"  state        {producer['state']}{when}" + (f" ({said})" if said else ""))
+        last = number(producer, "last_cycle_at")
+        lines.append(f"  last cycle   {ago(now - last if last else None)}: "
+                     f"read {producer.get('last_read', '-')}, "
+                     f"queued {producer.get('last_queued', '-')}, "
+                     f"unchanged {producer.get('last_unchanged', '-')}, "
+                     f"{producer.get('last_duration_ms', '-')} ms")
+        lines.append(f"  watermark    {producer.get('watermark') or '-'}")
         lines.append(f"  heartbeat    {ago(now - beat if beat else None)}")
-        q = data["queue"]
+        queue = data["queue"]
         lines.append("Queue")
-        lines.append(f"  length {q['length']} (pending {q['pending']}, undelivered {q['undelivered']}), "
-                     f"oldest waiting {q['oldest_age_s']:.0f} s, dead letters {q['dead_letters']}")
+        lines.append(f"  length {queue['length']} (pending {queue['pending']}, "
+                     f"undelivered {queue['undelivered']}), "
+                     f"oldest waiting {queue['oldest_age_s']:.0f} s, dead letters {queue['dead_letters']}")
         lines.append("Consumers")
         if not data["consumers"]:
             lines.append("  none has reported")
         # Live consumers first; the others stay listed (marked) until their stats expire.
-        for name, c in sorted(data["consumers"].items(), key=lambda kv: (not kv[1]["alive"], kv[0])):
-            beat = number(c, "heartbeat")
-            last_batch = number(c, "last_batch_at")
-            if not c["alive"]:
-                what = "STOPPED" if c.get("state") == State.STOPPED else "SILENT, not running?"
+        for name, consumer in sorted(data["consumers"].items(), key=lambda kv: (not kv[1]["alive"], kv[0])):
+            beat = number(consumer, "heartbeat")
+            last_batch = number(consumer, "last_batch_at")
+            if not consumer["alive"]:
+                what = "STOPPED" if consumer.get("state") == State.STOPPED else "SILENT, not running?"
                 lines.append(f"  {name:<28} {what}: last heard {ago(now - beat if beat else None)}"
-                             f", pending {c.get('pending', 0)}")
+                             f", pending {consumer.get('pending', 0)}")
                 continue
-            lines.append(f"  {name:<28} last batch {c.get('last_batch_size', '-')} rows "
+            lines.append(f"  {name:<28} last batch {consumer.get('last_batch_size', '-')} rows "
                          f"{ago(now - last_batch if last_batch else None)}, "
-                         f"{c.get('rows_per_s', '-')} rows/s, pending {c.get('pending', 0)}, "
+                         f"{consumer.get('rows_per_s', '-')} rows/s, pending {consumer.get('pending', 0)}, "
                          f"heartbeat {ago(now - beat if beat else None)}")
     if "postgresql" in data:
         pg = data["postgresql"]
@@ -76,20 +79,21 @@ def render(data: dict[str, Any], now: float) -> str:
         if "queue" in data:
             lines.append(f"  lag {data['queue']['oldest_age_s']:.0f} s (oldest change still waiting)")
     if "reconcile" in data:
-        r = data["reconcile"]
+        last_run = data["reconcile"]
         lines.append("Reconcile")
-        if r.get("finished_at"):
-            lines.append(f"  last run     {ago(r['last_run_age_s'])}: {r.get('upserts', '?')} upserts, "
-                         f"{r.get('tombstones', '?')} tombstones"
-                         + (" — REFUSED (mass-delete guard)" if r.get("refused") is True else ""))
+        if last_run.get("finished_at"):
+            lines.append(f"  last run     {ago(last_run['last_run_age_s'])}: "
+                         f"{last_run.get('upserts', '?')} upserts, "
+                         f"{last_run.get('tombstones', '?')} tombstones"
+                         + (" — REFUSED (mass-delete guard)" if last_run.get("refused") is True else ""))
         else:
             lines.append("  last run     never (no record in Redis)")
-        lines.append(f"  expected     every {r['interval_s']:g} s (RECONCILE_INTERVAL), overdue after "
-                     f"{2 * r['interval_s']:g} s")
-        perf = data["performance"]
+        lines.append(f"  expected     every {last_run['interval_s']:g} s (RECONCILE_INTERVAL), overdue after "
+                     f"{2 * last_run['interval_s']:g} s")
+        performance = data["performance"]
         lines.append("Recent performance")
-        p50, p95 = perf["batch_ms_p50"], perf["batch_ms_p95"]
-        lines.append(f"  {perf['rows_per_s_last_60s']} rows/s over the last minute; batch latency "
+        p50, p95 = performance["batch_ms_p50"], performance["batch_ms_p95"]
+        lines.append(f"  {performance['rows_per_s_last_60s']} rows/s over the last minute; batch latency "
                      f"p50 {p50 if p50 is not None else '-'} ms, p95 {p95 if p95 is not None else '-'} ms")
     for target in ("redis_error", "postgresql_error"):
         if target in data:

@@ -159,11 +159,11 @@ def gather_pg(cfg: Config) -> dict[str, Any]:
         raise FacusyncError(f"PostgreSQL: {describe_pg_error(exc)}") from None
     finally:
         conn.close()
-    wm, newest, last_commit, last_consumer, newest_age, commit_age = row
+    watermark, newest, last_commit, last_consumer, newest_age, commit_age = row
     return {
         "rows": int(rows),
         "soft_deleted": int(deleted),
-        "committed_watermark": wm.isoformat() if isinstance(wm, datetime) else None,
+        "committed_watermark": watermark.isoformat() if isinstance(watermark, datetime) else None,
         "newest_committed_change": newest.isoformat() if isinstance(newest, datetime) else None,
         "newest_change_age_s": round(float(newest_age), 1) if newest_age is not None else None,
         "last_commit_at": last_commit.isoformat() if isinstance(last_commit, datetime) else None,

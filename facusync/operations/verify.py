@@ -46,8 +46,10 @@ class VerifyReport:
 
 
 def _diff_columns(source_json: str, pg_json: str) -> dict[str, list[Any]]:
-    a, b = json.loads(source_json), json.loads(pg_json)
-    return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    in_source, in_pg = json.loads(source_json), json.loads(pg_json)
+    return {column: [in_source.get(column), in_pg.get(column)]
+            for column in sorted(set(in_source) | set(in_pg))
+            if in_source.get(column) != in_pg.get(column)}
 
 
 def compare(cfg: Config, limit: int = 10) -> VerifyReport:

@@ -3,7 +3,8 @@
 Runs `python -m bench.run --quick` (tiny sizes, well under a minute) as a process, the way `make bench`
 runs it, and checks behaviour only: every section ran, every row arrived, every change was
 seen, the results file has the same shape as the real one, and nothing is left behind. Speeds
-are never asserted: they mean nothing at this size, and these machines are noisy.
+are never asserted: they mean nothing at this size, and these machines are noisy. Also the
+benchmark's own write strategy (bench_consumer's DropStagingSink) against a real PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.bench_consumer import DropStagingSink
 from devstack.processes import processes_under
+from facusync.config import Config
+from tests.integration.test_consumer_support import cfg  # noqa: F401 - fixture
+from tests.integration.test_sink import staging_table_exists, write_rounds_with_a_bad_row
 
 pytestmark = pytest.mark.timeout(280)
 
@@ -103,3 +108,15 @@ def test_quick_tls_benchmark_compares_both_modes_and_cleans_up(bench_tmp: Path) 
     assert "| backfill (producer + consumer), all three hops |" in result.stdout
     assert processes_under(bench_tmp) == []
     assert [p.name for p in bench_tmp.iterdir()] == ["results-tls.json"]
+
+
+def test_drop_staging_sink_writes_as_the_library_sink(cfg: Config) -> None:  # noqa: F811
+    """bench_consumer's alternative staging (a table per batch, ON COMMIT DROP) writes what
+    the library's Sink writes, so the benchmark compares like with like."""
+    sink = DropStagingSink(cfg, consumer="x")
+    sink.connect()
+    try:
+        write_rounds_with_a_bad_row(cfg, sink)
+        assert not staging_table_exists(sink), "dropped at each commit, unlike the library's"
+    finally:
+        sink.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -16,8 +17,10 @@ from typing import Any
 import pytest
 import redis
 
+from devstack.servers import free_port
+from facusync.columns import table_columns
 from facusync.config import Config, config_from_mapping
-from facusync.errors import SchemaError, SourceError
+from facusync.errors import SchemaError, SinkError, SourceError, StateReadError
 from facusync.pgconn import connect_pg
 from facusync.producer import Producer
 from facusync.redisconn import Keys, connect_redis
@@ -144,6 +147,42 @@ def test_losing_redis_resumes_from_postgresql_watermark(pipeline_env: dict[str, 
     got = keys_of(entries(cfg))
     assert "NEW-1" in got
     assert len(got) < 200, "it resumed from the committed watermark, not from the start"
+
+
+def test_postgresql_down_while_resuming_is_an_outage_backed_off(pipeline_env: dict[str, str],
+                                                                standin: Any,
+                                                                monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Redis has no watermark and PostgreSQL cannot give the committed one: the producer's
+    state read fails as PostgreSQL being unavailable (StateReadError, not the consumer's
+    SinkError), and the loop backs off and retries, reporting PostgreSQL as the cause."""
+    standin.seed(10, seed=6)
+    cfg = config_from_mapping(pipeline_env)
+    unreachable = config_from_mapping({**pipeline_env, "PG_PORT": str(free_port())})
+    service = Service("test")
+    producer = Producer(unreachable, service)
+    producer.table_cols = table_columns(cfg)  # read before PostgreSQL went away
+    try:
+        with pytest.raises(StateReadError) as failure:
+            producer.run_once()
+        assert failure.value.target == "PostgreSQL" and "refused" in failure.value.cause
+        assert not isinstance(failure.value, SinkError)
+        waits: list[float] = []
+
+        def fake_sleep(seconds: float) -> bool:  # a fake clock: record the wait instead
+            waits.append(seconds)
+            if len(waits) == 3:
+                service.stopping.set()
+            return True
+
+        monkeypatch.setattr(service, "sleep", fake_sleep)
+        producer.run_forever()
+    finally:
+        producer.source.close()
+    assert len(waits) == 3 and waits[0] < waits[-1], f"no backoff: {waits}"
+    failures = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert failures == [f"PostgreSQL unavailable: {failure.value.cause} (retrying with backoff)"]
+    assert keys_of(entries(cfg)) == [], "nothing was queued without a starting point"
 
 
 def test_source_outage_and_stall_are_survived(pipeline_env: dict[str, str], standin: Any) -> None:

@@ -11,6 +11,7 @@ import pytest
 from facusync.config import Config
 from facusync.message import Change, decode
 from facusync.sink import Sink, dedupe
+from facusync.upsert import STAGE
 from tests.integration.test_consumer_support import (
     BASE,
     cfg,  # noqa: F401 - fixture
@@ -156,19 +157,30 @@ def test_watermark_only_moves_forward(cfg: Config, sink: Sink) -> None:  # noqa:
     assert query(cfg, "SELECT watermark FROM sync_control") == [(BASE + timedelta(minutes=1),)]
 
 
-@pytest.mark.parametrize("staging", ["reuse", "drop"])
-def test_staging_modes_equivalent(cfg: Config, staging: str) -> None:  # noqa: F811
-    s = Sink(cfg, consumer="x", staging=staging)
-    s.connect()
-    try:
-        for round_ in range(3):
-            res = s.write([change(upsert(f"S{i}", BASE + timedelta(seconds=round_)))
-                           for i in range(20)] + [change(upsert("Y" * 40, BASE))])
-            assert len(res.dead) == 1
-            assert res.inserted + res.updated == 20
-    finally:
-        s.close()
+def write_rounds_with_a_bad_row(cfg: Config, sink: Sink) -> None:  # noqa: F811
+    """Three batches through one connected Sink, each bisected around a row too long for its
+    column: the staging table holds only the batch being written."""
+    for round_ in range(3):
+        res = sink.write([change(upsert(f"S{i}", BASE + timedelta(seconds=round_)))
+                          for i in range(20)] + [change(upsert("Y" * 40, BASE))])
+        assert len(res.dead) == 1
+        assert res.inserted + res.updated == 20
     assert len(snapshot(cfg)) == 20
+
+
+def staging_table_exists(sink: Sink) -> bool:
+    assert sink.conn is not None
+    with sink.conn.cursor() as cur:
+        cur.execute("SELECT to_regclass(%s)", (f"pg_temp.{STAGE}",))
+        found = cur.fetchone() != (None,)
+    sink.conn.rollback()
+    return found
+
+
+def test_staging_table_reused_across_batches(cfg: Config, sink: Sink) -> None:  # noqa: F811
+    """One TEMP table per connection, emptied at each commit, not created per batch."""
+    write_rounds_with_a_bad_row(cfg, sink)
+    assert staging_table_exists(sink)
 
 
 def test_copy_text_escapes_and_types() -> None:

@@ -96,6 +96,15 @@ def test_env_file_syntax_and_environment_wins(tmp_path: Path) -> None:
     assert cfg.batch_size == 7 and cfg.mssql_host == "db.example.invalid"
 
 
+def test_empty_environment_variable_leaves_the_env_file_value(tmp_path: Path) -> None:
+    """The facusync commands and nocodb-setup merge the file and the environment alike: a
+    variable exported empty counts as unset, so it does not hide the file's value."""
+    f = tmp_path / "f.env"
+    f.write_text("\n".join(f"{k}={v}" for k, v in GOOD.items()) + "\n")
+    cfg = load_config(f, environ={"PG_HOST": "", "BATCH_SIZE": "7"})
+    assert cfg.pg_host == "127.0.0.1" and cfg.batch_size == 7
+
+
 def test_unreadable_env_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"cannot read env file .*missing\.env"):
         load_config(tmp_path / "missing.env", environ={})

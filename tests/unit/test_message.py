@@ -58,13 +58,16 @@ def test_round_trip_and_refusals() -> None:
     assert change.low_water == datetime(2026, 11, 27, 8)
     tomb = decode("2-0", delete_fields("C-0001", "2026-11-27T09:00:00", ""))
     assert tomb.op == "delete" and tomb.row is None and tomb.low_water is None
+    assert decode("2-1", {**fields, "expect": "2026-11-27T07:00:00"}).expect == datetime(2026, 11, 27, 7)
     bad = [({**fields, "v": "2"}, "unknown message format version"),
            ({**fields, "op": "merge"}, "unknown op"),
            ({**fields, "key": ""}, "missing or empty key"),
            ({**fields, "version": "yesterday"}, "not an ISO 8601"),
            ({**fields, "version": "2026-11-27T09:00:00+00:00"}, "carries an offset"),
            ({**fields, "row": "{not json"}, "not valid JSON"),
-           ({**fields, "row": "[1]"}, "not a JSON object")]
+           ({**fields, "row": "[1]"}, "not a JSON object"),
+           ({**fields, "lw": "soon"}, "lw 'soon' is not an ISO 8601"),
+           ({**fields, "expect": "2026-13-01"}, "expect '2026-13-01' is not an ISO 8601")]
     for entry, reason in bad:
         with pytest.raises(MessageError, match=reason):
             decode("3-0", entry)
