@@ -69,7 +69,7 @@ def probe_mssql(cfg: Config) -> Probe:
 def probe_pg(cfg: Config) -> Probe:
     """Log in as PG_USER, ask for the version: the consumer's way in."""
     def run() -> Reached:
-        conn = connect_pg(cfg, application="facusync-check")
+        conn = connect_pg(cfg, application="facusync-check", bounded=True)
         try:
             with conn.cursor() as cur:
                 cur.execute("SHOW server_version")

@@ -142,7 +142,7 @@ def gather_redis(cfg: Config, client: redis.Redis, now: float) -> dict[str, Any]
 
 def gather_pg(cfg: Config) -> dict[str, Any]:
     """What is committed: the rows, the durable watermark, when the consumer last wrote."""
-    conn = connect_pg(cfg, application="facusync-status")
+    conn = connect_pg(cfg, application="facusync-status", bounded=True)
     try:
         with conn.cursor() as cur:
             cur.execute(
