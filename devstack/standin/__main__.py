@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if not args.password:
             parser.error("--password or STANDIN_PASSWORD is required")
-        from .server import ServerConfig, run
+        from .server import run
+        from .settings import ServerConfig
 
         config = ServerConfig(db_path=args.db, user=args.user, password=args.password,
                               database=args.database, control=args.control,

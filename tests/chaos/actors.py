@@ -22,7 +22,8 @@ import psycopg2
 import psycopg2.extensions
 
 from devstack.standin import schema, sqltypes
-from devstack.standin.harness import StandIn, now
+from devstack.standin.data import now
+from devstack.standin.harness import StandIn
 from devstack.standin.workload import Workload
 from facusync.config import Config
 from facusync.operations.status import collect

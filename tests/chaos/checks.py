@@ -28,7 +28,7 @@ from typing import Any
 import redis
 
 from devstack.standin import schema, sqltypes
-from devstack.standin.harness import now as standin_now
+from devstack.standin.data import now as standin_now
 from facusync.redisconn import GROUP, Keys
 from tests.chaos.actors import EDITABLE, ErpWorkload, Planners
 from tests.chaos.faults import Injector

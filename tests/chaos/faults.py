@@ -38,7 +38,7 @@ from typing import Any
 import psycopg2
 import redis
 
-from devstack.standin.harness import now as source_now
+from devstack.standin.data import now as source_now
 from facusync.redisconn import Keys
 from tests.chaos.actors import insert_null_key, insert_too_long
 from tests.chaos.stack import DATABASE, Stack, cli

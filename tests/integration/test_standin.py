@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 
 from devstack.standin import schema
+from devstack.standin.data import now
 from devstack.standin.engine import split_batch
-from devstack.standin.harness import StandIn, now
+from devstack.standin.harness import StandIn
 
 pymssql = pytest.importorskip("pymssql")
 
