@@ -28,6 +28,7 @@ class Catalog:
         return scope
 
     def column_type(self, column: exp.Column, scope: list[tuple[str, str]]) -> SqlType | None:
+        """The declared type of a column reference, or None when no table in scope has it."""
         qualifier = column.table.upper()
         for alias, table in scope:
             if qualifier and qualifier not in (alias, table):
@@ -38,6 +39,7 @@ class Catalog:
         return None
 
     def describe(self, tree: exp.Expression) -> list[tuple[str, SqlType | None]]:
+        """(name, type) of each result column; [] lets SQLite's cursor description decide."""
         select = tree
         while isinstance(select, exp.SetOperation):
             select = select.this
@@ -64,6 +66,7 @@ class Catalog:
         return out
 
     def type_of(self, node: exp.Expression, scope: list[tuple[str, str]]) -> SqlType | None:
+        """The SQL Server type of one projection; None: inferred later from the values."""
         if "sqltype" in node.meta:
             return node.meta["sqltype"]  # type: ignore[no-any-return]
         if isinstance(node, (exp.Alias, exp.Paren, exp.Collate)):

@@ -90,6 +90,7 @@ class ViewData:
         return version
 
     def delete(self, conduce: str) -> None:
+        """Delete one row (what reconcile's tombstones exist for)."""
         conn = self._conn()
         try:
             conn.execute(f"DELETE FROM {schema.VIEW} WHERE CONDUCE = ?", (conduce,))
@@ -113,10 +114,12 @@ class ViewData:
         ]
 
     def row(self, conduce: str) -> dict[str, Any] | None:
+        """One row as pymssql would return it, or None."""
         found = self.rows("WHERE CONDUCE = ?", (conduce,))
         return found[0] if found else None
 
     def count(self) -> int:
+        """How many rows the view has now."""
         return int(self.execute(f"SELECT COUNT(*) FROM {schema.VIEW}")[0][0])
 
     def workload(self, **options: Any) -> Any:

@@ -60,6 +60,7 @@ class Planner:
 
     def plan(self, stmt: str, session: Session,
              renamed: tuple[tuple[str, str], ...] = ()) -> Query:
+        """The Query for one SELECT, or the TdsError SQL Server would answer instead."""
         self.refresh(renamed)
         described = _DESCRIBE.search(stmt)
         if described:

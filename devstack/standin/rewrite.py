@@ -25,6 +25,7 @@ VERSION_TEXT = (
     "\tCopyright (c) Microsoft Corporation\n"
     "\tDeveloper Edition (64-bit) on Linux (facusync stand-in) \n"
 )
+
 _BINARY_COLLATIONS = re.compile(r"(_BIN2?$|_CS_)", re.I)
 
 

@@ -115,7 +115,7 @@ class Connection:
                 self.link.reply(tds.token_done(tds.DONE_FINAL, 0, v))
             elif ptype == tds.PKT_RPC:
                 self.link.reply(tds.token_message(2812, "The stand-in does not support RPC requests.", v),
-                           tds.token_done(tds.DONE_ERROR, 0, v))
+                                tds.token_done(tds.DONE_ERROR, 0, v))
             else:
                 raise tds.ProtocolError(f"unexpected packet type {ptype:#x}")
 
@@ -142,7 +142,7 @@ class Connection:
                 if control is not None:
                     if control.new_database:
                         self.link.out += tds.token_envchange(tds.ENV_DATABASE, control.new_database,
-                                                        control.new_database)
+                                                             control.new_database)
                         self.link.out += tds.token_message(
                             5701, f"Changed database context to '{control.new_database}'.", v,
                             severity=0, state=1, info=True)
@@ -153,8 +153,8 @@ class Connection:
                     return  # cancelled: DONE_ATTN already sent
             except TdsError as exc:
                 log.info("spid %d: error %d: %s", self.spid, exc.number, exc.message)
-                self.link.out += tds.token_message(exc.number, exc.message, v, severity=exc.severity,
-                                              state=exc.state)
+                self.link.out += tds.token_message(exc.number, exc.message, v,
+                                                   severity=exc.severity, state=exc.state)
                 self.link.out += tds.token_done(tds.DONE_ERROR, 0, v)
                 break
         self.link.flush(final=True)
