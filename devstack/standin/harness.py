@@ -24,6 +24,7 @@ from .data import ViewData
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+
 def local_timezone() -> str:
     """The zone of this machine's wall clock, which the stand-in's GETDATE() follows (for
     SOURCE_TIMEZONE in demos and benchmarks)."""
