@@ -210,7 +210,8 @@ def session_statement(stmt: str, session: Session) -> Control | None:
 # ---------------------------------------------------------------------------
 # SQLite errors
 
-def _sqlite_error(exc: sqlite3.Error) -> TdsError:
+
+def sqlite_error(exc: sqlite3.Error) -> TdsError:
     """Translate a SQLite error into the SQL Server error a client would see."""
     text = str(exc)
     m = re.match(r"no such table: (?:\w+\.)?(.+)", text)
@@ -228,7 +229,3 @@ def _sqlite_error(exc: sqlite3.Error) -> TdsError:
     if "readonly" in text or "read-only" in text:
         return TdsError(229, "The permission was denied on the object, database, schema 'dbo'.", severity=14)
     return TdsError(50000, f"stand-in engine error: {text}")
-
-
-def sqlite_error(exc: sqlite3.Error) -> TdsError:
-    return _sqlite_error(exc)
