@@ -140,6 +140,11 @@ class Supervised:
     def ready(self) -> bool:
         return self.running and self._ready
 
+    @property
+    def up_for(self) -> float:
+        """Seconds since the unit last started its process."""
+        return time.monotonic() - self._started_at
+
     def unexpected_exits(self) -> list[Exit]:
         return [e for e in self.exits if not e.expected]
 
