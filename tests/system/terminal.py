@@ -9,11 +9,13 @@ shows and pressing Ctrl+C to end a command that follows a log.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import select
 import shlex
+import signal
 import subprocess
 import termios
 import time
@@ -78,7 +80,8 @@ def type_command(box: Container, command: str, *, cwd: str = "/root",
     output = b""
     answered = 0  # output before this offset has had its prompt answered
     started = time.monotonic()
-    presses: list[float] = []  # when Ctrl+C was pressed
+    presses: list[float] = []  # when Ctrl+C was pressed (and the hang-ups after it)
+    hangups = 0
     try:
         while True:
             elapsed = time.monotonic() - started
@@ -92,6 +95,16 @@ def type_command(box: Container, command: str, *, cwd: str = "/root",
             if (interrupt_after is not None and elapsed > interrupt_after and len(presses) < 5
                     and (not presses or elapsed - presses[-1] > 2.0)):
                 os.write(master, CTRL_C)
+                presses.append(elapsed)
+            elif len(presses) >= 5 and elapsed - presses[-1] > 5.0 and hangups < 2:
+                # Still running 5 s after the fifth Ctrl+C: close the terminal (SIGHUP), then
+                # kill what is left. Twice in CI, after the 15-minute suite, `sudo journalctl
+                # -f` never ended on Ctrl+C here (it always did when run alone); the test
+                # judges what the command showed, not how the harness ends it.
+                print(f"terminal: {command!r} ignored Ctrl+C; hanging up", flush=True)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGHUP if hangups == 0 else signal.SIGKILL)
+                hangups += 1
                 presses.append(elapsed)
             ready, _, _ = select.select([master], [], [], 0.2)
             if ready:
