@@ -10,6 +10,7 @@ import os
 import pwd
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -20,6 +21,19 @@ from pathlib import Path
 from devstack.tlsca import KeyPair
 
 PG_BIN = Path(os.environ.get("FACUSYNC_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def signal_processes(pids: list[int], signum: signal.Signals) -> list[int]:
+    """Send `signum` to each process; one that has exited meanwhile (a backend whose client
+    left) needs no signal and is skipped. Returns the pids that received it."""
+    sent = []
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            continue
+        sent.append(pid)
+    return sent
 
 
 def free_port() -> int:
@@ -152,13 +166,15 @@ class PostgresServer:
             "-t", "60", "-o", opts, "start",
         )
 
-    def pids(self) -> list[int]:
-        """The postmaster and all its children (backends, checkpointer, ...): what a test
-        SIGSTOPs to freeze the server as a paused VM would be."""
+    def freeze(self) -> list[int]:
+        """SIGSTOP the postmaster, then its children (backends, checkpointer, ...), as a paused
+        VM would be: the postmaster first, so it forks nothing unfrozen meanwhile. Returns the
+        pids to SIGCONT on thaw."""
         master = int((self.datadir / "postmaster.pid").read_text().split()[0])
+        stopped = signal_processes([master], signal.SIGSTOP)
         children = subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True,
                                   check=False).stdout.split()
-        return [master, *map(int, children)]
+        return stopped + signal_processes([int(pid) for pid in children], signal.SIGSTOP)
 
     def destroy(self) -> None:
         self.stop("immediate")
@@ -263,9 +279,11 @@ class RedisServer:
                         f.unlink()
             self.start()
 
-    def pids(self) -> list[int]:
-        """The server's one process, if it runs (what a test SIGSTOPs to freeze it)."""
-        return [self.proc.pid] if self.proc is not None and self.proc.poll() is None else []
+    def freeze(self) -> list[int]:
+        """SIGSTOP the server's one process, if it runs (it then accepts connections and never
+        answers). Returns the pids to SIGCONT on thaw."""
+        running = [self.proc.pid] if self.proc is not None and self.proc.poll() is None else []
+        return signal_processes(running, signal.SIGSTOP)
 
     def destroy(self) -> None:
         self.stop(kill=True)

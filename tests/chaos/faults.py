@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import os
 import random
 import signal
 import threading
@@ -38,6 +37,7 @@ from typing import Any
 import psycopg2
 import redis
 
+from devstack.servers import signal_processes
 from devstack.standin.data import now as source_now
 from facusync.redisconn import Keys
 from tests.chaos.actors import insert_null_key, insert_too_long
@@ -331,10 +331,9 @@ class Injector:
             self._open[kind] = s.pg.start_again
             self._began[kind] = self.now()
         elif kind in ("pg_frozen", "redis_frozen"):
-            pids = (s.pg if kind == "pg_frozen" else s.redis).pids()
+            pids = (s.pg if kind == "pg_frozen" else s.redis).freeze()
             self.note(f"{fault.describe()} (pids {pids})")
-            signal_all(pids, signal.SIGSTOP)
-            self._open[kind] = lambda: signal_all(pids, signal.SIGCONT)
+            self._open[kind] = lambda: thaw(pids)
             self._began[kind] = self.now()
         else:
             if kind == "standin_drop":
@@ -585,11 +584,9 @@ ISSUE16_BEGIN: dict[str, Callable[[Injector, Fault], None]] = {
 }
 
 
-def signal_all(pids: list[int], signum: signal.Signals) -> None:
-    """SIGSTOP/SIGCONT a server's processes; one that is gone meanwhile is skipped."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
+def thaw(pids: list[int]) -> None:
+    """SIGCONT a frozen server's processes (one gone meanwhile is skipped)."""
+    signal_processes(pids, signal.SIGCONT)
 
 
 def newest_real_version(stack: Stack) -> datetime | None:

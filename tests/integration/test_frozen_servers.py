@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import redis
 
-from devstack.servers import PostgresServer, RedisServer
+from devstack.servers import PostgresServer, RedisServer, signal_processes
 from facusync.config import Config, config_from_mapping
 from facusync.consumer import Consumer
 from facusync.errors import QueueError
@@ -45,18 +45,20 @@ from tests.integration.test_daemon_outages import (  # noqa: F401 (a fixture)
 STATEMENT_TIMEOUT = 2  # PG_STATEMENT_TIMEOUT of the daemons here
 
 
+def sigstop(pids: list[int]) -> list[int]:
+    """SIGSTOP these processes (a client or the stand-in); returns those stopped."""
+    return signal_processes(pids, signal.SIGSTOP)
+
+
 class Frozen:
-    """SIGSTOP the processes now, SIGCONT them on thaw() (at the latest on leaving)."""
+    """Processes just SIGSTOPped (`pids`), SIGCONTed on thaw() (at the latest on leaving)."""
 
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
         self.since = time.monotonic()
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
 
     def thaw(self) -> None:
-        for pid in self.pids:
-            os.kill(pid, signal.SIGCONT)
+        signal_processes(self.pids, signal.SIGCONT)
         self.pids = []
 
     def __enter__(self) -> Frozen:
@@ -151,7 +153,7 @@ def test_consumer_notices_a_frozen_postgresql_and_recovers_after_the_thaw(
     env = {**private_pg[0], "CLAIM_IDLE": "1", "BACKOFF_MAX": "2",
            "PG_STATEMENT_TIMEOUT": str(STATEMENT_TIMEOUT), "LOG_LEVEL": "INFO"}
     with running_consumer(env, notifications, tmp_path) as run:
-        with Frozen(private_pg[1].pids()) as frozen:
+        with Frozen(private_pg[1].freeze()) as frozen:
             add(run.rds, run.cfg, [upsert(f"F{i:04d}", BASE) for i in range(300)])
             noticed = wait_for_log(run.log, "PostgreSQL unavailable", 20)
             print(f"consumer noticed the frozen PostgreSQL after {noticed} s")
@@ -191,10 +193,10 @@ def test_consumer_waits_out_a_frozen_redis_longer_than_its_reply_timeout(
     with running_consumer(env, notifications, tmp_path) as run:
         # The rows are queued while the consumer itself is stopped, so that its next read is
         # sent only once Redis is frozen.
-        with Frozen([run.proc.p.pid]) as consumer_stopped:
+        with Frozen(sigstop([run.proc.p.pid])) as consumer_stopped:
             time.sleep(1.5)  # its XREADGROUP BLOCK in progress ends (empty)
             add(run.rds, run.cfg, [upsert(f"F{i:04d}", BASE) for i in range(300)])
-            with Frozen(private_redis[1].pids()) as frozen:
+            with Frozen(private_redis[1].freeze()) as frozen:
                 consumer_stopped.thaw()
                 resumed = time.monotonic()
                 noticed = wait_for_log(run.log, "Redis unavailable", 38)
@@ -222,7 +224,7 @@ def test_rows_delivered_to_a_read_that_timed_out_on_a_frozen_redis_are_claimed_b
     consumer = Consumer(cfg, Service("test"), name="frozen-reader")
     consumer.member.ensure_group()
     add(rds, cfg, [upsert(f"F{i:04d}", BASE) for i in range(300)])
-    with Frozen(private_redis[1].pids()):
+    with Frozen(private_redis[1].freeze()):
         started = time.monotonic()
         with pytest.raises(QueueError, match="timed out"):
             consumer.member.read_batch()
@@ -260,7 +262,7 @@ def test_status_and_check_name_a_frozen_redis_within_its_reply_timeout(
     but does not answer (not that REDIS_HOST/REDIS_PORT may be wrong: they are right)."""
     env = private_redis[0]
     migrate(config_from_mapping(env))
-    with Frozen(private_redis[1].pids()):
+    with Frozen(private_redis[1].freeze()):
         results = run_at_once((env, ["status"]), ({**env, "MSSQL_LOGIN_TIMEOUT": "2"}, ["check"]))
     print("frozen Redis: status took {:.1f} s, check {:.1f} s".format(*(r[2] for r in results)))
     for text, code, took in results:
@@ -305,10 +307,10 @@ def test_pipeline_in_sync_after_each_server_froze_while_rows_changed(
     try:
         synced, text, took = in_sync(env, 60)
         assert synced, text + logs()
-        for n, (pids, seconds) in enumerate(((private_redis[1].pids, 32),
-                                             (private_pg[1].pids, 12),
-                                             (lambda: [standin.process.pid], 12))):
-            with Frozen(pids()) as frozen:
+        for n, (freeze, seconds) in enumerate(((private_redis[1].freeze, 32),
+                                               (private_pg[1].freeze, 12),
+                                               (lambda: sigstop([standin.process.pid]), 12))):
+            with Frozen(freeze()) as frozen:
                 for i in range(5):  # changes made while the server is frozen
                     standin.insert([{"CONDUCE": f"FROZEN-{n}-{i}", "CLIENTE": f"new {i}"}])
                     standin.update(keys[10 * n + i], CLIENTE=f"changed while frozen {n}")
