@@ -15,10 +15,14 @@ SELECT 1 FROM sync_control WHERE id = 1 FOR UPDATE;
 -- newest_version never passes now() by more than a minute: a row dated
 -- 9999-12-31 would otherwise pin the lag at zero for good (and, west of UTC, be a year 10000
 -- that Python cannot read back). The slack leaves ordinary skew and datetime's rounding alone.
+-- CASE, not LEAST: LEAST skips NULLs, and would invent a newest version of now() + 1 minute
+-- before any row (or after a batch of deletions only).
 UPDATE sync_control SET
  watermark = GREATEST(watermark, %(low_water)s::timestamp),
- newest_version = LEAST(GREATEST(newest_version, (%(newest)s::timestamp AT TIME ZONE %(zone)s)),
-                        now() + interval '60 seconds'),
+ newest_version = CASE
+   WHEN GREATEST(newest_version, (%(newest)s::timestamp AT TIME ZONE %(zone)s))
+        > now() + interval '60 seconds' THEN now() + interval '60 seconds'
+   ELSE GREATEST(newest_version, (%(newest)s::timestamp AT TIME ZONE %(zone)s)) END,
  last_commit_at = now(), last_consumer = %(consumer)s, last_batch_size = %(size)s,
  last_inserted = %(inserted)s, last_updated = %(updated)s, last_unchanged = %(unchanged)s,
  last_deleted = %(deleted)s, last_dead = %(dead)s
@@ -36,8 +40,11 @@ UPDATE sync_control SET watermark = LEAST(watermark, %(mark)s) WHERE id = 1;
 SELECT watermark FROM sync_control WHERE id = 1;
 
 -- name: newest_version
--- LEAST: a value stored by a version that did not cap it yet (as record_batch does).
-SELECT LEAST(newest_version, now() + interval '60 seconds') FROM sync_control WHERE id = 1;
+-- Capped: a value stored by a version that did not cap it yet (as record_batch does); NULL
+-- (no row committed yet) stays NULL.
+SELECT CASE WHEN newest_version > now() + interval '60 seconds'
+            THEN now() + interval '60 seconds' ELSE newest_version END
+ FROM sync_control WHERE id = 1;
 
 -- name: zone
 SELECT source_timezone FROM sync_control WHERE id = 1;
@@ -64,7 +71,9 @@ UPDATE sync_control SET source_timezone = %(new)s,
  newest_version = (newest_version AT TIME ZONE %(old)s) AT TIME ZONE %(new)s WHERE id = 1;
 
 -- name: status
-SELECT watermark, LEAST(newest_version, now() + interval '60 seconds'), last_commit_at,
- last_consumer, extract(epoch FROM now() - LEAST(newest_version, now() + interval '60 seconds')),
+-- newest capped as in newest_version above.
+SELECT watermark, newest, last_commit_at, last_consumer, extract(epoch FROM now() - newest),
  extract(epoch FROM now() - last_commit_at)
- FROM sync_control WHERE id = 1;
+ FROM (SELECT *, CASE WHEN newest_version > now() + interval '60 seconds'
+                      THEN now() + interval '60 seconds' ELSE newest_version END AS newest
+        FROM sync_control WHERE id = 1) AS s;

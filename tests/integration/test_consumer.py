@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import redis
 
@@ -18,6 +19,7 @@ from facusync.commands import resync
 from facusync.config import Config
 from facusync.consumer import Consumer
 from facusync.message import encode_row, format_version
+from facusync.operations.status import collect
 from facusync.redisconn import GROUP, Keys
 from facusync.service import Service
 from facusync.stream import signature
@@ -404,3 +406,28 @@ def test_resync_lowered_watermark_is_not_raised_by_an_older_batch(
     c.idle()
     assert query(cfg, "SELECT watermark FROM sync_control") == [(since,)]
     c.sink.close()
+
+
+def test_no_newest_version_is_invented_before_a_row_is_committed(
+        cfg: Config, rds: redis.Redis) -> None:  # noqa: F811
+    """A fresh installation, or one whose first batches were all refused (dead-lettered), has
+    no newest version yet: the consumer's gauge and `facusync status` must say so, not show
+    now() plus the one-minute cap (PostgreSQL's LEAST and GREATEST skip NULLs; a clean-clone CI run
+    in a zone west of UTC caught the consumer exporting a newest version 52 s ahead of the
+    committed one)."""
+    consumer = drain(cfg)  # connects to an empty sync_control
+    assert consumer.stats.newest is None
+    add(rds, cfg, [upsert("REFUSED", BASE, cliente="y" * 200)])  # a batch with nothing written
+    consumer.run(once=True)
+    assert rds.xlen(Keys(cfg.redis_prefix).dead) == 1
+    assert consumer.stats.newest is None
+    assert query(cfg, "SELECT newest_version FROM sync_control") == [(None,)]
+    data, _ = collect(cfg)
+    assert data["postgresql"]["newest_committed_change"] is None
+    assert data["postgresql"]["newest_change_age_s"] is None
+    add(rds, cfg, [upsert("KEPT", BASE)])
+    consumer.run(once=True)
+    stored = query(cfg, "SELECT extract(epoch FROM newest_version) FROM sync_control")[0][0]
+    assert consumer.stats.newest == float(stored) == BASE.replace(
+        tzinfo=ZoneInfo(cfg.source_timezone)).timestamp()
+    consumer.sink.close()
