@@ -16,7 +16,7 @@ SELECT 1 FROM sync_control WHERE id = 1 FOR UPDATE;
 -- 9999-12-31 would otherwise pin the lag at zero for good (and, west of UTC, be a year 10000
 -- that Python cannot read back). The slack leaves ordinary skew and datetime's rounding alone.
 -- CASE, not LEAST: LEAST skips NULLs, and would invent a newest version of now() + 1 minute
--- before any row (or after a batch of deletions only).
+-- before any row is committed (or after a batch whose every row was dead-lettered).
 UPDATE sync_control SET
  watermark = GREATEST(watermark, %(low_water)s::timestamp),
  newest_version = CASE
