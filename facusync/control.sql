@@ -34,7 +34,10 @@ UPDATE sync_control SET watermark = GREATEST(watermark, %(mark)s::timestamp)
  WHERE id = 1 AND watermark IS DISTINCT FROM GREATEST(watermark, %(mark)s::timestamp);
 
 -- name: lower_watermark
-UPDATE sync_control SET watermark = LEAST(watermark, %(mark)s) WHERE id = 1;
+-- An empty watermark (nothing committed yet) stays empty: LEAST skips NULLs, and would claim
+-- that everything up to the mark is in PostgreSQL while the first load is still queued.
+UPDATE sync_control SET watermark = LEAST(watermark, %(mark)s)
+ WHERE id = 1 AND watermark IS NOT NULL;
 
 -- name: watermark
 SELECT watermark FROM sync_control WHERE id = 1;

@@ -391,6 +391,7 @@ def test_resync_lowered_watermark_is_not_raised_by_an_older_batch(
     keys = Keys(cfg.redis_prefix)
     lw, since = BASE - timedelta(hours=1), BASE - timedelta(days=3)
     rds.set(keys.watermark, format_version(BASE))  # the producer's
+    query(cfg, "UPDATE sync_control SET watermark = %s", (lw,))  # earlier batches committed
     add(rds, cfg, [upsert("A", BASE, lw=lw)])
     c = Consumer(cfg, Service("t"), name="c1")
     c.connect()

@@ -399,6 +399,26 @@ def test_resync_since_rereads_from_there_minus_the_overlap(pipeline_env: dict[st
     assert len(sent) == 2 and "Cambio sin versión" in sent[-1]["row"]
 
 
+def test_resync_during_the_first_load_then_redis_loss_loses_no_row(
+        pipeline_env: dict[str, str], standin: Any, flushable: Any) -> None:
+    """`resync --since X` while the first load is still queued (nothing committed yet), then
+    Redis loses its data: sync_control must not claim that everything up to X is in
+    PostgreSQL (LEAST would turn its empty watermark into X), or the producer restarts from X
+    and the older rows still queued are lost until a reconcile."""
+    base = datetime.now().replace(microsecond=0) - timedelta(days=2)
+    standin.seed(300, seed=28, start=base - timedelta(days=30), end=base)
+    cfg = config_from_mapping(pipeline_env)
+    produce(cfg)  # the first load, queued; no consumer has run
+    resync(pipeline_env, "--since", (base - timedelta(days=5)).isoformat(sep=" "))
+    assert pg(cfg, "SELECT watermark FROM sync_control") == [(None,)]
+    flushable.flushall()
+    for _ in range(2):  # polling alone, no reconcile
+        produce(cfg)
+        consume(cfg)
+    missing = {r["CONDUCE"] for r in standin.rows()} - pg_keys(cfg)
+    assert not missing, f"{len(missing)} rows never reached PostgreSQL, e.g. {sorted(missing)[:3]}"
+
+
 def test_resync_all_reaches_rows_dated_before_1900(pipeline_env: dict[str, str],
                                                     standin: Any) -> None:
     """`resync --all` re-reads every row, also those dated before 1900 (down to 1753-01-01,
