@@ -3,6 +3,8 @@ and Redis key prefix per test, and a Config pointing at them."""
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,6 +15,14 @@ import redis
 
 from devstack.servers import PostgresServer, RedisServer
 from facusync.config import Config, config_from_mapping
+
+# The stand-in's GETDATE(), the workloads and the daemons all read "local time": make it the
+# SOURCE_TIMEZONE default's zone (west of UTC) for every process of the session, whatever the
+# host's is, so the clocks agree as at a real site on every machine. On a UTC host they used
+# to disagree by four hours and every row looked four hours ahead: a newest-version defect
+# (LEAST skipping NULLs) passed there, and failed only with TZ set to this zone.
+os.environ["TZ"] = os.environ.get("FACUSYNC_TEST_TZ", "America/Santo_Domingo")
+time.tzset()
 
 
 @pytest.fixture(scope="session")
