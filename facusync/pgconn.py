@@ -55,7 +55,8 @@ def describe_pg_error(exc: Exception) -> str:
     if "connection refused" in low:
         return "connection refused: is PostgreSQL running on PG_HOST:PG_PORT?"
     if "timeout" in low or "timed out" in low:
-        return "timed out: is PG_HOST/PG_PORT right and the server up?"
+        return ("timed out: is PG_HOST/PG_PORT right, and is the server up and answering (not "
+                "frozen, paused or swapped out, no firewall dropping packets)?")
     if "could not translate host name" in low:
         return "unknown host: check PG_HOST"
     if "the database system is starting up" in low or "shutting down" in low:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
+import psycopg2
 import pytest
 from prometheus_client import generate_latest
 
-from facusync import metrics
+from facusync import metrics, pgconn
 from facusync.config import config_from_mapping
 from facusync.producer import CycleStats
 from facusync.sink import WriteResult
@@ -21,6 +22,7 @@ from tests.unit.test_config import GOOD
     ("authentication failed: check REDIS_PASSWORD", "authentication"),
     ("login failed: check MSSQL_USER, MSSQL_PASSWORD and MSSQL_DATABASE", "authentication"),
     ("timed out: is MSSQL_HOST/MSSQL_PORT right and the server answering?", "timeout"),
+    (pgconn.describe_pg_error(psycopg2.OperationalError("timeout expired")), "timeout"),
     ("out of memory (maxmemory reached): the queue is full; check the consumer", "out_of_memory"),
     ("the connection was dropped by the server or the network", "dropped"),
     ("the view does not exist or is not visible: check MSSQL_VIEW and grants", "schema"),
